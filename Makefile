@@ -1,0 +1,41 @@
+# The two commands: `make run` and `make test`. Both create .venv when needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+STATE  ?= server_state.json
+
+.PHONY: run test lint bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Re-install only when the dependency lists change.
+$(VENV)/.installed: $(BIN)/python requirements.txt requirements-test.txt setup.cfg
+	$(BIN)/pip install --quiet -r requirements-test.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+run: $(VENV)/.installed
+	@if [ -z "$$DISTCONV_API_KEY" ] && [ -z "$$DISTCONV_API_KEY_FILE" ]; then \
+	  key=$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(32))'); \
+	  echo "No DISTCONV_API_KEY set; this run's key: $$key"; \
+	  export DISTCONV_API_KEY=$$key; \
+	  exec $(BIN)/dispatch-server --host $(HOST) --port $(PORT) --state-file $(STATE); \
+	else \
+	  exec $(BIN)/dispatch-server --host $(HOST) --port $(PORT) --state-file $(STATE); \
+	fi
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""HTTP layer: blueprints that translate requests into service calls and back."""

@@ -1,0 +1,81 @@
+"""``/engines`` and ``/assign_job``: registration, heartbeats and work assignment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app
+
+from dispatch.api.common import Blueprint, json_response
+from dispatch.auth import require_key
+from dispatch.schemas import (
+    AssignSchema,
+    BenchmarkSchema,
+    EngineListSchema,
+    EngineSchema,
+    ErrorSchema,
+    HeartbeatSchema,
+    JobSchema,
+)
+from dispatch.service import DispatchService
+
+blp = Blueprint("engines", __name__, description="Transcoding engines")
+blp.before_request(require_key)
+
+
+def _service() -> DispatchService:
+    return current_app.extensions["dispatch"]
+
+
+@blp.route("/engines/heartbeat", methods=["POST"], strict_slashes=False)
+@blp.arguments(HeartbeatSchema)
+@blp.response(200, EngineSchema, description="The engine as the server sees it")
+def heartbeat(data: dict[str, Any]) -> Response:
+    """Register an engine (first call) or refresh it; unknown telemetry is ignored."""
+    return json_response(_service().heartbeat(data))
+
+
+@blp.route("/engines/benchmark_result", methods=["POST"], strict_slashes=False)
+@blp.arguments(BenchmarkSchema)
+@blp.response(200, EngineSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="Unknown engine")
+def benchmark_result(data: dict[str, Any]) -> Response:
+    """Record a benchmark run (seconds, lower is faster)."""
+    return json_response(_service().benchmark_result(data["engine_id"], data["benchmark_time"]))
+
+
+@blp.route("/engines/", methods=["GET"], strict_slashes=False)
+@blp.response(200, EngineListSchema)
+def list_engines() -> Response:
+    """Every engine the server knows."""
+    return json_response({"engines": _service().list_engines()})
+
+
+@blp.route("/engines/<engine_id>", methods=["GET"], strict_slashes=False)
+@blp.response(200, EngineSchema)
+@blp.alt_response(404, schema=ErrorSchema)
+def get_engine(engine_id: str) -> Response:
+    """One engine."""
+    return json_response(_service().get_engine(engine_id))
+
+
+@blp.route("/engines/<engine_id>", methods=["DELETE"], strict_slashes=False)
+@blp.response(200, EngineSchema, description="The engine as it was")
+@blp.alt_response(404, schema=ErrorSchema)
+def delete_engine(engine_id: str) -> Response:
+    """Forget an engine; the jobs it held go back to the queue."""
+    return json_response(_service().delete_engine(engine_id))
+
+
+@blp.route("/assign_job/", methods=["POST"], strict_slashes=False)
+@blp.arguments(AssignSchema)
+@blp.response(200, JobSchema, description="The job, now assigned to the engine (or the "
+              "job it already holds, again)")
+@blp.alt_response(204, description="Nothing suits the engine now")
+@blp.alt_response(404, schema=ErrorSchema, description="The engine never sent a heartbeat")
+def assign(data: dict[str, Any]) -> Response:
+    """Ask for work."""
+    result = _service().assign_job(data["engine_id"], data.get("capabilities"))
+    if result.job is None:
+        return Response(status=204)
+    return json_response(result.job.to_dict())

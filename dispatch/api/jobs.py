@@ -1,0 +1,114 @@
+"""``/jobs``: submit, read, list, and the lifecycle reports engines send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app
+
+from dispatch.api.common import Blueprint, json_response
+from dispatch.auth import require_key
+from dispatch.schemas import (
+    CompleteSchema,
+    ErrorSchema,
+    FailSchema,
+    JobListQuerySchema,
+    JobPageSchema,
+    JobSchema,
+    JobSubmitSchema,
+    ProgressSchema,
+)
+from dispatch.service import DispatchService
+
+blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Transcoding jobs")
+blp.before_request(require_key)
+
+
+def _service() -> DispatchService:
+    return current_app.extensions["dispatch"]
+
+
+@blp.route("/", methods=["POST"], strict_slashes=False)
+@blp.arguments(JobSubmitSchema)
+@blp.response(201, JobSchema, description="The job, pending",
+              headers={"Location": {"description": "/jobs/{job_id}",
+                                    "schema": {"type": "string"}}})
+@blp.alt_response(503, schema=ErrorSchema, description="queue_full (with Retry-After) "
+                  "or unavailable (the change could not be saved)")
+def submit(data: dict[str, Any]) -> Response:
+    """Submit a job."""
+    job = _service().submit_job(data)
+    return json_response(job.to_dict(), 201, {"Location": f"/jobs/{job.job_id}"})
+
+
+@blp.route("/", methods=["GET"], strict_slashes=False)
+@blp.arguments(JobListQuerySchema, location="query")
+@blp.response(200, JobPageSchema)
+def list_jobs(query: dict[str, Any]) -> Response:
+    """List jobs, oldest first; `total` counts every match."""
+    limit, offset = query["limit"], query["offset"]
+    page = _service().list_jobs(query.get("status"), limit, offset)
+    return json_response({"jobs": [job.to_dict() for job in page.jobs], "total": page.total,
+                          "limit": limit, "offset": offset})
+
+
+@blp.route("/<job_id>", methods=["GET"], strict_slashes=False)
+@blp.response(200, JobSchema)
+@blp.alt_response(404, schema=ErrorSchema)
+def get_job(job_id: str) -> Response:
+    """One job."""
+    return json_response(_service().get_job(job_id).to_dict())
+
+
+@blp.route("/<job_id>", methods=["DELETE"], strict_slashes=False)
+@blp.response(200, JobSchema, description="The job, cancelled")
+@blp.alt_response(404, schema=ErrorSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="Already finished")
+def cancel_job(job_id: str) -> Response:
+    """Cancel a job that has not finished; its engine is freed."""
+    return json_response(_service().cancel_job(job_id).to_dict())
+
+
+@blp.route("/<job_id>/progress", methods=["POST"], strict_slashes=False)
+@blp.arguments(ProgressSchema)
+@blp.response(200, JobSchema, description="The job, processing")
+@blp.alt_response(404, schema=ErrorSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
+                  "or not held by engine_id")
+def progress(data: dict[str, Any], job_id: str) -> Response:
+    """Report progress (0-100)."""
+    job = _service().report_progress(job_id, data["progress"], data.get("engine_id"))
+    return json_response(job.to_dict())
+
+
+@blp.route("/<job_id>/complete", methods=["POST"], strict_slashes=False)
+@blp.arguments(CompleteSchema)
+@blp.response(200, JobSchema, description="The job, completed")
+@blp.alt_response(404, schema=ErrorSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
+                  "or not held by engine_id")
+def complete(data: dict[str, Any], job_id: str) -> Response:
+    """Report a job done, with where its output is."""
+    job = _service().complete_job(job_id, data["output_url"], data.get("engine_id"))
+    return json_response(job.to_dict())
+
+
+@blp.route("/<job_id>/fail", methods=["POST"], strict_slashes=False)
+@blp.arguments(FailSchema)
+@blp.response(200, JobSchema, description="The job: pending again with retry_at, or failed")
+@blp.alt_response(404, schema=ErrorSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
+                  "or not held by engine_id")
+def fail(data: dict[str, Any], job_id: str) -> Response:
+    """Report a failed attempt; the job is retried with backoff while retries remain."""
+    job = _service().fail_job(job_id, data["error_message"], data.get("engine_id"))
+    return json_response(job.to_dict())
+
+
+@blp.route("/<job_id>/retry", methods=["POST"], strict_slashes=False)
+@blp.response(200, JobSchema, description="The job, pending again with retries 0")
+@blp.alt_response(404, schema=ErrorSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="Not failed or cancelled")
+def retry(job_id: str) -> Response:
+    """Send a failed or cancelled job back to the queue."""
+    return json_response(_service().retry_job(job_id).to_dict())

@@ -1,0 +1,108 @@
+"""The composition root: ``create_app`` wires settings, logging, persistence, service,
+auth, metrics, blueprints and error handlers, and nothing else does."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+from flask_smorest import Api
+
+from dispatch import __version__
+from dispatch.api import engines, jobs, system
+from dispatch.api.errors import register_error_handlers
+from dispatch.auth import SECURITY_SCHEME, ApiKeys
+from dispatch.background import Runtime
+from dispatch.journal import JournalStore
+from dispatch.metrics import Metrics
+from dispatch.persistence import Store
+from dispatch.schemas import ErrorSchema
+from dispatch.service import Clock, DispatchService
+from dispatch.settings import Settings, load_settings
+
+MAX_BODY = 1024 * 1024
+access_log = logging.getLogger("dispatch.access")
+
+
+class _Api(Api):
+    ERROR_SCHEMA = ErrorSchema
+
+    def _register_error_handlers(self) -> None:
+        # dispatch.api.errors answers every error in the contract's shape.
+        pass
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
+               store: Store | None = None, service: DispatchService | None = None,
+               background: bool = True) -> Flask:
+    """Build the WSGI app.
+
+    Without ``settings`` they are read from the environment (and ``DISTCONV_CONFIG``),
+    as ``gunicorn wsgi:app`` needs; without ``store`` the state file's journal is used.
+    ``service`` is a service already loaded from ``store`` (the CLI loads it before
+    gunicorn forks, to refuse a bad state file with exit status 1).
+    """
+    if settings is None:
+        settings = load_settings([])
+    if store is None:
+        store = service.store if service is not None else JournalStore(settings.state_file)
+    metrics = Metrics()
+    if isinstance(store, JournalStore):
+        store.observer = metrics
+    if service is None:
+        service = DispatchService(settings, store, clock)
+    metrics.watch(service)
+
+    app = Flask("dispatch")
+    app.url_map.strict_slashes = False
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY,
+        API_TITLE="DistConv dispatch server",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "security": [{"ApiKeyAuth": []}],
+            "components": {"securitySchemes": {"ApiKeyAuth": SECURITY_SCHEME}},
+            "info": {"description": "The job coordinator of a distributed transcoding farm."},
+        },
+    )
+    app.extensions["dispatch"] = service
+    app.extensions["dispatch.metrics"] = metrics
+    app.extensions["dispatch.keys"] = ApiKeys([settings.api_key])
+
+    api = _Api(app)
+    for blueprint in (jobs.blp, engines.blp, system.blp):
+        api.register_blueprint(blueprint)
+    register_error_handlers(app)
+    _instrument(app, metrics)
+
+    runtime = Runtime(service)
+    app.extensions["dispatch.runtime"] = runtime
+    if background:
+        runtime.start()
+    return app
+
+
+def _instrument(app: Flask, metrics: Metrics) -> None:
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        rule = request.url_rule
+        endpoint = rule.rule if rule is not None else "unmatched"
+        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            view_args = request.view_args or {}
+            subject = view_args.get("job_id") or view_args.get("engine_id") or "-"
+            access_log.info(
+                '%s "%s %s" %d %.1fms %s', request.remote_addr, request.method,
+                request.path, response.status_code, elapsed * 1000, subject,
+            )
+        return response

@@ -1,0 +1,76 @@
+"""Domain exceptions raised by the service layer.
+
+The service knows no HTTP; ``dispatch.api.errors`` maps each class to the contract's
+error shape in one place::
+
+    DispatchError                 (code, HTTP status)
+    ├── NotFound                  not_found, 404
+    │   ├── JobNotFound
+    │   └── EngineNotFound
+    ├── Conflict                  conflict, 409
+    │   ├── InvalidTransition     the job's status does not allow the request
+    │   └── NotJobHolder          the reporting engine does not hold the job
+    ├── QueueFull                 queue_full, 503 (+ Retry-After)
+    └── Unavailable               unavailable, 503: the change could not be persisted
+"""
+
+from __future__ import annotations
+
+
+class DispatchError(Exception):
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(DispatchError):
+    code = "not_found"
+    status = 404
+
+
+class JobNotFound(NotFound):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+
+
+class EngineNotFound(NotFound):
+    def __init__(self, engine_id: str) -> None:
+        super().__init__(f"engine {engine_id!r} not found")
+
+
+class Conflict(DispatchError):
+    code = "conflict"
+    status = 409
+
+
+class InvalidTransition(Conflict):
+    pass
+
+
+class NotJobHolder(Conflict):
+    pass
+
+
+class QueueFull(DispatchError):
+    code = "queue_full"
+    status = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(DispatchError):
+    code = "unavailable"
+    status = 503
+
+
+class StateError(Exception):
+    """The state on disk cannot be used; the server must not start (exit 1)."""
+
+
+class PersistenceError(Exception):
+    """The store could not make a change durable (raised by the store, not the service)."""

@@ -1,0 +1,55 @@
+"""gunicorn settings and hooks, shared by ``dispatch-server`` and ``gunicorn.conf.py``.
+
+One worker process, concurrency from threads: all state lives in that process (two
+workers would each hold a different copy of the queue). No ``max_requests`` (it would
+restart the worker, and with it the state), no ``preload_app`` (background threads
+must start after the fork).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dispatch.settings import Settings
+
+log = logging.getLogger("dispatch.server")
+
+# Long enough for in-flight requests (each waits for at most one fsync) and the final
+# snapshot; the systemd unit's TimeoutStopSec is longer still.
+GRACEFUL_TIMEOUT = 30
+
+
+def options(settings: Settings) -> dict[str, Any]:
+    """gunicorn configuration for these settings."""
+    host = settings.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    opts: dict[str, Any] = {
+        "bind": [f"{host}:{settings.port}"],
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": settings.thread_pool_size,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
+        "timeout": 60,
+        "keepalive": 5,
+        "preload_app": False,
+        "max_requests": 0,
+        "accesslog": None,  # dispatch.access logs each request with its job/engine id
+        "errorlog": "-",
+        "loglevel": "warning" if settings.log_level in ("INFO", "DEBUG") else "error",
+        "proc_name": "dispatch-server",
+        "worker_exit": worker_exit,
+        # A control socket needs a writable runtime folder that a locked-down unit
+        # does not give, and this server offers no runtime management through it.
+        "control_socket_disable": True,
+    }
+    return opts
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the worker, after its last request: stop background work, final snapshot."""
+    app = getattr(worker, "wsgi", None)
+    runtime = getattr(app, "extensions", {}).get("dispatch.runtime")
+    if runtime is not None:
+        runtime.shutdown()

@@ -1,0 +1,65 @@
+"""Logging from settings: level, file, rotation; lifecycle events carry their ids."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from collections.abc import Iterable
+
+from dispatch.settings import Settings
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class EventFormatter(logging.Formatter):
+    """Appends ``job=`` and ``engine=`` to lines that name them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = [f"{label}={getattr(record, attr)}" for attr, label in
+               (("job_id", "job"), ("engine_id", "engine")) if getattr(record, attr, None)]
+        return f"{line} {' '.join(ids)}" if ids else line
+
+
+class Redactor(logging.Filter):
+    """Replaces any API key that would reach a log line, whatever logged it."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+def configure_logging(settings: Settings) -> logging.Handler:
+    """Send the ``dispatch`` loggers (and gunicorn's) to stderr or the log file."""
+    handler: logging.Handler
+    if settings.log_file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    elif settings.log_rotation == "none":
+        handler = logging.FileHandler(settings.log_file, encoding="utf-8")
+    else:
+        handler = logging.handlers.TimedRotatingFileHandler(
+            settings.log_file, when="midnight" if settings.log_rotation == "daily" else "H",
+            backupCount=settings.log_max_files, encoding="utf-8", utc=True,
+        )
+    handler.setFormatter(EventFormatter(FORMAT))
+    handler.addFilter(Redactor([settings.api_key]))
+    for name in ("dispatch", "gunicorn.error"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            if getattr(old, "_dispatch", False):
+                logger.removeHandler(old)
+                old.close()
+        handler._dispatch = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logging.getLogger("dispatch").setLevel(settings.log_level)
+    return handler

@@ -1,0 +1,186 @@
+"""Plain data: jobs, engines, and their JSON form (the contract's and the state file's).
+
+Objects are never mutated once they are in the service's tables: a change builds a new
+object (``dataclasses.replace``), so a snapshot can copy the tables' references under
+the lock and serialise them afterwards, and an undone change restores the old object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+JOB_STATUSES = ("pending", "assigned", "processing", "completed", "failed", "cancelled")
+ACTIVE_STATUSES = frozenset({"assigned", "processing"})
+FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+ENGINE_STATUSES = ("idle", "busy", "draining", "offline")
+
+
+def format_time(timestamp: float | None) -> str | None:
+    """RFC 3339 UTC with microseconds and a ``Z``."""
+    if timestamp is None:
+        return None
+    seconds = int(timestamp // 1)
+    micros = int(round((timestamp - seconds) * 1_000_000))
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+
+
+def parse_time(value: Any) -> float | None:
+    """Read a time written by us or by the C++ server (RFC 3339 or epoch seconds)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        parsed = datetime.fromisoformat(text)
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=datetime.now().astimezone().tzinfo).timestamp()
+        return parsed.timestamp()
+    raise ValueError(f"not a time: {value!r}")
+
+
+@dataclass(slots=True)
+class Job:
+    job_id: str
+    seq: int  # creation order; the counter part of the id for jobs we create
+    source_url: str
+    target_codec: str
+    job_size: float
+    priority: int
+    max_retries: int
+    created_at: float
+    updated_at: float
+    status: str = "pending"
+    assigned_engine: str | None = None
+    output_url: str | None = None
+    progress: float | None = None
+    retries: int = 0
+    error_message: str | None = None
+    retry_at: float | None = None
+    assigned_at: float | None = None
+    completed_at: float | None = None
+    attempt: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "source_url": self.source_url,
+            "target_codec": self.target_codec,
+            "job_size": self.job_size,
+            "priority": self.priority,
+            "status": self.status,
+            "assigned_engine": self.assigned_engine,
+            "output_url": self.output_url,
+            "progress": self.progress,
+            "retries": self.retries,
+            "max_retries": self.max_retries,
+            "error_message": self.error_message,
+            "retry_at": format_time(self.retry_at),
+            "created_at": format_time(self.created_at),
+            "updated_at": format_time(self.updated_at),
+            "assigned_at": format_time(self.assigned_at),
+            "completed_at": format_time(self.completed_at),
+            "attempt": self.attempt,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], seq: int) -> Job:
+        """Load a job from the state file; tolerant of the C++ server's sparser records."""
+        created = parse_time(data.get("created_at")) or 0.0
+        status = data.get("status") or "pending"
+        if status not in JOB_STATUSES:
+            raise ValueError(f"job {data.get('job_id')!r} has unknown status {status!r}")
+        return cls(
+            job_id=str(data["job_id"]),
+            seq=seq,
+            source_url=str(data.get("source_url", "")),
+            target_codec=str(data.get("target_codec", "")),
+            job_size=float(data.get("job_size") or 0.0),
+            priority=int(data.get("priority") or 0),
+            max_retries=int(data.get("max_retries", 3)),
+            created_at=created,
+            updated_at=parse_time(data.get("updated_at")) or created,
+            status=status,
+            assigned_engine=data.get("assigned_engine") or None,
+            output_url=data.get("output_url") or None,
+            progress=None if data.get("progress") is None else float(data["progress"]),
+            retries=int(data.get("retries") or 0),
+            error_message=data.get("error_message") or None,
+            retry_at=parse_time(data.get("retry_at")),
+            assigned_at=parse_time(data.get("assigned_at")),
+            completed_at=parse_time(data.get("completed_at")),
+            attempt=int(data.get("attempt") or 0),
+        )
+
+
+@dataclass(slots=True)
+class Engine:
+    engine_id: str
+    registered_at: float
+    last_heartbeat: float
+    engine_type: str | None = None
+    hostname: str | None = None
+    supported_codecs: tuple[str, ...] = ()
+    storage_capacity_gb: float | None = None
+    streaming_support: bool = False
+    benchmark_time: float | None = None
+    avg_benchmark_time: float | None = None
+    benchmark_count: int = 0
+    local_job_queue: tuple[str, ...] = ()
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    offline: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        """The state-file form (``status`` and ``current_jobs`` are derived on load)."""
+        return {
+            "engine_id": self.engine_id,
+            "engine_type": self.engine_type,
+            "hostname": self.hostname,
+            "supported_codecs": list(self.supported_codecs),
+            "storage_capacity_gb": self.storage_capacity_gb,
+            "streaming_support": self.streaming_support,
+            "benchmark_time": self.benchmark_time,
+            "avg_benchmark_time": self.avg_benchmark_time,
+            "benchmark_count": self.benchmark_count,
+            "local_job_queue": list(self.local_job_queue),
+            "jobs_completed": self.jobs_completed,
+            "jobs_failed": self.jobs_failed,
+            "registered_at": format_time(self.registered_at),
+            "last_heartbeat": format_time(self.last_heartbeat),
+            "status": "offline" if self.offline else "idle",
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Engine:
+        last = parse_time(data.get("last_heartbeat")) or 0.0
+        benchmark = data.get("benchmark_time")
+        avg = data.get("avg_benchmark_time")
+        return cls(
+            engine_id=str(data["engine_id"]),
+            registered_at=parse_time(data.get("registered_at")) or last,
+            last_heartbeat=last,
+            engine_type=data.get("engine_type") or None,
+            hostname=data.get("hostname") or None,
+            supported_codecs=tuple(str(c) for c in data.get("supported_codecs") or ()),
+            storage_capacity_gb=(
+                None if data.get("storage_capacity_gb") is None
+                else float(data["storage_capacity_gb"])
+            ),
+            streaming_support=bool(data.get("streaming_support", False)),
+            benchmark_time=None if benchmark is None else float(benchmark),
+            avg_benchmark_time=None if avg is None else float(avg),
+            benchmark_count=int(data.get("benchmark_count") or (0 if avg is None else 1)),
+            local_job_queue=tuple(str(j) for j in data.get("local_job_queue") or ()),
+            jobs_completed=int(data.get("jobs_completed") or 0),
+            jobs_failed=int(data.get("jobs_failed") or 0),
+            offline=data.get("status") == "offline",
+        )

@@ -1,0 +1,232 @@
+"""marshmallow schemas for every request and response: the contract in code.
+
+Request schemas validate (unknown fields are refused, except on heartbeats, which carry
+telemetry); response schemas document what the views send and generate the OpenAPI
+document. Views serialise with the models' ``to_dict`` on the hot path; a test checks
+that every response still loads through its schema.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import urlsplit
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
+
+from dispatch.models import JOB_STATUSES
+
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+MAX_URL = 2048
+MAX_TEXT = 4096
+MAX_LIST = 256
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class FiniteFloat(fields.Float):
+    """A JSON number that is finite; booleans are not numbers."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValidationError("Not a valid number.")
+        result = super()._deserialize(value, attr, data, **kwargs)
+        if not math.isfinite(result):
+            raise ValidationError("Must be a finite number.")
+        return result
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer; booleans, strings and fractions are refused."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool):
+            raise ValidationError("Not a valid integer.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def _check_url(value: str) -> None:
+    parts = urlsplit(value)
+    if not parts.scheme or not (parts.netloc or (parts.scheme == "file" and parts.path)):
+        raise ValidationError("Must be an absolute URL with a scheme and a host (or file:///path).")
+    if any(ch.isspace() for ch in value):
+        raise ValidationError("Must not contain whitespace.")
+
+
+def _text(maximum: int = MAX_TEXT, **kwargs: Any) -> fields.String:
+    return fields.String(validate=validate.Length(min=1, max=maximum), **kwargs)
+
+
+def _engine_id(**kwargs: Any) -> fields.String:
+    return fields.String(
+        validate=validate.Regexp(ID_PATTERN, error="Must be 1-128 letters, digits or ._:-"),
+        **kwargs,
+    )
+
+
+# ----------------------------------------------------------------- requests
+
+class JobSubmitSchema(StrictSchema):
+    source_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
+    target_codec = _text(64, required=True)
+    job_size = FiniteFloat(required=True, validate=validate.Range(min=0))
+    max_retries = StrictInteger(validate=validate.Range(min=0, max=100))
+    priority = StrictInteger(validate=validate.Range(min=-100, max=100))
+
+    @validates("source_url")
+    def _source_url(self, value: str, **_: Any) -> None:
+        _check_url(value)
+
+
+class JobListQuerySchema(StrictSchema):
+    status = fields.String(validate=validate.OneOf(JOB_STATUSES))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class ProgressSchema(StrictSchema):
+    progress = FiniteFloat(required=True, validate=validate.Range(min=0, max=100))
+    engine_id = _engine_id()
+
+
+class CompleteSchema(StrictSchema):
+    output_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
+    engine_id = _engine_id()
+
+
+class FailSchema(StrictSchema):
+    error_message = _text(MAX_TEXT, required=True)
+    engine_id = _engine_id()
+
+
+class HeartbeatSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # engines send telemetry we do not use
+
+    engine_id = _engine_id(required=True)
+    engine_type = _text(128)
+    supported_codecs = fields.List(_text(64), validate=validate.Length(max=MAX_LIST))
+    status = fields.String(validate=validate.OneOf(("idle", "busy")))
+    storage_capacity_gb = FiniteFloat(validate=validate.Range(min=0))
+    streaming_support = fields.Boolean(truthy={True}, falsy={False})
+    hostname = _text(255)
+    benchmark_time = FiniteFloat(validate=validate.Range(min=0))
+    local_job_queue = fields.List(_text(256), validate=validate.Length(max=10000))
+
+
+class BenchmarkSchema(StrictSchema):
+    engine_id = _engine_id(required=True)
+    benchmark_time = FiniteFloat(required=True, validate=validate.Range(min=0))
+
+
+class AssignSchema(StrictSchema):
+    engine_id = _engine_id(required=True)
+    capabilities = fields.List(_text(64), validate=validate.Length(max=MAX_LIST))
+
+
+# ---------------------------------------------------------------- responses
+
+class JobSchema(Schema):
+    job_id = fields.String(required=True)
+    source_url = fields.String(required=True)
+    target_codec = fields.String(required=True)
+    job_size = fields.Float(required=True)
+    priority = fields.Integer(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
+    assigned_engine = fields.String(required=True, allow_none=True)
+    output_url = fields.String(required=True, allow_none=True)
+    progress = fields.Float(required=True, allow_none=True)
+    retries = fields.Integer(required=True)
+    max_retries = fields.Integer(required=True)
+    error_message = fields.String(required=True, allow_none=True)
+    retry_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    created_at = fields.String(required=True, metadata={"format": "date-time"})
+    updated_at = fields.String(required=True, metadata={"format": "date-time"})
+    assigned_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    completed_at = fields.String(required=True, allow_none=True,
+                                 metadata={"format": "date-time"})
+    attempt = fields.Integer(required=True, metadata={"description": "assignments so far"})
+
+
+class JobPageSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+    total = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+
+
+class EngineSchema(Schema):
+    engine_id = fields.String(required=True)
+    engine_type = fields.String(required=True, allow_none=True)
+    hostname = fields.String(required=True, allow_none=True)
+    status = fields.String(required=True, validate=validate.OneOf(("idle", "busy", "offline")))
+    supported_codecs = fields.List(fields.String(), required=True)
+    storage_capacity_gb = fields.Float(required=True, allow_none=True)
+    streaming_support = fields.Boolean(required=True)
+    benchmark_time = fields.Float(required=True, allow_none=True)
+    avg_benchmark_time = fields.Float(required=True, allow_none=True)
+    local_job_queue = fields.List(fields.String(), required=True)
+    current_jobs = fields.List(fields.String(), required=True)
+    jobs_completed = fields.Integer(required=True)
+    jobs_failed = fields.Integer(required=True)
+    registered_at = fields.String(required=True, metadata={"format": "date-time"})
+    last_heartbeat = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class EngineListSchema(Schema):
+    engines = fields.List(fields.Nested(EngineSchema), required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(("healthy", "unhealthy")))
+    version = fields.String(required=True)
+    uptime_seconds = fields.Float(required=True)
+    jobs_queued = fields.Integer(required=True)
+    engines_active = fields.Integer(required=True)
+    reason = fields.String(allow_none=True)
+
+
+class JobCountsSchema(Schema):
+    total = fields.Integer(required=True)
+    pending = fields.Integer(required=True)
+    assigned = fields.Integer(required=True)
+    processing = fields.Integer(required=True)
+    completed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    cancelled = fields.Integer(required=True)
+
+
+class EngineCountsSchema(Schema):
+    total = fields.Integer(required=True)
+    active = fields.Integer(required=True)
+    idle = fields.Integer(required=True)
+    busy = fields.Integer(required=True)
+    offline = fields.Integer(required=True)
+
+
+class PerformanceSchema(Schema):
+    avg_job_time = fields.Float(required=True)
+    jobs_per_hour = fields.Integer(required=True)
+    success_rate = fields.Float(required=True)
+
+
+class StatsSchema(Schema):
+    jobs = fields.Nested(JobCountsSchema, required=True)
+    engines = fields.Nested(EngineCountsSchema, required=True)
+    performance = fields.Nested(PerformanceSchema, required=True)
+
+
+class ErrorBodySchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict(keys=fields.String())
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBodySchema, required=True)

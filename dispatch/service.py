@@ -1,0 +1,554 @@
+"""The service layer: every job and engine, and every rule, under one lock.
+
+No Flask and no file format here. Each public method takes the lock, checks the
+rules, applies the change to the in-memory tables, hands the change to the store, and
+after releasing the lock waits until the store says it is durable. If the store fails
+the change (and every later change that was not yet durable) is undone, so memory
+never runs ahead of disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from itertools import islice
+from typing import Any
+
+from sortedcontainers import SortedKeyList, SortedList
+
+from dispatch import errors
+from dispatch.models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    JOB_STATUSES,
+    Engine,
+    Job,
+)
+from dispatch.persistence import MemoryStore, Op, SnapshotData, Store
+from dispatch.scheduler import PendingIndex, choose_job
+from dispatch.settings import Settings
+
+log = logging.getLogger("dispatch.service")
+events = logging.getLogger("dispatch.events")
+
+Clock = Callable[[], float]
+QUEUE_FULL_RETRY_AFTER = 5  # seconds; a hint, the queue drains at the farm's pace
+
+
+def _seq_key(job: Job) -> int:
+    return job.seq
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    total: int
+
+
+@dataclass(frozen=True)
+class AssignResult:
+    job: Job | None
+    redelivered: bool = False
+
+
+class DispatchService:
+    def __init__(self, settings: Settings, store: Store | None = None,
+                 clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.store: Store = store if store is not None else MemoryStore()
+        self.clock: Clock = clock or time.time
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._engines: dict[str, Engine] = {}
+        self._ordered = SortedKeyList(key=_seq_key)
+        self._by_status: dict[str, SortedKeyList] = {
+            status: SortedKeyList(key=_seq_key) for status in JOB_STATUSES
+        }
+        self._held: dict[str, dict[str, None]] = {}  # engine id -> ids of active jobs
+        self._pending = PendingIndex()
+        self._completions = SortedList()  # completed_at of completed jobs
+        self._job_time_sum = 0.0
+        self._job_time_count = 0
+        self._next_seq = 0
+        self._undo: deque[tuple[int, list[tuple[str, str, Any]]]] = deque()
+        self.started_at = self.clock()
+        self._grace_start = self.started_at
+        self._load()
+
+    # ----------------------------------------------------------------- loading
+
+    def _load(self) -> None:
+        state = self.store.recover()
+        # Creation order: our ids carry it; the C++ server's ids share the same
+        # "{microseconds}_{counter}" form, so sort on both parts.
+        jobs = sorted(state.jobs, key=_id_sort_key)
+        try:
+            for seq, record in enumerate(jobs):
+                job = Job.from_dict(record, seq)
+                self._set_job(job.job_id, job)
+            for record in state.engines:
+                engine = Engine.from_dict(record)
+                self._engines[engine.engine_id] = engine
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise errors.StateError(
+                f"the state holds a record this server cannot read ({exc!r}); "
+                "restore the state file from a backup"
+            ) from None
+        self._next_seq = len(jobs)
+        for job in self._jobs.values():
+            if job.status in ACTIVE_STATUSES and job.assigned_engine not in self._engines:
+                # A job held by an engine the file does not know can never be
+                # reported on; return it to the queue rather than strand it.
+                fresh = replace(job, status="pending", assigned_engine=None, progress=None)
+                self._set_job(job.job_id, fresh)
+        if jobs or state.engines:
+            log.info("loaded %d jobs and %d engines", len(jobs), len(state.engines))
+
+    # ------------------------------------------------------ table maintenance
+
+    def _set_job(self, job_id: str, new: Job | None) -> None:
+        """Put ``new`` in place of the current job (None deletes); keep every index."""
+        old = self._jobs.get(job_id)
+        if old is not None:
+            self._ordered.remove(old)
+            self._by_status[old.status].remove(old)
+            if old.status == "pending":
+                self._pending.remove(old)
+            elif old.status in ACTIVE_STATUSES and old.assigned_engine is not None:
+                held = self._held.get(old.assigned_engine)
+                if held is not None:
+                    held.pop(job_id, None)
+                    if not held:
+                        del self._held[old.assigned_engine]
+            elif old.status == "completed" and old.completed_at is not None:
+                self._completions.remove(old.completed_at)
+                if old.assigned_at is not None:
+                    self._job_time_sum -= old.completed_at - old.assigned_at
+                    self._job_time_count -= 1
+        if new is None:
+            self._jobs.pop(job_id, None)
+            return
+        self._jobs[job_id] = new
+        self._ordered.add(new)
+        self._by_status[new.status].add(new)
+        if new.status == "pending":
+            self._pending.add(new)
+        elif new.status in ACTIVE_STATUSES and new.assigned_engine is not None:
+            self._held.setdefault(new.assigned_engine, {})[job_id] = None
+        elif new.status == "completed" and new.completed_at is not None:
+            self._completions.add(new.completed_at)
+            if new.assigned_at is not None:
+                self._job_time_sum += new.completed_at - new.assigned_at
+                self._job_time_count += 1
+
+    def _set_engine(self, engine_id: str, new: Engine | None) -> None:
+        if new is None:
+            self._engines.pop(engine_id, None)
+        else:
+            self._engines[engine_id] = new
+
+    # ------------------------------------------------------------- commits
+
+    def _commit(self, jobs: Iterable[Job | tuple[str, None]] = (),
+                engines: Iterable[Engine | tuple[str, None]] = ()) -> int:
+        """Apply a change and hand it to the store. Caller holds the lock."""
+        undo: list[tuple[str, str, Any]] = []
+        ops: list[Op] = []
+        for item in jobs:
+            job_id, new = (item.job_id, item) if isinstance(item, Job) else item
+            undo.append(("job", job_id, self._jobs.get(job_id)))
+            self._set_job(job_id, new)
+            ops.append(("job", job_id, None if new is None else new.to_dict()))
+        for item in engines:
+            engine_id, new_engine = (
+                (item.engine_id, item) if isinstance(item, Engine) else item
+            )
+            undo.append(("engine", engine_id, self._engines.get(engine_id)))
+            self._set_engine(engine_id, new_engine)
+            ops.append(("engine", engine_id,
+                        None if new_engine is None else new_engine.to_record()))
+        durable = self.store.durable_seq
+        while self._undo and self._undo[0][0] <= durable:
+            self._undo.popleft()
+        try:
+            seq = self.store.append(ops)
+        except errors.PersistenceError as exc:
+            self._revert(undo)
+            raise errors.Unavailable(f"the change could not be saved: {exc}") from None
+        self._undo.append((seq, undo))
+        return seq
+
+    def _revert(self, undo: list[tuple[str, str, Any]]) -> None:
+        for kind, key, old in reversed(undo):
+            if kind == "job":
+                self._set_job(key, old)
+            else:
+                self._set_engine(key, old)
+
+    def _durable(self, seq: int) -> None:
+        """Wait outside the lock until change ``seq`` is on disk, or undo it."""
+        try:
+            self.store.wait_durable(seq)
+        except errors.PersistenceError as exc:
+            with self._lock:
+                durable = self.store.durable_seq
+                while self._undo and self._undo[-1][0] > durable:
+                    self._revert(self._undo.pop()[1])
+            raise errors.Unavailable(f"the change could not be saved: {exc}") from None
+
+    # ------------------------------------------------------------------ jobs
+
+    def submit_job(self, data: Mapping[str, Any]) -> Job:
+        with self._lock:
+            pending = len(self._by_status["pending"])
+            if pending >= self.settings.job_queue_max_size:
+                raise errors.QueueFull(
+                    f"the queue holds {pending} pending jobs, its limit; retry later",
+                    QUEUE_FULL_RETRY_AFTER,
+                )
+            now = self.clock()
+            seq = self._next_seq
+            job = Job(
+                job_id=f"{int(now * 1_000_000)}_{seq}",
+                seq=seq,
+                source_url=data["source_url"],
+                target_codec=data["target_codec"],
+                job_size=float(data["job_size"]),
+                priority=data.get("priority", 0),
+                max_retries=data.get("max_retries", self.settings.max_job_retries),
+                created_at=now,
+                updated_at=now,
+            )
+            commit = self._commit(jobs=[job])
+            self._next_seq = seq + 1
+        self._durable(commit)
+        events.info("job submitted", extra={"job_id": job.job_id})
+        return job
+
+    def get_job(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise errors.JobNotFound(job_id)
+        return job
+
+    def list_jobs(self, status: str | None, limit: int, offset: int) -> Page:
+        with self._lock:
+            table = self._ordered if status is None else self._by_status[status]
+            total = len(table)
+            return Page(list(islice(table.islice(offset), limit)), total)
+
+    def _active_job(self, job_id: str, engine_id: str | None, action: str) -> Job:
+        job = self.get_job(job_id)
+        if job.status not in ACTIVE_STATUSES:
+            raise errors.InvalidTransition(
+                f"cannot {action} job {job_id!r}: it is {job.status}, not assigned or processing"
+            )
+        if engine_id is not None and engine_id != job.assigned_engine:
+            raise errors.NotJobHolder(
+                f"engine {engine_id!r} does not hold job {job_id!r}"
+            )
+        return job
+
+    def report_progress(self, job_id: str, progress: float,
+                        engine_id: str | None = None) -> Job:
+        with self._lock:
+            job = self._active_job(job_id, engine_id, "report progress on")
+            new = replace(job, status="processing", progress=progress,
+                          updated_at=self.clock())
+            commit = self._commit(jobs=[new])
+        self._durable(commit)
+        return new
+
+    def complete_job(self, job_id: str, output_url: str,
+                     engine_id: str | None = None) -> Job:
+        with self._lock:
+            job = self._active_job(job_id, engine_id, "complete")
+            now = self.clock()
+            new = replace(job, status="completed", output_url=output_url, progress=100.0,
+                          completed_at=now, updated_at=now, retry_at=None)
+            changed_engines = []
+            engine = self._engines.get(job.assigned_engine or "")
+            if engine is not None:
+                changed_engines.append(replace(engine, jobs_completed=engine.jobs_completed + 1))
+            commit = self._commit(jobs=[new], engines=changed_engines)
+        self._durable(commit)
+        events.info("job completed", extra={"job_id": job_id, "engine_id": job.assigned_engine})
+        return new
+
+    def _failed_attempt(self, job: Job, reason: str, now: float) -> Job:
+        """The job after a failed attempt: re-queued with backoff, or failed for good."""
+        retries = job.retries + 1
+        common = dict(retries=retries, error_message=reason, assigned_engine=None,
+                      progress=None, updated_at=now)
+        if self.settings.auto_retry_failed_jobs and retries <= job.max_retries:
+            delay = min(self.settings.retry_backoff_seconds * 2 ** (retries - 1),
+                        self.settings.retry_backoff_max_seconds)
+            return replace(job, status="pending", retry_at=now + delay, **common)
+        return replace(job, status="failed", retry_at=None, completed_at=now, **common)
+
+    def fail_job(self, job_id: str, error_message: str,
+                 engine_id: str | None = None) -> Job:
+        with self._lock:
+            job = self._active_job(job_id, engine_id, "fail")
+            new = self._failed_attempt(job, error_message, self.clock())
+            changed_engines = []
+            engine = self._engines.get(job.assigned_engine or "")
+            if engine is not None:
+                changed_engines.append(replace(engine, jobs_failed=engine.jobs_failed + 1))
+            commit = self._commit(jobs=[new], engines=changed_engines)
+        self._durable(commit)
+        events.info("job %s", "re-queued" if new.status == "pending" else "failed",
+                    extra={"job_id": job_id, "engine_id": job.assigned_engine})
+        return new
+
+    def cancel_job(self, job_id: str) -> Job:
+        with self._lock:
+            job = self.get_job(job_id)
+            if job.status in FINISHED_STATUSES:
+                raise errors.InvalidTransition(
+                    f"cannot cancel job {job_id!r}: it is already {job.status}"
+                )
+            now = self.clock()
+            new = replace(job, status="cancelled", completed_at=now, updated_at=now,
+                          retry_at=None)
+            commit = self._commit(jobs=[new])
+        self._durable(commit)
+        events.info("job cancelled", extra={"job_id": job_id})
+        return new
+
+    def retry_job(self, job_id: str) -> Job:
+        with self._lock:
+            job = self.get_job(job_id)
+            if job.status not in ("failed", "cancelled"):
+                raise errors.InvalidTransition(
+                    f"cannot retry job {job_id!r}: it is {job.status}, not failed or cancelled"
+                )
+            if len(self._by_status["pending"]) >= self.settings.job_queue_max_size:
+                raise errors.QueueFull("the queue is full; retry later", QUEUE_FULL_RETRY_AFTER)
+            new = replace(job, status="pending", retries=0, retry_at=None,
+                          assigned_engine=None, progress=None, output_url=None,
+                          completed_at=None, updated_at=self.clock())
+            commit = self._commit(jobs=[new])
+        self._durable(commit)
+        return new
+
+    # --------------------------------------------------------------- engines
+
+    def heartbeat(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        engine_id = data["engine_id"]
+        with self._lock:
+            now = self.clock()
+            old = self._engines.get(engine_id)
+            engine = old or Engine(engine_id=engine_id, registered_at=now, last_heartbeat=now)
+            changes: dict[str, Any] = {"last_heartbeat": now, "offline": False}
+            for key in ("engine_type", "hostname", "storage_capacity_gb",
+                        "streaming_support"):
+                if key in data:
+                    changes[key] = data[key]
+            for key in ("supported_codecs", "local_job_queue"):
+                if key in data:
+                    changes[key] = tuple(data[key])
+            if "benchmark_time" in data:
+                changes["benchmark_time"] = data["benchmark_time"]
+                if engine.avg_benchmark_time is None:
+                    changes["avg_benchmark_time"] = data["benchmark_time"]
+                    changes["benchmark_count"] = 1
+            new = replace(engine, **changes)
+            commit = self._commit(engines=[new])
+            view = self._engine_view(new)
+        self._durable(commit)
+        if old is None:
+            events.info("engine registered", extra={"engine_id": engine_id})
+        elif old.offline:
+            events.info("engine back online", extra={"engine_id": engine_id})
+        return view
+
+    def benchmark_result(self, engine_id: str, benchmark_time: float) -> dict[str, Any]:
+        with self._lock:
+            engine = self._engines.get(engine_id)
+            if engine is None:
+                raise errors.EngineNotFound(engine_id)
+            count = engine.benchmark_count + 1
+            previous = engine.avg_benchmark_time or 0.0
+            average = previous + (benchmark_time - previous) / count
+            new = replace(engine, benchmark_time=benchmark_time,
+                          avg_benchmark_time=average, benchmark_count=count)
+            commit = self._commit(engines=[new])
+            view = self._engine_view(new)
+        self._durable(commit)
+        return view
+
+    def _engine_view(self, engine: Engine) -> dict[str, Any]:
+        record = engine.to_record()
+        del record["benchmark_count"]
+        held = list(self._held.get(engine.engine_id, ()))
+        record["current_jobs"] = held
+        record["status"] = "offline" if engine.offline else ("busy" if held else "idle")
+        return record
+
+    def list_engines(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._engine_view(engine) for engine in self._engines.values()]
+
+    def get_engine(self, engine_id: str) -> dict[str, Any]:
+        with self._lock:
+            engine = self._engines.get(engine_id)
+            if engine is None:
+                raise errors.EngineNotFound(engine_id)
+            return self._engine_view(engine)
+
+    def delete_engine(self, engine_id: str) -> dict[str, Any]:
+        with self._lock:
+            engine = self._engines.get(engine_id)
+            if engine is None:
+                raise errors.EngineNotFound(engine_id)
+            view = self._engine_view(engine)
+            now = self.clock()
+            released = [
+                replace(self._jobs[job_id], status="pending", assigned_engine=None,
+                        progress=None, updated_at=now)
+                for job_id in self._held.get(engine_id, ())
+            ]
+            commit = self._commit(jobs=released, engines=[(engine_id, None)])
+        self._durable(commit)
+        events.info("engine removed", extra={"engine_id": engine_id})
+        return view
+
+    def assign_job(self, engine_id: str, capabilities: list[str] | None) -> AssignResult:
+        with self._lock:
+            engine = self._engines.get(engine_id)
+            if engine is None:
+                raise errors.EngineNotFound(engine_id)
+            held = self._held.get(engine_id)
+            if held:
+                # A restarted engine asks again for the job it already holds.
+                return AssignResult(self._jobs[next(iter(held))], redelivered=True)
+            if engine.offline:
+                return AssignResult(None)
+            active = len(self._by_status["assigned"]) + len(self._by_status["processing"])
+            if active >= self.settings.max_concurrent_jobs:
+                return AssignResult(None)
+            now = self.clock()
+            job = choose_job(self._pending, self._jobs, engine, capabilities, now)
+            if job is None:
+                return AssignResult(None)
+            new = replace(job, status="assigned", assigned_engine=engine_id, assigned_at=now,
+                          updated_at=now, progress=None, retry_at=None,
+                          attempt=job.attempt + 1)
+            commit = self._commit(jobs=[new])
+        self._durable(commit)
+        events.info("job assigned", extra={"job_id": new.job_id, "engine_id": engine_id})
+        return AssignResult(new)
+
+    # -------------------------------------------------------------- liveness
+
+    def sweep(self) -> int:
+        """Mark silent engines offline and fail the jobs they held; return how many."""
+        timeout = self.settings.engine_heartbeat_timeout
+        with self._lock:
+            now = self.clock()
+            lost = [
+                engine for engine in self._engines.values()
+                if not engine.offline
+                and max(engine.last_heartbeat, self._grace_start) + timeout < now
+            ]
+            if not lost:
+                return 0
+            changed_jobs = []
+            for engine in lost:
+                for job_id in self._held.get(engine.engine_id, ()):
+                    reason = f"engine {engine.engine_id} lost (no heartbeat for {timeout:g} s)"
+                    changed_jobs.append(self._failed_attempt(self._jobs[job_id], reason, now))
+            commit = self._commit(
+                jobs=changed_jobs, engines=[replace(e, offline=True) for e in lost]
+            )
+        self._durable(commit)
+        for engine in lost:
+            events.warning("engine offline", extra={"engine_id": engine.engine_id})
+        return len(lost)
+
+    # ---------------------------------------------------------------- system
+
+    def counts(self) -> dict[str, int]:
+        return {status: len(table) for status, table in self._by_status.items()}
+
+    def engine_counts(self) -> dict[str, int]:
+        counts = {"idle": 0, "busy": 0, "offline": 0}
+        with self._lock:
+            for engine in self._engines.values():
+                if engine.offline:
+                    counts["offline"] += 1
+                elif engine.engine_id in self._held:
+                    counts["busy"] += 1
+                else:
+                    counts["idle"] += 1
+        return counts
+
+    def oldest_pending_age(self) -> float:
+        with self._lock:
+            pending = self._by_status["pending"]
+            return max(0.0, self.clock() - pending[0].created_at) if pending else 0.0
+
+    def health(self) -> dict[str, Any]:
+        counts = self.engine_counts()
+        return {
+            "uptime_seconds": round(self.clock() - self.started_at, 3),
+            "jobs_queued": len(self._by_status["pending"]),
+            "engines_active": counts["idle"] + counts["busy"],
+            "failure": self.store.check(),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        engines = self.engine_counts()
+        with self._lock:
+            jobs: dict[str, int] = {"total": len(self._jobs), **self.counts()}
+            now = self.clock()
+            last_hour = len(self._completions) - bisect_left(self._completions, now - 3600)
+            time_count = self._job_time_count
+            avg = self._job_time_sum / time_count if time_count else 0.0
+        finished = jobs["completed"] + jobs["failed"]
+        return {
+            "jobs": jobs,
+            "engines": {
+                "total": sum(engines.values()),
+                "active": engines["idle"] + engines["busy"],
+                **engines,
+            },
+            "performance": {
+                "avg_job_time": round(avg, 3),
+                "jobs_per_hour": last_hour,
+                "success_rate": round(100.0 * jobs["completed"] / finished, 2) if finished else 0.0,
+            },
+        }
+
+    # ------------------------------------------------------------- snapshots
+
+    def snapshot(self) -> bool:
+        """Write a full snapshot if anything changed; the tables are copied under the
+        lock (references only: objects are immutable) and serialised outside it."""
+        with self._lock:
+            seq = self.store.begin_snapshot()
+            if seq is None:
+                return False
+            data = SnapshotData(
+                seq=seq,
+                jobs=list(self._ordered),
+                engines=list(self._engines.values()),
+                meta={},
+            )
+        self.store.write_snapshot(data)
+        return True
+
+
+def _id_sort_key(record: Mapping[str, Any]) -> tuple[int, int, str]:
+    job_id = str(record.get("job_id", ""))
+    head, _, tail = job_id.partition("_")
+    try:
+        return (int(head), int(tail), job_id)
+    except ValueError:
+        return (0, 0, job_id)

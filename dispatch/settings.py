@@ -1,0 +1,269 @@
+"""Settings: command-line flags, ``DISTCONV_*`` variables and the INI config file.
+
+Precedence, highest first: flag, environment variable, config file, default.
+Every problem (unknown key, non-numeric number, unreadable file, missing API key)
+raises :class:`SettingsError`; the CLI turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from dispatch import __version__
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
+LOG_ROTATIONS = ("none", "daily", "hourly")
+
+
+class SettingsError(Exception):
+    """The settings cannot be used; the message names the key or file."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    state_file: str = "server_state.json"
+    log_level: str = "INFO"
+    log_file: str | None = None
+    log_rotation: str = "none"
+    log_max_files: int = 30
+    max_concurrent_jobs: int = 100
+    job_queue_max_size: int = 1000
+    engine_heartbeat_timeout: float = 180.0
+    auto_save_interval: float = 30.0
+    retry_backoff_seconds: float = 5.0
+    retry_backoff_max_seconds: float = 300.0
+    thread_pool_size: int = 8
+    max_job_retries: int = 3
+    auto_retry_failed_jobs: bool = True
+    finished_job_retention: float = 0.0
+    cleanup_interval: float = 60.0
+    engine_benchmark_interval: float = 3600.0
+    config_file: str | None = None
+
+    def __repr__(self) -> str:
+        # The key must never reach a log line or a traceback.
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "api_key"
+        )
+        return f"Settings(api_key='***', {shown})"
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f"..{maximum}" if maximum is not None else " or more"
+            raise ValueError(f"{value} is out of range ({minimum}{upper})")
+        return value
+
+    return convert
+
+
+def _float(minimum: float) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum:
+            raise ValueError(f"{text.strip()} must be a finite number >= {minimum:g}")
+        return value
+
+    return convert
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false)")
+
+
+def _choice(choices: Sequence[str], *, upper: bool = False) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = text.strip().upper() if upper else text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return "WARNING" if value == "WARN" else value
+
+    return convert
+
+
+def _text(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+@dataclass(frozen=True)
+class _Option:
+    field: str
+    convert: Callable[[str], Any]
+    flag: str | None = None
+    env: str | None = None
+    keys: tuple[str, ...] = ()
+
+
+# One row per setting: the single table the parser, the environment and the
+# config file are read from, so the three sources cannot drift apart.
+_OPTIONS: tuple[_Option, ...] = (
+    _Option("api_key", _text, "--api-key", "DISTCONV_API_KEY", ("api_key",)),
+    _Option("api_key_file", _text, "--api-key-file", "DISTCONV_API_KEY_FILE", ("api_key_file",)),
+    _Option("host", _text, "--host", "DISTCONV_HOST", ("bind_address",)),
+    _Option("port", _int(0, 65535), "--port", "DISTCONV_PORT", ("port",)),
+    _Option("state_file", _text, "--state-file", "DISTCONV_STATE_FILE", ("state_file",)),
+    _Option("log_level", _choice(LOG_LEVELS, upper=True), "--log-level", "DISTCONV_LOG_LEVEL",
+            ("log_level",)),
+    _Option("log_file", _text, "--log-file", "DISTCONV_LOG_FILE", ("log_file",)),
+    _Option("log_rotation", _choice(LOG_ROTATIONS), None, None, ("log_rotation",)),
+    _Option("log_max_files", _int(1, 10000), None, None, ("log_max_files",)),
+    _Option("max_concurrent_jobs", _int(1), "--max-jobs", "DISTCONV_MAX_JOBS",
+            ("max_concurrent_jobs",)),
+    _Option("job_queue_max_size", _int(1), "--queue-size", "DISTCONV_QUEUE_SIZE",
+            ("job_queue_max_size",)),
+    _Option("engine_heartbeat_timeout", _float(1), "--engine-timeout", "DISTCONV_ENGINE_TIMEOUT",
+            ("engine_heartbeat_timeout", "engine_timeout_seconds")),
+    _Option("auto_save_interval", _float(0.1), None, "DISTCONV_AUTO_SAVE_INTERVAL",
+            ("auto_save_interval",)),
+    _Option("retry_backoff_seconds", _float(0), None, "DISTCONV_RETRY_BACKOFF",
+            ("retry_backoff_seconds",)),
+    _Option("retry_backoff_max_seconds", _float(0), None, "DISTCONV_RETRY_BACKOFF_MAX",
+            ("retry_backoff_max_seconds",)),
+    _Option("thread_pool_size", _int(1, 1024), "--threads", "DISTCONV_THREADS",
+            ("thread_pool_size",)),
+    _Option("max_job_retries", _int(0, 100), None, None, ("max_job_retries",)),
+    _Option("auto_retry_failed_jobs", _bool, None, None, ("auto_retry_failed_jobs",)),
+    _Option("finished_job_retention", _float(0), None, "DISTCONV_JOB_RETENTION",
+            ("finished_job_retention",)),
+    _Option("cleanup_interval", _float(0.1), None, None, ("cleanup_interval",)),
+    _Option("engine_benchmark_interval", _float(0), None, None, ("engine_benchmark_interval",)),
+)
+
+# Levels of precedence; a higher number wins.
+_DEFAULT, _FILE, _ENV, _FLAG = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dispatch-server`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="dispatch-server",
+        description="DistConv dispatch server: the job coordinator of a transcoding farm.",
+        epilog="Every flag can also be set by a DISTCONV_* environment variable or in "
+        "the config file; flags win over variables, variables over the file.",
+    )
+    parser.add_argument("--version", action="version", version=f"dispatch-server {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="INI-style config file (DISTCONV_CONFIG)")
+    helps = {
+        "--api-key": "API key clients send in X-API-Key (DISTCONV_API_KEY); prefer --api-key-file",
+        "--api-key-file": "file holding the API key (DISTCONV_API_KEY_FILE)",
+        "--host": "bind address (default 127.0.0.1)",
+        "--port": "port (default 8080)",
+        "--state-file": "state file (default server_state.json in the current folder)",
+        "--log-level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
+        "--log-file": "log to this file instead of stderr",
+        "--max-jobs": "max concurrent jobs, assigned + processing (default 100)",
+        "--queue-size": "max pending jobs (default 1000)",
+        "--engine-timeout": "seconds without heartbeat before an engine is offline (default 180)",
+        "--threads": "worker threads (default 8)",
+    }
+    for option in _OPTIONS:
+        if option.flag:
+            parser.add_argument(
+                option.flag, dest=option.field, default=None, metavar="VALUE",
+                help=helps.get(option.flag),
+            )
+    return parser
+
+
+def _read_config_file(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc}") from None
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=("#", ";"), default_section="\0none"
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    # The original server.conf has no [section] header; give it one.
+    try:
+        parser.read_string("[distconv]\n" + text, source=path)
+    except configparser.Error as exc:
+        raise SettingsError(f"cannot parse config file {path}: {exc}") from None
+    values: dict[str, str] = {}
+    for section in parser.sections():
+        values.update(parser.items(section))
+    return values
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Resolve settings from flags, environment and config file; raise SettingsError."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args([] if argv is None else list(argv))
+
+    config_path = args.config or environ.get("DISTCONV_CONFIG") or None
+    file_values = _read_config_file(config_path) if config_path else {}
+    known_keys = {key: option for option in _OPTIONS for key in option.keys}
+    for key in file_values:
+        if key not in known_keys:
+            raise SettingsError(f"unknown key {key!r} in config file {config_path}")
+
+    resolved: dict[str, Any] = {}
+    level: dict[str, int] = {}
+    for option in _OPTIONS:
+        candidates: list[tuple[int, str, str]] = []
+        flag_value = getattr(args, option.field, None) if option.flag else None
+        if flag_value is not None:
+            candidates.append((_FLAG, flag_value, option.flag or ""))
+        if option.env and environ.get(option.env, "") != "":
+            candidates.append((_ENV, environ[option.env], option.env))
+        for key in option.keys:
+            if key in file_values:
+                candidates.append((_FILE, file_values[key], f"{key} in {config_path}"))
+                break
+        if not candidates:
+            continue
+        source_level, raw, source = max(candidates, key=lambda c: c[0])
+        try:
+            resolved[option.field] = option.convert(raw)
+        except ValueError as exc:
+            raise SettingsError(f"invalid value for {source}: {exc}") from None
+        level[option.field] = source_level
+
+    api_key = resolved.pop("api_key", None)
+    key_file = resolved.pop("api_key_file", None)
+    if key_file is not None and (api_key is None or level["api_key_file"] > level["api_key"]):
+        api_key = _read_key_file(key_file)
+    if not api_key:
+        raise SettingsError(
+            "no API key: set DISTCONV_API_KEY, pass --api-key or --api-key-file, "
+            "or put api_key = ... in the config file (generate one with: openssl rand -hex 32)"
+        )
+    return Settings(api_key=api_key, config_file=config_path, **resolved)
+
+
+def _read_key_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            key = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"cannot read API key file {path}: {exc.__class__.__name__}") from None
+    if not key:
+        raise SettingsError(f"API key file {path} is empty")
+    return key

@@ -1,0 +1,34 @@
+"""gunicorn config for ``gunicorn -c gunicorn.conf.py wsgi:app``.
+
+The same settings ``dispatch-server`` uses (one worker, gthread, threads from the
+DistConv settings); prefer ``dispatch-server``, which also refuses a damaged or
+already-owned state file with exit status 1 before gunicorn starts.
+"""
+
+from dispatch.gunicorn_config import options
+from dispatch.settings import load_settings
+
+_settings = load_settings([])
+_options = options(_settings)
+
+bind = _options["bind"]
+workers = _options["workers"]  # state lives in one process: never more than one
+worker_class = _options["worker_class"]
+threads = _options["threads"]
+graceful_timeout = _options["graceful_timeout"]
+timeout = _options["timeout"]
+keepalive = _options["keepalive"]
+preload_app = _options["preload_app"]
+max_requests = _options["max_requests"]
+accesslog = _options["accesslog"]
+errorlog = _options["errorlog"]
+loglevel = _options["loglevel"]
+proc_name = _options["proc_name"]
+control_socket_disable = _options["control_socket_disable"]
+worker_exit = _options["worker_exit"]
+
+
+def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature
+    from dispatch.logs import configure_logging
+
+    configure_logging(_settings)
