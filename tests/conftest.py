@@ -1,0 +1,111 @@
+"""Fixtures: a fresh app per test on a temporary state file, its client, the key header,
+and a clock the test moves by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from dispatch.app import create_app
+from dispatch.journal import JournalStore
+from dispatch.settings import Settings
+
+API_KEY = "test-key-0123456789"
+START = 1_704_067_200.0  # 2024-01-01T00:00:00Z
+
+
+class FakeClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Any) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"api_key": API_KEY,
+                                  "state_file": str(tmp_path / "server_state.json")}
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def make_app(clock: FakeClock) -> Iterator[Callable[..., Flask]]:
+    """Build apps on a real journal in tmp_path; every one is shut down afterwards."""
+    apps: list[Flask] = []
+
+    def make(settings: Settings, store: Any = None) -> Flask:
+        store = store if store is not None else JournalStore(settings.state_file)
+        app = create_app(settings, clock=clock, store=store, background=False)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["dispatch.runtime"].shutdown()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask], settings: Settings) -> Flask:
+    return make_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"X-API-Key": API_KEY}
+
+
+JOB = {"source_url": "http://example.com/input.mp4", "target_codec": "h264", "job_size": 100.5}
+
+
+@pytest.fixture
+def submit(client: FlaskClient, auth: dict[str, str]) -> Callable[..., dict[str, Any]]:
+    """Submit a job (fields override the defaults) and return its JSON."""
+
+    def do(**fields: Any) -> dict[str, Any]:
+        response = client.post("/jobs/", json={**JOB, **fields}, headers=auth)
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()
+
+    return do
+
+
+@pytest.fixture
+def heartbeat(client: FlaskClient, auth: dict[str, str]) -> Callable[..., dict[str, Any]]:
+    """Send a heartbeat for ``engine_id`` and return the engine JSON."""
+
+    def do(engine_id: str = "engine-001", **fields: Any) -> dict[str, Any]:
+        response = client.post("/engines/heartbeat", json={"engine_id": engine_id, **fields},
+                                headers=auth)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    return do
