@@ -23,11 +23,14 @@ def format_time(timestamp: float | None) -> str | None:
     """RFC 3339 UTC with microseconds and a ``Z``."""
     if timestamp is None:
         return None
-    seconds = int(timestamp // 1)
-    micros = int(round((timestamp - seconds) * 1_000_000))
-    if micros == 1_000_000:
-        seconds, micros = seconds + 1, 0
+    seconds, micros = divmod(round(timestamp * 1_000_000), 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+
+
+def to_micros(timestamp: float) -> float:
+    """The same instant at microsecond precision, as the JSON form keeps it, so an
+    object read back from disk equals the one that was written."""
+    return round(timestamp * 1_000_000) / 1_000_000
 
 
 def parse_time(value: Any) -> float | None:

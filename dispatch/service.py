@@ -28,6 +28,7 @@ from dispatch.models import (
     JOB_STATUSES,
     Engine,
     Job,
+    to_micros,
 )
 from dispatch.persistence import MemoryStore, Op, SnapshotData, Store
 from dispatch.scheduler import PendingIndex, choose_job
@@ -76,9 +77,12 @@ class DispatchService:
         self._job_time_count = 0
         self._next_seq = 0
         self._undo: deque[tuple[int, list[tuple[str, str, Any]]]] = deque()
-        self.started_at = self.clock()
+        self.started_at = self._now()
         self._grace_start = self.started_at
         self._load()
+
+    def _now(self) -> float:
+        return to_micros(self.clock())
 
     # ----------------------------------------------------------------- loading
 
@@ -211,7 +215,7 @@ class DispatchService:
                     f"the queue holds {pending} pending jobs, its limit; retry later",
                     QUEUE_FULL_RETRY_AFTER,
                 )
-            now = self.clock()
+            now = self._now()
             seq = self._next_seq
             job = Job(
                 job_id=f"{int(now * 1_000_000)}_{seq}",
@@ -259,7 +263,7 @@ class DispatchService:
         with self._lock:
             job = self._active_job(job_id, engine_id, "report progress on")
             new = replace(job, status="processing", progress=progress,
-                          updated_at=self.clock())
+                          updated_at=self._now())
             commit = self._commit(jobs=[new])
         self._durable(commit)
         return new
@@ -268,7 +272,7 @@ class DispatchService:
                      engine_id: str | None = None) -> Job:
         with self._lock:
             job = self._active_job(job_id, engine_id, "complete")
-            now = self.clock()
+            now = self._now()
             new = replace(job, status="completed", output_url=output_url, progress=100.0,
                           completed_at=now, updated_at=now, retry_at=None)
             changed_engines = []
@@ -295,7 +299,7 @@ class DispatchService:
                  engine_id: str | None = None) -> Job:
         with self._lock:
             job = self._active_job(job_id, engine_id, "fail")
-            new = self._failed_attempt(job, error_message, self.clock())
+            new = self._failed_attempt(job, error_message, self._now())
             changed_engines = []
             engine = self._engines.get(job.assigned_engine or "")
             if engine is not None:
@@ -313,7 +317,7 @@ class DispatchService:
                 raise errors.InvalidTransition(
                     f"cannot cancel job {job_id!r}: it is already {job.status}"
                 )
-            now = self.clock()
+            now = self._now()
             new = replace(job, status="cancelled", completed_at=now, updated_at=now,
                           retry_at=None)
             commit = self._commit(jobs=[new])
@@ -332,7 +336,7 @@ class DispatchService:
                 raise errors.QueueFull("the queue is full; retry later", QUEUE_FULL_RETRY_AFTER)
             new = replace(job, status="pending", retries=0, retry_at=None,
                           assigned_engine=None, progress=None, output_url=None,
-                          completed_at=None, updated_at=self.clock())
+                          completed_at=None, updated_at=self._now())
             commit = self._commit(jobs=[new])
         self._durable(commit)
         return new
@@ -342,7 +346,7 @@ class DispatchService:
     def heartbeat(self, data: Mapping[str, Any]) -> dict[str, Any]:
         engine_id = data["engine_id"]
         with self._lock:
-            now = self.clock()
+            now = self._now()
             old = self._engines.get(engine_id)
             engine = old or Engine(engine_id=engine_id, registered_at=now, last_heartbeat=now)
             changes: dict[str, Any] = {"last_heartbeat": now, "offline": False}
@@ -408,7 +412,7 @@ class DispatchService:
             if engine is None:
                 raise errors.EngineNotFound(engine_id)
             view = self._engine_view(engine)
-            now = self.clock()
+            now = self._now()
             released = [
                 replace(self._jobs[job_id], status="pending", assigned_engine=None,
                         progress=None, updated_at=now)
@@ -433,7 +437,7 @@ class DispatchService:
             active = len(self._by_status["assigned"]) + len(self._by_status["processing"])
             if active >= self.settings.max_concurrent_jobs:
                 return AssignResult(None)
-            now = self.clock()
+            now = self._now()
             job = choose_job(self._pending, self._jobs, engine, capabilities, now)
             if job is None:
                 return AssignResult(None)
@@ -451,7 +455,7 @@ class DispatchService:
         """Mark silent engines offline and fail the jobs they held; return how many."""
         timeout = self.settings.engine_heartbeat_timeout
         with self._lock:
-            now = self.clock()
+            now = self._now()
             lost = [
                 engine for engine in self._engines.values()
                 if not engine.offline
@@ -492,12 +496,12 @@ class DispatchService:
     def oldest_pending_age(self) -> float:
         with self._lock:
             pending = self._by_status["pending"]
-            return max(0.0, self.clock() - pending[0].created_at) if pending else 0.0
+            return max(0.0, self._now() - pending[0].created_at) if pending else 0.0
 
     def health(self) -> dict[str, Any]:
         counts = self.engine_counts()
         return {
-            "uptime_seconds": round(self.clock() - self.started_at, 3),
+            "uptime_seconds": round(self._now() - self.started_at, 3),
             "jobs_queued": len(self._by_status["pending"]),
             "engines_active": counts["idle"] + counts["busy"],
             "failure": self.store.check(),
@@ -507,7 +511,7 @@ class DispatchService:
         engines = self.engine_counts()
         with self._lock:
             jobs: dict[str, int] = {"total": len(self._jobs), **self.counts()}
-            now = self.clock()
+            now = self._now()
             last_hour = len(self._completions) - bisect_left(self._completions, now - 3600)
             time_count = self._job_time_count
             avg = self._job_time_sum / time_count if time_count else 0.0
