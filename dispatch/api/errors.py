@@ -11,8 +11,8 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Flask, Response
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from dispatch import errors
 
@@ -52,8 +52,9 @@ def error_response(status: int, code: str, message: str,
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
-    return Response(orjson.dumps({"error": body}), status=status, headers=headers,
-                    mimetype="application/json")
+    # marshmallow keys a list item's errors by its (integer) index.
+    return Response(orjson.dumps({"error": body}, option=orjson.OPT_NON_STR_KEYS),
+                    status=status, headers=headers, mimetype="application/json")
 
 
 def _dispatch_error(exc: errors.DispatchError) -> Response:
@@ -64,7 +65,23 @@ def _dispatch_error(exc: errors.DispatchError) -> Response:
     return error_response(exc.status, exc.code, exc.message, details, headers)
 
 
+def _other_slash_form(exc: HTTPException) -> HTTPException:
+    """werkzeug matches ``/jobs`` to the rule ``/jobs/`` only for allowed methods, so a
+    wrong method on the slash-less form would be a 404; it is a 405 like its twin."""
+    path = request.path
+    twin = path[:-1] if path.endswith("/") and path != "/" else path + "/"
+    try:
+        current_app.url_map.bind_to_environ(request.environ).match(twin, request.method)
+    except MethodNotAllowed as twin_exc:
+        return twin_exc
+    except HTTPException:
+        pass
+    return exc
+
+
 def _http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, NotFound) and request:
+        exc = _other_slash_form(exc)
     status = exc.code or 500
     headers = None
     if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
