@@ -62,7 +62,7 @@ def ok(response: TestResponse, status: int = 200) -> dict[str, Any]:
 
 def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
     """The contract's error shape without ``details``; returns the error object."""
-    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.status_code == status, response.get_data(as_text=True)[:300]
     assert response.mimetype == "application/json"
     body = response.get_json()
     error = body["error"]
