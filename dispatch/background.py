@@ -49,6 +49,8 @@ class Runtime:
             Periodic("snapshot", settings.auto_save_interval, service.snapshot),
             Periodic("sweeper", sweep_every, service.sweep),
         ]
+        if settings.finished_job_retention > 0:
+            self.threads.append(Periodic("purge", settings.cleanup_interval, service.purge))
         self._closed = False
         self._close_lock = threading.Lock()
 

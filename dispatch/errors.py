@@ -9,7 +9,8 @@ error shape in one place::
     │   └── EngineNotFound
     ├── Conflict                  conflict, 409
     │   ├── InvalidTransition     the job's status does not allow the request
-    │   └── NotJobHolder          the reporting engine does not hold the job
+    │   ├── NotJobHolder          the reporting engine does not hold the job
+    │   └── StaleAttempt          the report is from an earlier attempt
     ├── QueueFull                 queue_full, 503 (+ Retry-After)
     └── Unavailable               unavailable, 503: the change could not be persisted
 """
@@ -51,6 +52,10 @@ class InvalidTransition(Conflict):
 
 
 class NotJobHolder(Conflict):
+    pass
+
+
+class StaleAttempt(Conflict):
     pass
 
 

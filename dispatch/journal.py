@@ -376,7 +376,7 @@ class JournalStore:
                 "version": STATE_VERSION,
                 "journal_seq": data.seq,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "jobs": {job.job_id: job.to_dict() for job in data.jobs},
+                "jobs": {job.job_id: job.to_record() for job in data.jobs},
                 "engines": {e.engine_id: e.to_record() for e in data.engines},
                 "meta": data.meta,
             }

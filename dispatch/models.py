@@ -71,6 +71,7 @@ class Job:
     assigned_at: float | None = None
     completed_at: float | None = None
     attempt: int = 0
+    progress_at: float | None = None  # when progress last changed (stall detection)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,12 @@ class Job:
             "completed_at": format_time(self.completed_at),
             "attempt": self.attempt,
         }
+
+    def to_record(self) -> dict[str, Any]:
+        """The state-file form: the API form plus what only the server needs."""
+        record = self.to_dict()
+        record["progress_at"] = format_time(self.progress_at)
+        return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], seq: int) -> Job:
@@ -121,6 +128,7 @@ class Job:
             assigned_at=parse_time(data.get("assigned_at")),
             completed_at=parse_time(data.get("completed_at")),
             attempt=int(data.get("attempt") or 0),
+            progress_at=parse_time(data.get("progress_at")),
         )
 
 
@@ -141,6 +149,7 @@ class Engine:
     jobs_completed: int = 0
     jobs_failed: int = 0
     offline: bool = False
+    drain: str | None = None  # "api" (operator) or "engine" (announced by the engine)
 
     def to_record(self) -> dict[str, Any]:
         """The state-file form (``status`` and ``current_jobs`` are derived on load)."""
@@ -160,6 +169,7 @@ class Engine:
             "registered_at": format_time(self.registered_at),
             "last_heartbeat": format_time(self.last_heartbeat),
             "status": "offline" if self.offline else "idle",
+            "drain": self.drain,
         }
 
     @classmethod
@@ -186,4 +196,5 @@ class Engine:
             jobs_completed=int(data.get("jobs_completed") or 0),
             jobs_failed=int(data.get("jobs_failed") or 0),
             offline=data.get("status") == "offline",
+            drain=data.get("drain") if data.get("drain") in ("api", "engine") else None,
         )

@@ -32,7 +32,7 @@ class RecoveredState:
 @dataclass
 class SnapshotData:
     seq: int
-    jobs: list[Any]  # model objects with to_dict()
+    jobs: list[Any]  # model objects with to_record()
     engines: list[Any]  # model objects with to_record()
     meta: dict[str, Any]
 

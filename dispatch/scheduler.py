@@ -1,26 +1,43 @@
-"""Which pending job an engine gets.
+"""Which pending job an engine gets. The rules, as the README states them:
 
-Pending jobs are indexed by codec, each codec's jobs kept sorted by (priority
-descending, creation ascending), so choosing a job reads the heads of the engine's
-codecs instead of scanning the queue. The rules are in the README ("Scheduling").
+1. Eligible: the job's codec is one the engine asked with (``capabilities``) or
+   registered (``supported_codecs``; none listed means any codec), its size fits the
+   engine's storage (``job_size`` MB <= ``storage_capacity_gb`` x 1024, when known),
+   and its ``retry_at`` has passed.
+2. Order: effective priority first, then oldest first. Effective priority is the
+   job's ``priority`` plus one point per ``priority_aging_seconds`` it has waited since
+   it was submitted, so a low-priority job cannot wait forever behind a stream of
+   higher ones (0 turns aging off).
+3. Size-aware placement, within the best effective priority only: an engine is *fast*
+   when it supports streaming or its benchmark time is at most the median of the
+   active engines' benchmarks, *slow* when its benchmark is above that median. A fast
+   engine takes the oldest *large* job (``job_size`` >= ``large_job_threshold_mb``)
+   among the next few candidates, if there is one; a slow engine passes over large
+   jobs for a small one, but only while a fast engine is active to take them and
+   only for jobs that have waited less than ``priority_aging_seconds``.
+
+Index: pending jobs are bucketed by (codec, priority), each bucket sorted by creation,
+so the best job is found among bucket heads without scanning the queue; jobs in
+backoff wait in a separate list ordered by ``retry_at`` and join their bucket when due.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from statistics import median
 
-from sortedcontainers import SortedList
+from sortedcontainers import SortedKeyList, SortedList
 
 from dispatch.models import Engine, Job
 
 MB_PER_GB = 1024.0
+LOOKAHEAD = 32  # candidates examined for size-aware placement beyond the first
 
-_Entry = tuple[int, int, str]  # (-priority, seq, job_id)
 
-
-def _entry(job: Job) -> _Entry:
-    return (-job.priority, job.seq, job.job_id)
+def _seq(job: Job) -> int:
+    return job.seq
 
 
 def fits(job: Job, engine: Engine) -> bool:
@@ -29,54 +46,152 @@ def fits(job: Job, engine: Engine) -> bool:
     return capacity is None or job.job_size <= capacity * MB_PER_GB
 
 
+@dataclass(frozen=True)
+class Policy:
+    aging_seconds: float = 600.0
+    large_job_mb: float = 1024.0
+
+
 class PendingIndex:
-    """Pending jobs by codec, in the order they are served."""
+    """Pending jobs: ready ones by (codec, priority) in creation order, and those in
+    backoff by ``retry_at``."""
 
     def __init__(self) -> None:
-        self._by_codec: dict[str, SortedList] = {}
+        self._ready: dict[str, dict[int, SortedKeyList]] = {}
+        self._waiting = SortedList()  # (retry_at, seq, job)
+        self._waiting_ids: dict[str, tuple[float, int, Job]] = {}
+        self._count = 0
 
     def __len__(self) -> int:
-        return sum(len(entries) for entries in self._by_codec.values())
+        return self._count
 
-    def add(self, job: Job) -> None:
-        entries = self._by_codec.get(job.target_codec)
-        if entries is None:
-            entries = self._by_codec[job.target_codec] = SortedList()
-        entries.add(_entry(job))
+    def add(self, job: Job, now: float) -> None:
+        self._count += 1
+        if job.retry_at is not None and job.retry_at > now:
+            entry = (job.retry_at, job.seq, job)
+            self._waiting.add(entry)
+            self._waiting_ids[job.job_id] = entry
+        else:
+            self._add_ready(job)
+
+    def _add_ready(self, job: Job) -> None:
+        buckets = self._ready.setdefault(job.target_codec, {})
+        bucket = buckets.get(job.priority)
+        if bucket is None:
+            bucket = buckets[job.priority] = SortedKeyList(key=_seq)
+        bucket.add(job)
 
     def remove(self, job: Job) -> None:
-        entries = self._by_codec[job.target_codec]
-        entries.remove(_entry(job))
-        if not entries:
-            del self._by_codec[job.target_codec]
+        self._count -= 1
+        entry = self._waiting_ids.pop(job.job_id, None)
+        if entry is not None:
+            self._waiting.remove(entry)
+            return
+        buckets = self._ready[job.target_codec]
+        bucket = buckets[job.priority]
+        bucket.remove(job)
+        if not bucket:
+            del buckets[job.priority]
+            if not buckets:
+                del self._ready[job.target_codec]
 
-    def codecs(self) -> Iterable[str]:
-        return self._by_codec.keys()
+    def promote(self, now: float) -> None:
+        """Move jobs whose backoff has ended into their buckets."""
+        while self._waiting and self._waiting[0][0] <= now:
+            _, _, job = self._waiting.pop(0)
+            del self._waiting_ids[job.job_id]
+            self._add_ready(job)
 
-    def in_order(self, codecs: Iterable[str] | None) -> Iterator[str]:
-        """Job ids of the given codecs (all when None), best first."""
+    def next_retry_at(self) -> float | None:
+        return self._waiting[0][0] if self._waiting else None
+
+    def waiting_ids(self) -> Iterable[str]:
+        return self._waiting_ids.keys()
+
+    def candidates(self, codecs: Iterable[str] | None, now: float,
+                   aging_seconds: float) -> Iterator[tuple[float, Job]]:
+        """Ready jobs of the given codecs (all when None) with their effective
+        priority, best first."""
         if codecs is None:
-            lists = list(self._by_codec.values())
+            codec_buckets = list(self._ready.values())
         else:
-            lists = [self._by_codec[c] for c in set(codecs) if c in self._by_codec]
-        if len(lists) == 1:
-            return (entry[2] for entry in lists[0])
-        return (entry[2] for entry in heapq.merge(*lists))
+            codec_buckets = [self._ready[c] for c in set(codecs) if c in self._ready]
+        streams = [
+            _bucket_stream(bucket, now, aging_seconds)
+            for buckets in codec_buckets for bucket in buckets.values()
+        ]
+        if len(streams) == 1:
+            return ((-key, job) for key, _, job in streams[0])
+        return ((-key, job) for key, _, job in heapq.merge(*streams))
+
+
+def _bucket_stream(bucket: SortedKeyList, now: float,
+                   aging_seconds: float) -> Iterator[tuple[float, int, Job]]:
+    # Within one bucket older jobs come first and, having waited longer, also have
+    # the higher effective priority: each bucket is already in merge order.
+    for job in bucket:
+        effective = job.priority
+        if aging_seconds > 0:
+            effective += max(0.0, now - job.created_at) // aging_seconds
+        yield (-effective, job.seq, job)
+
+
+def engine_speed(engine: Engine, active: Iterable[Engine]) -> str:
+    """``fast``, ``slow`` or ``unknown`` relative to the engines active now."""
+    if engine.streaming_support:
+        return "fast"
+    own = engine.avg_benchmark_time if engine.avg_benchmark_time is not None \
+        else engine.benchmark_time
+    if own is None:
+        return "unknown"
+    times = [
+        e.avg_benchmark_time if e.avg_benchmark_time is not None else e.benchmark_time
+        for e in active
+    ]
+    known = [t for t in times if t is not None]
+    if not known:
+        return "unknown"
+    return "fast" if own <= median(known) else "slow"
 
 
 def choose_job(
     index: PendingIndex,
-    jobs: dict[str, Job],
     engine: Engine,
     capabilities: Iterable[str] | None,
     now: float,
+    policy: Policy,
+    speed: str = "unknown",
+    fast_engine_active: bool = False,
 ) -> Job | None:
-    """The best pending job for ``engine``, or None when nothing suits it."""
+    """The job ``engine`` should get now, or None when nothing suits it."""
+    index.promote(now)
     codecs = list(capabilities) if capabilities is not None else list(engine.supported_codecs)
-    for job_id in index.in_order(codecs or None):
-        job = jobs[job_id]
-        if job.retry_at is not None and job.retry_at > now:
+    first: Job | None = None
+    best_priority = 0.0
+    looked = 0
+    for effective, job in index.candidates(codecs or None, now, policy.aging_seconds):
+        if not fits(job, engine):
             continue
-        if fits(job, engine):
+        if first is None:
+            first, best_priority = job, effective
+            if speed == "unknown":
+                return job
+        elif effective < best_priority or looked >= LOOKAHEAD:
+            break
+        looked += 1
+        large = job.job_size >= policy.large_job_mb
+        if speed == "fast" and large:
             return job
-    return None
+        if speed == "slow":
+            if not large:
+                return job
+            waited = now - job.created_at
+            if not fast_engine_active or (policy.aging_seconds > 0
+                                          and waited >= policy.aging_seconds):
+                return job
+    return first if speed == "fast" or first is None else _slow_fallback(first, fast_engine_active)
+
+
+def _slow_fallback(first: Job, fast_engine_active: bool) -> Job | None:
+    # Every candidate in the best priority was a large job kept for a fast engine.
+    return None if fast_engine_active else first

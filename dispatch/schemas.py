@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
 
-from dispatch.models import JOB_STATUSES
+from dispatch.models import ENGINE_STATUSES, JOB_STATUSES
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_URL = 2048
@@ -93,16 +93,19 @@ class JobListQuerySchema(StrictSchema):
 class ProgressSchema(StrictSchema):
     progress = FiniteFloat(required=True, validate=validate.Range(min=0, max=100))
     engine_id = _engine_id()
+    attempt = StrictInteger(validate=validate.Range(min=1))
 
 
 class CompleteSchema(StrictSchema):
     output_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
     engine_id = _engine_id()
+    attempt = StrictInteger(validate=validate.Range(min=1))
 
 
 class FailSchema(StrictSchema):
     error_message = _text(MAX_TEXT, required=True)
     engine_id = _engine_id()
+    attempt = StrictInteger(validate=validate.Range(min=1))
 
 
 class HeartbeatSchema(Schema):
@@ -112,7 +115,7 @@ class HeartbeatSchema(Schema):
     engine_id = _engine_id(required=True)
     engine_type = _text(128)
     supported_codecs = fields.List(_text(64), validate=validate.Length(max=MAX_LIST))
-    status = fields.String(validate=validate.OneOf(("idle", "busy")))
+    status = fields.String(validate=validate.OneOf(("idle", "busy", "draining")))
     storage_capacity_gb = FiniteFloat(validate=validate.Range(min=0))
     streaming_support = fields.Boolean(truthy={True}, falsy={False})
     hostname = _text(255)
@@ -165,7 +168,7 @@ class EngineSchema(Schema):
     engine_id = fields.String(required=True)
     engine_type = fields.String(required=True, allow_none=True)
     hostname = fields.String(required=True, allow_none=True)
-    status = fields.String(required=True, validate=validate.OneOf(("idle", "busy", "offline")))
+    status = fields.String(required=True, validate=validate.OneOf(ENGINE_STATUSES))
     supported_codecs = fields.List(fields.String(), required=True)
     storage_capacity_gb = fields.Float(required=True, allow_none=True)
     streaming_support = fields.Boolean(required=True)
@@ -177,6 +180,16 @@ class EngineSchema(Schema):
     jobs_failed = fields.Integer(required=True)
     registered_at = fields.String(required=True, metadata={"format": "date-time"})
     last_heartbeat = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class HeartbeatAnswerSchema(EngineSchema):
+    cancelled_jobs = fields.List(
+        fields.String(), required=True,
+        metadata={"description": "Jobs the engine holds or lists in local_job_queue that "
+                  "were cancelled or given to another engine: stop working on them"},
+    )
+    draining = fields.Boolean(required=True,
+                              metadata={"description": "Take no new jobs"})
 
 
 class EngineListSchema(Schema):
@@ -207,6 +220,7 @@ class EngineCountsSchema(Schema):
     active = fields.Integer(required=True)
     idle = fields.Integer(required=True)
     busy = fields.Integer(required=True)
+    draining = fields.Integer(required=True)
     offline = fields.Integer(required=True)
 
 

@@ -31,7 +31,7 @@ from dispatch.models import (
     to_micros,
 )
 from dispatch.persistence import MemoryStore, Op, SnapshotData, Store
-from dispatch.scheduler import PendingIndex, choose_job
+from dispatch.scheduler import PendingIndex, Policy, choose_job, engine_speed
 from dispatch.settings import Settings
 
 log = logging.getLogger("dispatch.service")
@@ -72,6 +72,8 @@ class DispatchService:
         }
         self._held: dict[str, dict[str, None]] = {}  # engine id -> ids of active jobs
         self._pending = PendingIndex()
+        self._policy = Policy(settings.priority_aging_seconds, settings.large_job_threshold_mb)
+        self._finished = SortedKeyList(key=_finished_key)  # for retention purges
         self._completions = SortedList()  # completed_at of completed jobs
         self._job_time_sum = 0.0
         self._job_time_count = 0
@@ -123,13 +125,15 @@ class DispatchService:
             self._by_status[old.status].remove(old)
             if old.status == "pending":
                 self._pending.remove(old)
-            elif old.status in ACTIVE_STATUSES and old.assigned_engine is not None:
+            elif old.status in FINISHED_STATUSES:
+                self._finished.remove(old)
+            if old.status in ACTIVE_STATUSES and old.assigned_engine is not None:
                 held = self._held.get(old.assigned_engine)
                 if held is not None:
                     held.pop(job_id, None)
                     if not held:
                         del self._held[old.assigned_engine]
-            elif old.status == "completed" and old.completed_at is not None:
+            if old.status == "completed" and old.completed_at is not None:
                 self._completions.remove(old.completed_at)
                 if old.assigned_at is not None:
                     self._job_time_sum -= old.completed_at - old.assigned_at
@@ -141,10 +145,12 @@ class DispatchService:
         self._ordered.add(new)
         self._by_status[new.status].add(new)
         if new.status == "pending":
-            self._pending.add(new)
-        elif new.status in ACTIVE_STATUSES and new.assigned_engine is not None:
+            self._pending.add(new, self._now())
+        elif new.status in FINISHED_STATUSES:
+            self._finished.add(new)
+        if new.status in ACTIVE_STATUSES and new.assigned_engine is not None:
             self._held.setdefault(new.assigned_engine, {})[job_id] = None
-        elif new.status == "completed" and new.completed_at is not None:
+        if new.status == "completed" and new.completed_at is not None:
             self._completions.add(new.completed_at)
             if new.assigned_at is not None:
                 self._job_time_sum += new.completed_at - new.assigned_at
@@ -167,7 +173,7 @@ class DispatchService:
             job_id, new = (item.job_id, item) if isinstance(item, Job) else item
             undo.append(("job", job_id, self._jobs.get(job_id)))
             self._set_job(job_id, new)
-            ops.append(("job", job_id, None if new is None else new.to_dict()))
+            ops.append(("job", job_id, None if new is None else new.to_record()))
         for item in engines:
             engine_id, new_engine = (
                 (item.engine_id, item) if isinstance(item, Engine) else item
@@ -246,8 +252,14 @@ class DispatchService:
             total = len(table)
             return Page(list(islice(table.islice(offset), limit)), total)
 
-    def _active_job(self, job_id: str, engine_id: str | None, action: str) -> Job:
+    def _active_job(self, job_id: str, engine_id: str | None, attempt: int | None,
+                    action: str) -> Job:
         job = self.get_job(job_id)
+        if attempt is not None and attempt != job.attempt:
+            raise errors.StaleAttempt(
+                f"report for attempt {attempt} of job {job_id!r}, which is on attempt "
+                f"{job.attempt}: the job was given to another engine since"
+            )
         if job.status not in ACTIVE_STATUSES:
             raise errors.InvalidTransition(
                 f"cannot {action} job {job_id!r}: it is {job.status}, not assigned or processing"
@@ -258,20 +270,22 @@ class DispatchService:
             )
         return job
 
-    def report_progress(self, job_id: str, progress: float,
-                        engine_id: str | None = None) -> Job:
+    def report_progress(self, job_id: str, progress: float, engine_id: str | None = None,
+                        attempt: int | None = None) -> Job:
         with self._lock:
-            job = self._active_job(job_id, engine_id, "report progress on")
-            new = replace(job, status="processing", progress=progress,
-                          updated_at=self._now())
+            job = self._active_job(job_id, engine_id, attempt, "report progress on")
+            now = self._now()
+            moved = progress != job.progress
+            new = replace(job, status="processing", progress=progress, updated_at=now,
+                          progress_at=now if moved else job.progress_at)
             commit = self._commit(jobs=[new])
         self._durable(commit)
         return new
 
-    def complete_job(self, job_id: str, output_url: str,
-                     engine_id: str | None = None) -> Job:
+    def complete_job(self, job_id: str, output_url: str, engine_id: str | None = None,
+                     attempt: int | None = None) -> Job:
         with self._lock:
-            job = self._active_job(job_id, engine_id, "complete")
+            job = self._active_job(job_id, engine_id, attempt, "complete")
             now = self._now()
             new = replace(job, status="completed", output_url=output_url, progress=100.0,
                           completed_at=now, updated_at=now, retry_at=None)
@@ -288,17 +302,17 @@ class DispatchService:
         """The job after a failed attempt: re-queued with backoff, or failed for good."""
         retries = job.retries + 1
         common = dict(retries=retries, error_message=reason, assigned_engine=None,
-                      progress=None, updated_at=now)
+                      progress=None, progress_at=None, updated_at=now)
         if self.settings.auto_retry_failed_jobs and retries <= job.max_retries:
             delay = min(self.settings.retry_backoff_seconds * 2 ** (retries - 1),
                         self.settings.retry_backoff_max_seconds)
             return replace(job, status="pending", retry_at=now + delay, **common)
         return replace(job, status="failed", retry_at=None, completed_at=now, **common)
 
-    def fail_job(self, job_id: str, error_message: str,
-                 engine_id: str | None = None) -> Job:
+    def fail_job(self, job_id: str, error_message: str, engine_id: str | None = None,
+                 attempt: int | None = None) -> Job:
         with self._lock:
-            job = self._active_job(job_id, engine_id, "fail")
+            job = self._active_job(job_id, engine_id, attempt, "fail")
             new = self._failed_attempt(job, error_message, self._now())
             changed_engines = []
             engine = self._engines.get(job.assigned_engine or "")
@@ -350,6 +364,11 @@ class DispatchService:
             old = self._engines.get(engine_id)
             engine = old or Engine(engine_id=engine_id, registered_at=now, last_heartbeat=now)
             changes: dict[str, Any] = {"last_heartbeat": now, "offline": False}
+            reported = data.get("status")
+            if reported == "draining" and engine.drain is None:
+                changes["drain"] = "engine"
+            elif reported in ("idle", "busy") and engine.drain == "engine":
+                changes["drain"] = None  # the engine ends a drain it announced itself
             for key in ("engine_type", "hostname", "storage_capacity_gb",
                         "streaming_support"):
                 if key in data:
@@ -365,11 +384,41 @@ class DispatchService:
             new = replace(engine, **changes)
             commit = self._commit(engines=[new])
             view = self._engine_view(new)
+            view["cancelled_jobs"] = self._withdrawn(new)
+            view["draining"] = new.drain is not None
         self._durable(commit)
         if old is None:
             events.info("engine registered", extra={"engine_id": engine_id})
         elif old.offline:
             events.info("engine back online", extra={"engine_id": engine_id})
+        return view
+
+    def _withdrawn(self, engine: Engine) -> list[str]:
+        """Jobs the engine may still be working on that are no longer its own:
+        cancelled, or given back to the queue or to another engine."""
+        withdrawn = []
+        for job_id in engine.local_job_queue:
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue
+            if job.status == "cancelled" or (
+                job.status not in FINISHED_STATUSES and job.assigned_engine != engine.engine_id
+            ):
+                withdrawn.append(job_id)
+        return withdrawn
+
+    def set_drain(self, engine_id: str, draining: bool) -> dict[str, Any]:
+        """Start or end an operator's drain: no new jobs until it is ended."""
+        with self._lock:
+            engine = self._engines.get(engine_id)
+            if engine is None:
+                raise errors.EngineNotFound(engine_id)
+            new = replace(engine, drain="api" if draining else None)
+            commit = self._commit(engines=[new])
+            view = self._engine_view(new)
+        self._durable(commit)
+        events.info("engine %s", "draining" if draining else "undrained",
+                    extra={"engine_id": engine_id})
         return view
 
     def benchmark_result(self, engine_id: str, benchmark_time: float) -> dict[str, Any]:
@@ -390,10 +439,18 @@ class DispatchService:
     def _engine_view(self, engine: Engine) -> dict[str, Any]:
         record = engine.to_record()
         del record["benchmark_count"]
+        del record["drain"]
         held = list(self._held.get(engine.engine_id, ()))
         record["current_jobs"] = held
-        record["status"] = "offline" if engine.offline else ("busy" if held else "idle")
+        record["status"] = self._engine_status(engine)
         return record
+
+    def _engine_status(self, engine: Engine) -> str:
+        if engine.offline:
+            return "offline"
+        if engine.drain is not None:
+            return "draining"
+        return "busy" if engine.engine_id in self._held else "idle"
 
     def list_engines(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -432,17 +489,23 @@ class DispatchService:
             if held:
                 # A restarted engine asks again for the job it already holds.
                 return AssignResult(self._jobs[next(iter(held))], redelivered=True)
-            if engine.offline:
+            if engine.offline or engine.drain is not None:
                 return AssignResult(None)
             active = len(self._by_status["assigned"]) + len(self._by_status["processing"])
             if active >= self.settings.max_concurrent_jobs:
                 return AssignResult(None)
             now = self._now()
-            job = choose_job(self._pending, self._jobs, engine, capabilities, now)
+            live = [e for e in self._engines.values() if not e.offline and e.drain is None]
+            speed = engine_speed(engine, live)
+            fast_active = speed == "slow" and any(
+                engine_speed(e, live) == "fast" for e in live if e is not engine
+            )
+            job = choose_job(self._pending, engine, capabilities, now, self._policy,
+                             speed, fast_active)
             if job is None:
                 return AssignResult(None)
             new = replace(job, status="assigned", assigned_engine=engine_id, assigned_at=now,
-                          updated_at=now, progress=None, retry_at=None,
+                          updated_at=now, progress=None, progress_at=now, retry_at=None,
                           attempt=job.attempt + 1)
             commit = self._commit(jobs=[new])
         self._durable(commit)
@@ -461,20 +524,62 @@ class DispatchService:
                 if not engine.offline
                 and max(engine.last_heartbeat, self._grace_start) + timeout < now
             ]
-            if not lost:
-                return 0
             changed_jobs = []
             for engine in lost:
                 for job_id in self._held.get(engine.engine_id, ()):
                     reason = f"engine {engine.engine_id} lost (no heartbeat for {timeout:g} s)"
                     changed_jobs.append(self._failed_attempt(self._jobs[job_id], reason, now))
+            stalled = self._stalled(now, {e.engine_id for e in lost})
+            for job in stalled:
+                reason = (f"stalled: no progress for {self.settings.job_stall_timeout:g} s "
+                          f"on engine {job.assigned_engine}")
+                changed_jobs.append(self._failed_attempt(job, reason, now))
+            if not changed_jobs and not lost:
+                return 0
             commit = self._commit(
                 jobs=changed_jobs, engines=[replace(e, offline=True) for e in lost]
             )
         self._durable(commit)
         for engine in lost:
             events.warning("engine offline", extra={"engine_id": engine.engine_id})
-        return len(lost)
+        for job in changed_jobs:
+            events.warning("job %s after a failed attempt: %s",
+                           "re-queued" if job.status == "pending" else "failed",
+                           job.error_message, extra={"job_id": job.job_id})
+        return len(lost) + len(stalled)
+
+    def _stalled(self, now: float, lost: set[str]) -> list[Job]:
+        limit = self.settings.job_stall_timeout
+        if limit <= 0:
+            return []
+        stalled = []
+        for engine_id, held in self._held.items():
+            if engine_id in lost:
+                continue
+            for job_id in held:
+                job = self._jobs[job_id]
+                since = job.progress_at if job.progress_at is not None else job.assigned_at
+                if since is not None and now - since > limit:
+                    stalled.append(job)
+        return stalled
+
+    def purge(self, batch: int = 1000) -> int:
+        """Delete finished jobs older than the retention; return how many."""
+        retention = self.settings.finished_job_retention
+        if retention <= 0:
+            return 0
+        purged = 0
+        while True:
+            with self._lock:
+                cutoff = self._now() - retention
+                old = list(islice(self._finished.irange_key(max_key=(cutoff, -1)), batch))
+                old = [job for job in old if (job.completed_at or 0.0) < cutoff]
+                if not old:
+                    return purged
+                commit = self._commit(jobs=[(job.job_id, None) for job in old])
+            self._durable(commit)
+            purged += len(old)
+            log.info("purged %d finished jobs older than %g s", len(old), retention)
 
     # ---------------------------------------------------------------- system
 
@@ -482,15 +587,10 @@ class DispatchService:
         return {status: len(table) for status, table in self._by_status.items()}
 
     def engine_counts(self) -> dict[str, int]:
-        counts = {"idle": 0, "busy": 0, "offline": 0}
+        counts = {"idle": 0, "busy": 0, "draining": 0, "offline": 0}
         with self._lock:
             for engine in self._engines.values():
-                if engine.offline:
-                    counts["offline"] += 1
-                elif engine.engine_id in self._held:
-                    counts["busy"] += 1
-                else:
-                    counts["idle"] += 1
+                counts[self._engine_status(engine)] += 1
         return counts
 
     def oldest_pending_age(self) -> float:
@@ -503,7 +603,7 @@ class DispatchService:
         return {
             "uptime_seconds": round(self._now() - self.started_at, 3),
             "jobs_queued": len(self._by_status["pending"]),
-            "engines_active": counts["idle"] + counts["busy"],
+            "engines_active": counts["idle"] + counts["busy"] + counts["draining"],
             "failure": self.store.check(),
         }
 
@@ -520,7 +620,7 @@ class DispatchService:
             "jobs": jobs,
             "engines": {
                 "total": sum(engines.values()),
-                "active": engines["idle"] + engines["busy"],
+                "active": engines["idle"] + engines["busy"] + engines["draining"],
                 **engines,
             },
             "performance": {
@@ -547,6 +647,10 @@ class DispatchService:
             )
         self.store.write_snapshot(data)
         return True
+
+
+def _finished_key(job: Job) -> tuple[float, int]:
+    return (job.completed_at or 0.0, job.seq)
 
 
 def _id_sort_key(record: Mapping[str, Any]) -> tuple[int, int, str]:

@@ -46,6 +46,9 @@ class Settings:
     finished_job_retention: float = 0.0
     cleanup_interval: float = 60.0
     engine_benchmark_interval: float = 3600.0
+    priority_aging_seconds: float = 600.0
+    large_job_threshold_mb: float = 1024.0
+    job_stall_timeout: float = 0.0
     config_file: str | None = None
 
     def __repr__(self) -> str:
@@ -151,6 +154,10 @@ _OPTIONS: tuple[_Option, ...] = (
             ("finished_job_retention",)),
     _Option("cleanup_interval", _float(0.1), None, None, ("cleanup_interval",)),
     _Option("engine_benchmark_interval", _float(0), None, None, ("engine_benchmark_interval",)),
+    _Option("priority_aging_seconds", _float(0), None, None, ("priority_aging_seconds",)),
+    _Option("large_job_threshold_mb", _float(0), None, None, ("large_job_threshold_mb",)),
+    _Option("job_stall_timeout", _float(0), None, "DISTCONV_JOB_STALL_TIMEOUT",
+            ("job_stall_timeout",)),
 )
 
 # Levels of precedence; a higher number wins.

@@ -14,6 +14,7 @@ from dispatch.schemas import (
     EngineListSchema,
     EngineSchema,
     ErrorSchema,
+    HeartbeatAnswerSchema,
     HeartbeatSchema,
     JobSchema,
 )
@@ -29,9 +30,13 @@ def _service() -> DispatchService:
 
 @blp.route("/engines/heartbeat", methods=["POST"], strict_slashes=False)
 @blp.arguments(HeartbeatSchema)
-@blp.response(200, EngineSchema, description="The engine as the server sees it")
+@blp.response(200, HeartbeatAnswerSchema, description="The engine as the server sees it, "
+              "with the jobs it must stop and whether it is draining")
 def heartbeat(data: dict[str, Any]) -> Response:
-    """Register an engine (first call) or refresh it; unknown telemetry is ignored."""
+    """Register an engine (first call) or refresh it; unknown telemetry is ignored.
+
+    `status` is advice: `draining` asks for no new jobs until the engine reports
+    `idle` or `busy` again."""
     return json_response(_service().heartbeat(data))
 
 
@@ -65,6 +70,23 @@ def get_engine(engine_id: str) -> Response:
 def delete_engine(engine_id: str) -> Response:
     """Forget an engine; the jobs it held go back to the queue."""
     return json_response(_service().delete_engine(engine_id))
+
+
+@blp.route("/engines/<engine_id>/drain", methods=["POST"], strict_slashes=False)
+@blp.response(200, EngineSchema, description="The engine, draining")
+@blp.alt_response(404, schema=ErrorSchema)
+def drain(engine_id: str) -> Response:
+    """Give the engine no new jobs (it finishes what it holds) until the drain is
+    ended with DELETE, whatever its heartbeats say."""
+    return json_response(_service().set_drain(engine_id, True))
+
+
+@blp.route("/engines/<engine_id>/drain", methods=["DELETE"], strict_slashes=False)
+@blp.response(200, EngineSchema, description="The engine, taking jobs again")
+@blp.alt_response(404, schema=ErrorSchema)
+def undrain(engine_id: str) -> Response:
+    """End an operator's drain."""
+    return json_response(_service().set_drain(engine_id, False))
 
 
 @blp.route("/assign_job/", methods=["POST"], strict_slashes=False)

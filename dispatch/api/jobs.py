@@ -74,10 +74,11 @@ def cancel_job(job_id: str) -> Response:
 @blp.response(200, JobSchema, description="The job, processing")
 @blp.alt_response(404, schema=ErrorSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
-                  "or not held by engine_id")
+                  "not held by engine_id, or not the job's current attempt")
 def progress(data: dict[str, Any], job_id: str) -> Response:
     """Report progress (0-100)."""
-    job = _service().report_progress(job_id, data["progress"], data.get("engine_id"))
+    job = _service().report_progress(job_id, data["progress"], data.get("engine_id"),
+                                        data.get("attempt"))
     return json_response(job.to_dict())
 
 
@@ -86,10 +87,11 @@ def progress(data: dict[str, Any], job_id: str) -> Response:
 @blp.response(200, JobSchema, description="The job, completed")
 @blp.alt_response(404, schema=ErrorSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
-                  "or not held by engine_id")
+                  "not held by engine_id, or not the job's current attempt")
 def complete(data: dict[str, Any], job_id: str) -> Response:
     """Report a job done, with where its output is."""
-    job = _service().complete_job(job_id, data["output_url"], data.get("engine_id"))
+    job = _service().complete_job(job_id, data["output_url"], data.get("engine_id"),
+                                        data.get("attempt"))
     return json_response(job.to_dict())
 
 
@@ -98,10 +100,11 @@ def complete(data: dict[str, Any], job_id: str) -> Response:
 @blp.response(200, JobSchema, description="The job: pending again with retry_at, or failed")
 @blp.alt_response(404, schema=ErrorSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
-                  "or not held by engine_id")
+                  "not held by engine_id, or not the job's current attempt")
 def fail(data: dict[str, Any], job_id: str) -> Response:
     """Report a failed attempt; the job is retried with backoff while retries remain."""
-    job = _service().fail_job(job_id, data["error_message"], data.get("engine_id"))
+    job = _service().fail_job(job_id, data["error_message"], data.get("engine_id"),
+                                        data.get("attempt"))
     return json_response(job.to_dict())
 
 
