@@ -8,6 +8,7 @@ import time
 
 from flask import Flask, Response, g, request
 from flask_smorest import Api
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dispatch import __version__
 from dispatch.api import engines, jobs, system
@@ -55,6 +56,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     metrics.watch(service)
 
     app = Flask("dispatch")
+    if settings.trusted_proxies:
+        # Only the proxies we were told about may name the client; a client's own
+        # X-Forwarded-For is never believed beyond them.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies,
+            x_host=0, x_port=0, x_prefix=0,
+        )
     app.url_map.strict_slashes = False
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
@@ -99,10 +107,12 @@ def _instrument(app: Flask, metrics: Metrics) -> None:
         metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
-            view_args = request.view_args or {}
-            subject = view_args.get("job_id") or view_args.get("engine_id") or "-"
+            ids = dict(request.view_args or {})
+            ids.update(g.get("log_ids", {}))
+            subject = " ".join(f"{key.split('_')[0]}={value}" for key, value in ids.items()
+                               if value)
             access_log.info(
                 '%s "%s %s" %d %.1fms %s', request.remote_addr, request.method,
-                request.path, response.status_code, elapsed * 1000, subject,
+                request.path, response.status_code, elapsed * 1000, subject or "-",
             )
         return response

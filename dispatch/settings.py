@@ -49,6 +49,7 @@ class Settings:
     priority_aging_seconds: float = 600.0
     large_job_threshold_mb: float = 1024.0
     job_stall_timeout: float = 0.0
+    trusted_proxies: int = 0
     config_file: str | None = None
 
     def __repr__(self) -> str:
@@ -156,6 +157,8 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("engine_benchmark_interval", _float(0), None, None, ("engine_benchmark_interval",)),
     _Option("priority_aging_seconds", _float(0), None, None, ("priority_aging_seconds",)),
     _Option("large_job_threshold_mb", _float(0), None, None, ("large_job_threshold_mb",)),
+    _Option("trusted_proxies", _int(0, 10), "--trusted-proxies", "DISTCONV_TRUSTED_PROXIES",
+            ("trusted_proxies",)),
     _Option("job_stall_timeout", _float(0), None, "DISTCONV_JOB_STALL_TIMEOUT",
             ("job_stall_timeout",)),
 )
@@ -186,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-size": "max pending jobs (default 1000)",
         "--engine-timeout": "seconds without heartbeat before an engine is offline (default 180)",
         "--threads": "worker threads (default 8)",
+        "--trusted-proxies": "number of reverse proxies in front whose X-Forwarded-For "
+        "is trusted (default 0: none)",
     }
     for option in _OPTIONS:
         if option.flag:

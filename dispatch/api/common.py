@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Response
+from flask import Response, g
 from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow import Schema, ValidationError
 from webargs.flaskparser import FlaskParser
@@ -45,6 +45,11 @@ class BodyParser(FlaskParser):
 
 class Blueprint(SmorestBlueprint):
     ARGUMENTS_PARSER = BodyParser()
+
+
+def log_ids(**ids: str | None) -> None:
+    """Name the job or engine a request concerns in its access-log line."""
+    g.log_ids = ids
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

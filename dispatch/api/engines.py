@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response, current_app
 
-from dispatch.api.common import Blueprint, json_response
+from dispatch.api.common import Blueprint, json_response, log_ids
 from dispatch.auth import require_key
 from dispatch.schemas import (
     AssignSchema,
@@ -37,6 +37,7 @@ def heartbeat(data: dict[str, Any]) -> Response:
 
     `status` is advice: `draining` asks for no new jobs until the engine reports
     `idle` or `busy` again."""
+    log_ids(engine_id=data["engine_id"])
     return json_response(_service().heartbeat(data))
 
 
@@ -46,6 +47,7 @@ def heartbeat(data: dict[str, Any]) -> Response:
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown engine")
 def benchmark_result(data: dict[str, Any]) -> Response:
     """Record a benchmark run (seconds, lower is faster)."""
+    log_ids(engine_id=data["engine_id"])
     return json_response(_service().benchmark_result(data["engine_id"], data["benchmark_time"]))
 
 
@@ -98,6 +100,7 @@ def undrain(engine_id: str) -> Response:
 def assign(data: dict[str, Any]) -> Response:
     """Ask for work."""
     result = _service().assign_job(data["engine_id"], data.get("capabilities"))
+    log_ids(engine_id=data["engine_id"], job_id=result.job.job_id if result.job else None)
     if result.job is None:
         return Response(status=204)
     return json_response(result.job.to_dict())

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response, current_app
 
-from dispatch.api.common import Blueprint, json_response
+from dispatch.api.common import Blueprint, json_response, log_ids
 from dispatch.auth import require_key
 from dispatch.schemas import (
     CompleteSchema,
@@ -38,6 +38,7 @@ def _service() -> DispatchService:
 def submit(data: dict[str, Any]) -> Response:
     """Submit a job."""
     job = _service().submit_job(data)
+    log_ids(job_id=job.job_id)
     return json_response(job.to_dict(), 201, {"Location": f"/jobs/{job.job_id}"})
 
 
