@@ -32,3 +32,4 @@ def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn's hook signatur
     from dispatch.logs import configure_logging
 
     configure_logging(_settings)
+    _options["post_worker_init"](worker)

@@ -13,9 +13,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from dispatch import __version__
 from dispatch.api import engines, jobs, system
 from dispatch.api.errors import register_error_handlers
-from dispatch.auth import SECURITY_SCHEME, ApiKeys
+from dispatch.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal
 from dispatch.background import Runtime
 from dispatch.journal import JournalStore
+from dispatch.logs import add_secrets
 from dispatch.metrics import Metrics
 from dispatch.persistence import Store
 from dispatch.schemas import ErrorSchema
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     )
     app.extensions["dispatch"] = service
     app.extensions["dispatch.metrics"] = metrics
-    app.extensions["dispatch.keys"] = ApiKeys([settings.api_key])
+    app.extensions["dispatch.keys"] = make_keyring(settings)
 
     api = _Api(app)
     for blueprint in (jobs.blp, engines.blp, system.blp):
@@ -94,6 +95,17 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     return app
 
 
+def make_keyring(settings: Settings) -> KeyRing:
+    """The admin key, the client and engine keys from settings, and the key file."""
+    extra = [(key, Principal(CLIENT)) for key in settings.client_keys]
+    for item in settings.engine_keys:
+        key, _, engine_id = item.partition("@")
+        extra.append((key, Principal(ENGINE, engine_id or None)))
+    ring = KeyRing(settings.api_key, settings.keys_file, extra)
+    add_secrets(ring.secrets())
+    return ring
+
+
 def _instrument(app: Flask, metrics: Metrics) -> None:
     @app.before_request
     def _start_timer() -> None:
@@ -106,6 +118,8 @@ def _instrument(app: Flask, metrics: Metrics) -> None:
         endpoint = rule.rule if rule is not None else "unmatched"
         metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(elapsed)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-store"
         if access_log.isEnabledFor(logging.INFO):
             ids = dict(request.view_args or {})
             ids.update(g.get("log_ids", {}))

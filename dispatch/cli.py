@@ -12,6 +12,8 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from dispatch.app import create_app, make_keyring
+from dispatch.auth import KeyFileError
 from dispatch.errors import StateError
 from dispatch.gunicorn_config import options
 from dispatch.journal import JournalStore
@@ -45,8 +47,6 @@ class DispatchApplication(BaseApplication):
         self._forked = True
 
     def load(self) -> Any:
-        from dispatch.app import create_app
-
         configure_logging(self.settings)
         return create_app(self.settings, store=self.store, service=self.service)
 
@@ -55,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
     except SettingsError as exc:
+        print(f"dispatch-server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        make_keyring(settings)
+    except KeyFileError as exc:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)

@@ -9,8 +9,10 @@ must start after the fork).
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
+from dispatch.logs import add_secrets
 from dispatch.settings import Settings
 
 log = logging.getLogger("dispatch.server")
@@ -40,11 +42,33 @@ def options(settings: Settings) -> dict[str, Any]:
         "loglevel": "warning" if settings.log_level in ("INFO", "DEBUG") else "error",
         "proc_name": "dispatch-server",
         "worker_exit": worker_exit,
+        "post_worker_init": post_worker_init,
         # A control socket needs a writable runtime folder that a locked-down unit
         # does not give, and this server offers no runtime management through it.
         "control_socket_disable": True,
     }
     return opts
+
+
+def post_worker_init(worker: Any) -> None:
+    """In the worker, once the app is loaded: SIGUSR1 rereads the key file, besides
+    reopening log files as gunicorn does (so logrotate's USR1 works as well)."""
+    app = worker.wsgi
+    ring = app.extensions["dispatch.keys"]
+    reopen = worker.handle_usr1
+
+    def on_usr1(sig: int, frame: Any) -> None:
+        reopen(sig, frame)
+        try:
+            count = ring.reload()
+        except Exception as exc:  # a bad key file must not take the server down
+            log.error("key file not reloaded, keeping the current keys: %s", exc)
+            return
+        add_secrets(ring.secrets())
+        log.warning("reloaded the API keys: %d valid", count)
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    signal.siginterrupt(signal.SIGUSR1, False)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -305,10 +305,10 @@ class JournalStore:
                     self.observer.observe_sync(time.perf_counter() - started)
 
     def _fail(self, exc: OSError) -> None:
-        self._failure = (
-            f"cannot write the journal {self.wal_path}: {exc.strerror or exc}"
-        )
-        log.error("%s; refusing changes until it can be written again", self._failure)
+        # Clients see this reason (in 503 bodies and /health): no path in it.
+        self._failure = f"cannot write the journal: {exc.strerror or exc.__class__.__name__}"
+        log.error("cannot write the journal %s: %s; refusing changes until it can be "
+                  "written again", self.wal_path, exc)
         if self.observer is not None:
             self.observer.observe_failure()
 

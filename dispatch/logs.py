@@ -22,17 +22,22 @@ class EventFormatter(logging.Formatter):
         return f"{line} {' '.join(ids)}" if ids else line
 
 
+# Every key this process has accepted: a key removed by a rotation stays redacted.
+SECRETS: set[str] = set()
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    SECRETS.update(s for s in secrets if s)
+
+
 class Redactor(logging.Filter):
     """Replaces any API key that would reach a log line, whatever logged it."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
-
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if any(secret in message for secret in self.secrets):
-            for secret in self.secrets:
+        secrets = list(SECRETS)
+        if any(secret in message for secret in secrets):
+            for secret in secrets:
                 message = message.replace(secret, "***")
             record.msg, record.args = message, None
         return True
@@ -51,7 +56,8 @@ def configure_logging(settings: Settings) -> logging.Handler:
             backupCount=settings.log_max_files, encoding="utf-8", utc=True,
         )
     handler.setFormatter(EventFormatter(FORMAT))
-    handler.addFilter(Redactor([settings.api_key]))
+    add_secrets([settings.api_key, *settings.client_keys, *settings.engine_keys])
+    handler.addFilter(Redactor())
     for name in ("dispatch", "gunicorn.error"):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):

@@ -18,6 +18,7 @@ from dispatch import __version__
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
+SECRET = frozenset({"api_key", "client_keys", "engine_keys"})
 
 
 class SettingsError(Exception):
@@ -50,14 +51,17 @@ class Settings:
     large_job_threshold_mb: float = 1024.0
     job_stall_timeout: float = 0.0
     trusted_proxies: int = 0
+    keys_file: str | None = None
+    client_keys: tuple[str, ...] = ()
+    engine_keys: tuple[str, ...] = ()  # "KEY" or "KEY@ENGINE_ID"
     config_file: str | None = None
 
     def __repr__(self) -> str:
         # The key must never reach a log line or a traceback.
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "api_key"
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in SECRET
         )
-        return f"Settings(api_key='***', {shown})"
+        return f"Settings(api_key='***', client_keys=***, engine_keys=***, {shown})"
 
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -104,6 +108,14 @@ def _choice(choices: Sequence[str], *, upper: bool = False) -> Callable[[str], s
         return "WARNING" if value == "WARN" else value
 
     return convert
+
+
+def _key_list(text: str) -> tuple[str, ...]:
+    keys = tuple(item.strip() for item in text.split(",") if item.strip())
+    for key in keys:
+        if len(key.split("@", 1)[0]) < 16:
+            raise ValueError("keys must have at least 16 characters")
+    return keys
 
 
 def _text(text: str) -> str:
@@ -159,6 +171,9 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("large_job_threshold_mb", _float(0), None, None, ("large_job_threshold_mb",)),
     _Option("trusted_proxies", _int(0, 10), "--trusted-proxies", "DISTCONV_TRUSTED_PROXIES",
             ("trusted_proxies",)),
+    _Option("keys_file", _text, "--keys-file", "DISTCONV_KEYS_FILE", ("keys_file",)),
+    _Option("client_keys", _key_list, None, "DISTCONV_CLIENT_KEYS", ("client_keys",)),
+    _Option("engine_keys", _key_list, None, "DISTCONV_ENGINE_KEYS", ("engine_keys",)),
     _Option("job_stall_timeout", _float(0), None, "DISTCONV_JOB_STALL_TIMEOUT",
             ("job_stall_timeout",)),
 )
@@ -189,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-size": "max pending jobs (default 1000)",
         "--engine-timeout": "seconds without heartbeat before an engine is offline (default 180)",
         "--threads": "worker threads (default 8)",
+        "--keys-file": "file of role keys, 'ROLE KEY [ENGINE_ID]' a line; reread on SIGUSR1",
         "--trusted-proxies": "number of reverse proxies in front whose X-Forwarded-For "
         "is trusted (default 0: none)",
     }

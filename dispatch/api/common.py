@@ -12,6 +12,25 @@ from webargs.flaskparser import FlaskParser
 
 from dispatch.api.errors import BadRequest, ValidationFailed
 
+MAX_DEPTH = 16
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (a deep body cannot overflow
+    the stack)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
 
 class BodyParser(FlaskParser):
     """Reads the body as JSON whatever its Content-Type (``curl -d`` sends a form type)
@@ -29,6 +48,8 @@ class BodyParser(FlaskParser):
             raise BadRequest("the request body is not valid JSON") from None
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
+        if _depth(data) > MAX_DEPTH:
+            raise BadRequest(f"the request body nests deeper than {MAX_DEPTH} levels")
         return data
 
     def handle_error(self, error: ValidationError, req: Any, schema: Schema, *,

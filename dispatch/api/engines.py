@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, current_app
 
 from dispatch.api.common import Blueprint, json_response, log_ids
-from dispatch.auth import require_key
+from dispatch.auth import ENGINE_REPORTERS, OPERATORS, acting_engine, auth
 from dispatch.schemas import (
     AssignSchema,
     BenchmarkSchema,
@@ -21,7 +21,6 @@ from dispatch.schemas import (
 from dispatch.service import DispatchService
 
 blp = Blueprint("engines", __name__, description="Transcoding engines")
-blp.before_request(require_key)
 
 
 def _service() -> DispatchService:
@@ -29,6 +28,7 @@ def _service() -> DispatchService:
 
 
 @blp.route("/engines/heartbeat", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(HeartbeatSchema)
 @blp.response(200, HeartbeatAnswerSchema, description="The engine as the server sees it, "
               "with the jobs it must stop and whether it is draining")
@@ -37,21 +37,25 @@ def heartbeat(data: dict[str, Any]) -> Response:
 
     `status` is advice: `draining` asks for no new jobs until the engine reports
     `idle` or `busy` again."""
+    data["engine_id"] = acting_engine(data["engine_id"])
     log_ids(engine_id=data["engine_id"])
     return json_response(_service().heartbeat(data))
 
 
 @blp.route("/engines/benchmark_result", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(BenchmarkSchema)
 @blp.response(200, EngineSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown engine")
 def benchmark_result(data: dict[str, Any]) -> Response:
     """Record a benchmark run (seconds, lower is faster)."""
-    log_ids(engine_id=data["engine_id"])
-    return json_response(_service().benchmark_result(data["engine_id"], data["benchmark_time"]))
+    engine_id = acting_engine(data["engine_id"])
+    log_ids(engine_id=engine_id)
+    return json_response(_service().benchmark_result(engine_id, data["benchmark_time"]))
 
 
 @blp.route("/engines/", methods=["GET"], strict_slashes=False)
+@auth.login_required(role=OPERATORS)
 @blp.response(200, EngineListSchema)
 def list_engines() -> Response:
     """Every engine the server knows."""
@@ -59,6 +63,7 @@ def list_engines() -> Response:
 
 
 @blp.route("/engines/<engine_id>", methods=["GET"], strict_slashes=False)
+@auth.login_required(role=OPERATORS)
 @blp.response(200, EngineSchema)
 @blp.alt_response(404, schema=ErrorSchema)
 def get_engine(engine_id: str) -> Response:
@@ -67,6 +72,7 @@ def get_engine(engine_id: str) -> Response:
 
 
 @blp.route("/engines/<engine_id>", methods=["DELETE"], strict_slashes=False)
+@auth.login_required(role=OPERATORS)
 @blp.response(200, EngineSchema, description="The engine as it was")
 @blp.alt_response(404, schema=ErrorSchema)
 def delete_engine(engine_id: str) -> Response:
@@ -75,6 +81,7 @@ def delete_engine(engine_id: str) -> Response:
 
 
 @blp.route("/engines/<engine_id>/drain", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=OPERATORS)
 @blp.response(200, EngineSchema, description="The engine, draining")
 @blp.alt_response(404, schema=ErrorSchema)
 def drain(engine_id: str) -> Response:
@@ -84,6 +91,7 @@ def drain(engine_id: str) -> Response:
 
 
 @blp.route("/engines/<engine_id>/drain", methods=["DELETE"], strict_slashes=False)
+@auth.login_required(role=OPERATORS)
 @blp.response(200, EngineSchema, description="The engine, taking jobs again")
 @blp.alt_response(404, schema=ErrorSchema)
 def undrain(engine_id: str) -> Response:
@@ -92,6 +100,7 @@ def undrain(engine_id: str) -> Response:
 
 
 @blp.route("/assign_job/", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(AssignSchema)
 @blp.response(200, JobSchema, description="The job, now assigned to the engine (or the "
               "job it already holds, again)")
@@ -99,8 +108,9 @@ def undrain(engine_id: str) -> Response:
 @blp.alt_response(404, schema=ErrorSchema, description="The engine never sent a heartbeat")
 def assign(data: dict[str, Any]) -> Response:
     """Ask for work."""
-    result = _service().assign_job(data["engine_id"], data.get("capabilities"))
-    log_ids(engine_id=data["engine_id"], job_id=result.job.job_id if result.job else None)
+    engine_id = acting_engine(data["engine_id"])
+    result = _service().assign_job(engine_id, data.get("capabilities"))
+    log_ids(engine_id=engine_id, job_id=result.job.job_id if result.job else None)
     if result.job is None:
         return Response(status=204)
     return json_response(result.job.to_dict())

@@ -36,6 +36,11 @@ class BadRequest(errors.DispatchError):
     status = 400
 
 
+class Forbidden(errors.DispatchError):
+    code = "forbidden"
+    status = 403
+
+
 class ValidationFailed(errors.DispatchError):
     code = "validation_error"
     status = 400

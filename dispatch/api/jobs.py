@@ -7,7 +7,8 @@ from typing import Any
 from flask import Response, current_app
 
 from dispatch.api.common import Blueprint, json_response, log_ids
-from dispatch.auth import require_key
+from dispatch.api.errors import Forbidden
+from dispatch.auth import ENGINE_REPORTERS, JOB_READERS, JOB_WRITERS, acting_engine, auth, current
 from dispatch.schemas import (
     CompleteSchema,
     ErrorSchema,
@@ -21,7 +22,6 @@ from dispatch.schemas import (
 from dispatch.service import DispatchService
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Transcoding jobs")
-blp.before_request(require_key)
 
 
 def _service() -> DispatchService:
@@ -29,6 +29,7 @@ def _service() -> DispatchService:
 
 
 @blp.route("/", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=JOB_WRITERS)
 @blp.arguments(JobSubmitSchema)
 @blp.response(201, JobSchema, description="The job, pending",
               headers={"Location": {"description": "/jobs/{job_id}",
@@ -43,6 +44,7 @@ def submit(data: dict[str, Any]) -> Response:
 
 
 @blp.route("/", methods=["GET"], strict_slashes=False)
+@auth.login_required(role=JOB_WRITERS)
 @blp.arguments(JobListQuerySchema, location="query")
 @blp.response(200, JobPageSchema)
 def list_jobs(query: dict[str, Any]) -> Response:
@@ -54,14 +56,20 @@ def list_jobs(query: dict[str, Any]) -> Response:
 
 
 @blp.route("/<job_id>", methods=["GET"], strict_slashes=False)
+@auth.login_required(role=JOB_READERS)
 @blp.response(200, JobSchema)
 @blp.alt_response(404, schema=ErrorSchema)
 def get_job(job_id: str) -> Response:
-    """One job."""
-    return json_response(_service().get_job(job_id).to_dict())
+    """One job. An engine key bound to an engine reads that engine's jobs only."""
+    job = _service().get_job(job_id)
+    bound = current().engine_id
+    if bound is not None and job.assigned_engine != bound:
+        raise Forbidden(f"this key reads the jobs of engine {bound!r} only")
+    return json_response(job.to_dict())
 
 
 @blp.route("/<job_id>", methods=["DELETE"], strict_slashes=False)
+@auth.login_required(role=JOB_WRITERS)
 @blp.response(200, JobSchema, description="The job, cancelled")
 @blp.alt_response(404, schema=ErrorSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Already finished")
@@ -71,6 +79,7 @@ def cancel_job(job_id: str) -> Response:
 
 
 @blp.route("/<job_id>/progress", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(ProgressSchema)
 @blp.response(200, JobSchema, description="The job, processing")
 @blp.alt_response(404, schema=ErrorSchema)
@@ -78,12 +87,13 @@ def cancel_job(job_id: str) -> Response:
                   "not held by engine_id, or not the job's current attempt")
 def progress(data: dict[str, Any], job_id: str) -> Response:
     """Report progress (0-100)."""
-    job = _service().report_progress(job_id, data["progress"], data.get("engine_id"),
+    job = _service().report_progress(job_id, data["progress"], acting_engine(data.get("engine_id")),
                                         data.get("attempt"))
     return json_response(job.to_dict())
 
 
 @blp.route("/<job_id>/complete", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(CompleteSchema)
 @blp.response(200, JobSchema, description="The job, completed")
 @blp.alt_response(404, schema=ErrorSchema)
@@ -91,12 +101,13 @@ def progress(data: dict[str, Any], job_id: str) -> Response:
                   "not held by engine_id, or not the job's current attempt")
 def complete(data: dict[str, Any], job_id: str) -> Response:
     """Report a job done, with where its output is."""
-    job = _service().complete_job(job_id, data["output_url"], data.get("engine_id"),
+    job = _service().complete_job(job_id, data["output_url"], acting_engine(data.get("engine_id")),
                                         data.get("attempt"))
     return json_response(job.to_dict())
 
 
 @blp.route("/<job_id>/fail", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(FailSchema)
 @blp.response(200, JobSchema, description="The job: pending again with retry_at, or failed")
 @blp.alt_response(404, schema=ErrorSchema)
@@ -104,12 +115,13 @@ def complete(data: dict[str, Any], job_id: str) -> Response:
                   "not held by engine_id, or not the job's current attempt")
 def fail(data: dict[str, Any], job_id: str) -> Response:
     """Report a failed attempt; the job is retried with backoff while retries remain."""
-    job = _service().fail_job(job_id, data["error_message"], data.get("engine_id"),
+    job = _service().fail_job(job_id, data["error_message"], acting_engine(data.get("engine_id")),
                                         data.get("attempt"))
     return json_response(job.to_dict())
 
 
 @blp.route("/<job_id>/retry", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=JOB_WRITERS)
 @blp.response(200, JobSchema, description="The job, pending again with retries 0")
 @blp.alt_response(404, schema=ErrorSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Not failed or cancelled")

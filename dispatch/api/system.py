@@ -6,7 +6,7 @@ from flask import Response, current_app
 
 from dispatch import __version__
 from dispatch.api.common import Blueprint, json_response
-from dispatch.auth import auth
+from dispatch.auth import JOB_WRITERS, auth
 from dispatch.metrics import CONTENT_TYPE
 from dispatch.schemas import HealthSchema, StatsSchema
 
@@ -29,7 +29,7 @@ def health() -> Response:
 
 @blp.route("/stats", methods=["GET"], strict_slashes=False)
 @blp.response(200, StatsSchema)
-@auth.login_required
+@auth.login_required(role=JOB_WRITERS)
 def stats() -> Response:
     """Counts of jobs and engines, and throughput over the last hour."""
     return json_response(current_app.extensions["dispatch"].stats())
