@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 from dispatch.service import DispatchService
+from dispatch.webhooks import Sender
 
 log = logging.getLogger("dispatch.background")
 
@@ -45,14 +46,19 @@ class Runtime:
         # purge interval (cleanup_interval) is long.
         sweep_every = min(settings.cleanup_interval,
                           max(0.1, settings.engine_heartbeat_timeout / 4))
-        self.threads = [
+        self.threads: list[Periodic | Sender] = [
             Periodic("snapshot", settings.auto_save_interval, service.snapshot),
             Periodic("sweeper", sweep_every, service.sweep),
+            Periodic("purge", settings.cleanup_interval, self._purge),
         ]
-        if settings.finished_job_retention > 0:
-            self.threads.append(Periodic("purge", settings.cleanup_interval, service.purge))
+        self.sender = Sender(service)
+        self.threads.append(self.sender)
         self._closed = False
         self._close_lock = threading.Lock()
+
+    def _purge(self) -> None:
+        self.service.purge()
+        self.service.expire_idempotency_keys()
 
     def start(self) -> None:
         for thread in self.threads:

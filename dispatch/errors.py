@@ -7,6 +7,7 @@ error shape in one place::
     ├── NotFound                  not_found, 404
     │   ├── JobNotFound
     │   └── EngineNotFound
+    ├── Invalid                   validation_error, 400 (a rule the schema cannot see)
     ├── Conflict                  conflict, 409
     │   ├── InvalidTransition     the job's status does not allow the request
     │   ├── NotJobHolder          the reporting engine does not hold the job
@@ -16,6 +17,8 @@ error shape in one place::
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class DispatchError(Exception):
@@ -40,6 +43,16 @@ class JobNotFound(NotFound):
 class EngineNotFound(NotFound):
     def __init__(self, engine_id: str) -> None:
         super().__init__(f"engine {engine_id!r} not found")
+
+
+class Invalid(DispatchError):
+    code = "validation_error"
+    status = 400
+
+    def __init__(self, details: dict[str, Any]) -> None:
+        names = ", ".join(sorted(str(name) for name in details))
+        super().__init__(f"invalid request: check {names}")
+        self.details = details
 
 
 class Conflict(DispatchError):

@@ -69,6 +69,13 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _encoded(value: Any) -> Any:
+    """Tables may hold values already encoded as JSON bytes: write them as they are."""
+    if isinstance(value, bytes):
+        return orjson.Fragment(value)
+    raise TypeError(f"cannot write {type(value).__name__} to the state file")
+
+
 def encode_record(seq: int, ops: Sequence[Op]) -> bytes:
     payload = orjson.dumps({"seq": seq, "ops": ops})
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
@@ -143,7 +150,9 @@ class JournalStore:
                 found.append((int(name[len(prefix):]), os.path.join(self.directory, name)))
         return sorted(found)
 
-    def _read_snapshot(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int]:
+    def _read_snapshot(
+        self,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], int]:
         try:
             with open(self.path, "rb") as handle:
                 raw = handle.read()
@@ -171,8 +180,10 @@ class JournalStore:
                 f"understands ({STATE_VERSION}); run the newer server"
             )
         seq = data.get("journal_seq", 0)
-        meta = data.get("meta", {})
-        if not isinstance(seq, int) or not isinstance(meta, dict):
+        tables = data.get("tables", {})
+        if not isinstance(seq, int) or not isinstance(tables, dict) or not all(
+            isinstance(table, dict) for table in tables.values()
+        ):
             raise StateError(f"state file {self.path} has a damaged header; {_WHAT_TO_DO}")
         for key, record in jobs.items():
             if not isinstance(record, dict):
@@ -184,7 +195,7 @@ class JournalStore:
                 raise StateError(f"state file {self.path}: engine {key!r} is not an object; "
                                  f"{_WHAT_TO_DO}")
             record.setdefault("engine_id", key)
-        return jobs, engines, meta, seq
+        return jobs, engines, tables, seq
 
     def _read_journal(self, path: str, last_file: bool) -> tuple[list[dict[str, Any]], int]:
         """Records of one journal file, and the length of its intact part."""
@@ -207,7 +218,7 @@ class JournalStore:
         return records, good
 
     def recover(self) -> RecoveredState:
-        jobs, engines, meta, snap_seq = self._read_snapshot()
+        jobs, engines, tables, snap_seq = self._read_snapshot()
         files = [path for _, path in self._segments()]
         files.append(self.wal_path)
         last_seq = snap_seq
@@ -229,7 +240,12 @@ class JournalStore:
                 replay.append(record)
         for record in replay:
             for kind, key, value in record["ops"]:
-                table = jobs if kind == "job" else engines if kind == "engine" else meta
+                if kind == "job":
+                    table = jobs
+                elif kind == "engine":
+                    table = engines
+                else:
+                    table = tables.setdefault(kind, {})
                 if value is None:
                     table.pop(key, None)
                 else:
@@ -240,7 +256,7 @@ class JournalStore:
             # The snapshot does not cover the replayed changes yet.
             self._snap_seq = snap_seq
         return RecoveredState(jobs=list(jobs.values()), engines=list(engines.values()),
-                              meta=meta)
+                              tables=tables)
 
     def _open_journal(self, length: int) -> None:
         if self._fd is not None:
@@ -378,9 +394,9 @@ class JournalStore:
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "jobs": {job.job_id: job.to_record() for job in data.jobs},
                 "engines": {e.engine_id: e.to_record() for e in data.engines},
-                "meta": data.meta,
+                "tables": data.tables,
             }
-            payload = orjson.dumps(document)
+            payload = orjson.dumps(document, default=_encoded)
             temp = f"{self.path}.tmp-{os.getpid()}"
             try:
                 with open(temp, "wb") as handle:

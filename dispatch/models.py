@@ -72,6 +72,7 @@ class Job:
     completed_at: float | None = None
     attempt: int = 0
     progress_at: float | None = None  # when progress last changed (stall detection)
+    callback_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,7 @@ class Job:
             "assigned_at": format_time(self.assigned_at),
             "completed_at": format_time(self.completed_at),
             "attempt": self.attempt,
+            "callback_url": self.callback_url,
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -129,6 +131,7 @@ class Job:
             completed_at=parse_time(data.get("completed_at")),
             attempt=int(data.get("attempt") or 0),
             progress_at=parse_time(data.get("progress_at")),
+            callback_url=data.get("callback_url") or None,
         )
 
 

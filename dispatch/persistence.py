@@ -1,9 +1,10 @@
 """The persistence seam: every change the service makes passes through a ``Store``.
 
 A change is a list of operations ``(kind, key, record)``: ``kind`` is ``"job"``,
-``"engine"`` or ``"meta"``, ``record`` the object's full new JSON form, or ``None``
-when it is deleted. Full post-images make replay idempotent: applying a change twice
-leaves the same state as applying it once.
+``"engine"`` or the name of another table (job events, idempotency keys, webhook
+deliveries), ``record`` the entry's full new JSON form, or ``None`` when it is
+deleted. Full post-images make replay idempotent: applying a change twice leaves the
+same state as applying it once.
 
 The service calls ``append`` under its lock (so changes reach the store in the order
 they were applied) and ``wait_durable`` after releasing it, so that one fsync can serve
@@ -26,7 +27,7 @@ class RecoveredState:
 
     jobs: list[dict[str, Any]] = field(default_factory=list)
     engines: list[dict[str, Any]] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -34,7 +35,7 @@ class SnapshotData:
     seq: int
     jobs: list[Any]  # model objects with to_record()
     engines: list[Any]  # model objects with to_record()
-    meta: dict[str, Any]
+    tables: dict[str, dict[str, Any]]
 
 
 class Store(Protocol):

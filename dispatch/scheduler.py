@@ -102,6 +102,16 @@ class PendingIndex:
             del self._waiting_ids[job.job_id]
             self._add_ready(job)
 
+    def position(self, job: Job) -> int:
+        """1 + how many ready jobs of its codec are ahead of it (aging aside)."""
+        buckets = self._ready.get(job.target_codec, {})
+        ahead = sum(len(bucket) for priority, bucket in buckets.items()
+                    if priority > job.priority)
+        own = buckets.get(job.priority)
+        if own is not None:
+            ahead += own.bisect_key_left(job.seq)
+        return ahead + 1
+
     def next_retry_at(self) -> float | None:
         return self._waiting[0][0] if self._waiting else None
 

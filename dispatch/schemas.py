@@ -78,10 +78,33 @@ class JobSubmitSchema(StrictSchema):
     job_size = FiniteFloat(required=True, validate=validate.Range(min=0))
     max_retries = StrictInteger(validate=validate.Range(min=0, max=100))
     priority = StrictInteger(validate=validate.Range(min=-100, max=100))
+    callback_url = fields.String(
+        validate=validate.Length(min=1, max=MAX_URL),
+        metadata={"description": "http(s) URL POSTed the job, signed, when it completes, "
+                  "fails or is cancelled; its host must be in webhook_allowed_hosts"},
+    )
 
     @validates("source_url")
     def _source_url(self, value: str, **_: Any) -> None:
         _check_url(value)
+
+
+class BatchSubmitSchema(StrictSchema):
+    jobs = fields.List(fields.Nested(JobSubmitSchema), required=True,
+                       validate=validate.Length(min=1, max=1000))
+
+
+class IdempotencyHeaderSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # every other header
+
+    key = fields.String(
+        data_key="Idempotency-Key",
+        validate=validate.Regexp(r"^[\x20-\x7e]{1,255}$",
+                                 error="Must be 1-255 printable ASCII characters."),
+        metadata={"description": "Repeat a submission safely: the same key with the same "
+                  "body within 24 h returns the original job (200) instead of a new one"},
+    )
 
 
 class JobListQuerySchema(StrictSchema):
@@ -155,6 +178,50 @@ class JobSchema(Schema):
     completed_at = fields.String(required=True, allow_none=True,
                                  metadata={"format": "date-time"})
     attempt = fields.Integer(required=True, metadata={"description": "assignments so far"})
+    callback_url = fields.String(required=True, allow_none=True)
+    waiting_reason = fields.Nested(lambda: WaitingReasonSchema(), required=True,
+                                   allow_none=True)
+    webhook = fields.Nested(lambda: WebhookStateSchema(), required=True, allow_none=True)
+
+
+class WaitingReasonSchema(Schema):
+    code = fields.String(required=True, validate=validate.OneOf((
+        "backoff", "no_engine_for_codec", "no_engine_with_room", "engines_draining",
+        "concurrency_limit", "queued")))
+    message = fields.String(required=True)
+    position = fields.Integer(required=True, allow_none=True)
+
+
+class WebhookStateSchema(Schema):
+    url = fields.String(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(
+        ("pending", "delivered", "failed")))
+    attempts = fields.Integer(required=True)
+    next_attempt_at = fields.String(required=True, allow_none=True,
+                                    metadata={"format": "date-time"})
+    last_error = fields.String(required=True, allow_none=True)
+    delivered_at = fields.String(required=True, allow_none=True,
+                                 metadata={"format": "date-time"})
+
+
+class JobListSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+
+
+class JobEventSchema(Schema):
+    time = fields.String(required=True, metadata={"format": "date-time"})
+    event = fields.String(required=True, validate=validate.OneOf((
+        "submitted", "assigned", "processing", "progress", "completed", "cancelled",
+        "failed_attempt", "engine_lost", "stalled", "requeued", "failed", "released",
+        "retried")))
+    engine_id = fields.String(required=True, allow_none=True)
+    attempt = fields.Integer(required=True)
+    detail = fields.String(required=True, allow_none=True)
+
+
+class JobEventsSchema(Schema):
+    job_id = fields.String(required=True)
+    events = fields.List(fields.Nested(JobEventSchema), required=True)
 
 
 class JobPageSchema(Schema):

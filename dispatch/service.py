@@ -9,30 +9,34 @@ never runs ahead of disk.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from bisect import bisect_left
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
+import orjson
 from sortedcontainers import SortedKeyList, SortedList
 
-from dispatch import errors
+from dispatch import errors, history
 from dispatch.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
     JOB_STATUSES,
     Engine,
     Job,
+    format_time,
     to_micros,
 )
 from dispatch.persistence import MemoryStore, Op, SnapshotData, Store
-from dispatch.scheduler import PendingIndex, Policy, choose_job, engine_speed
+from dispatch.scheduler import PendingIndex, Policy, choose_job, engine_speed, fits
 from dispatch.settings import Settings
+from dispatch.webhooks import backoff, callback_problem
 
 log = logging.getLogger("dispatch.service")
 events = logging.getLogger("dispatch.events")
@@ -79,6 +83,10 @@ class DispatchService:
         self._job_time_count = 0
         self._next_seq = 0
         self._undo: deque[tuple[int, list[tuple[str, str, Any]]]] = deque()
+        self._history: dict[str, bytes] = {}  # job id -> its events, encoded
+        self._idempotency: OrderedDict[str, dict[str, Any]] = OrderedDict()  # oldest first
+        self._deliveries: dict[str, dict[str, Any]] = {}  # job id -> webhook delivery
+        self._due_deliveries: dict[str, None] = {}  # job ids of pending deliveries
         self.started_at = self._now()
         self._grace_start = self.started_at
         self._load()
@@ -106,6 +114,14 @@ class DispatchService:
                 "restore the state file from a backup"
             ) from None
         self._next_seq = len(jobs)
+        tables = state.tables
+        for job_id, events in tables.get("events", {}).items():
+            self._history[job_id] = history.encode(events)
+        for key, entry in sorted(tables.get("idempotency", {}).items(),
+                                 key=lambda item: item[1]["at"]):
+            self._idempotency[key] = entry
+        for job_id, delivery in tables.get("delivery", {}).items():
+            self._put_table("delivery", job_id, delivery)
         for job in self._jobs.values():
             if job.status in ACTIVE_STATUSES and job.assigned_engine not in self._engines:
                 # A job held by an engine the file does not know can never be
@@ -165,15 +181,27 @@ class DispatchService:
     # ------------------------------------------------------------- commits
 
     def _commit(self, jobs: Iterable[Job | tuple[str, None]] = (),
-                engines: Iterable[Engine | tuple[str, None]] = ()) -> int:
-        """Apply a change and hand it to the store. Caller holds the lock."""
+                engines: Iterable[Engine | tuple[str, None]] = (),
+                tables: Iterable[tuple[str, str, Any]] = ()) -> int:
+        """Apply a change and hand it to the store. Caller holds the lock.
+
+        Each job change also records its history events and, when the job has just
+        finished and has a callback URL, its webhook delivery: derived here, in one
+        place, from the transition itself."""
         undo: list[tuple[str, str, Any]] = []
         ops: list[Op] = []
+        derived: list[tuple[str, str, Any]] = []
+        now = self._now()
         for item in jobs:
             job_id, new = (item.job_id, item) if isinstance(item, Job) else item
-            undo.append(("job", job_id, self._jobs.get(job_id)))
+            old = self._jobs.get(job_id)
+            undo.append(("job", job_id, old))
             self._set_job(job_id, new)
             ops.append(("job", job_id, None if new is None else new.to_record()))
+            derived.extend(self._derived(job_id, old, new, now))
+        for kind, key, value in [*derived, *tables]:
+            undo.append((kind, key, self._put_table(kind, key, value)))
+            ops.append((kind, key, value))
         for item in engines:
             engine_id, new_engine = (
                 (item.engine_id, item) if isinstance(item, Engine) else item
@@ -197,8 +225,79 @@ class DispatchService:
         for kind, key, old in reversed(undo):
             if kind == "job":
                 self._set_job(key, old)
-            else:
+            elif kind == "engine":
                 self._set_engine(key, old)
+            else:
+                self._restore_table(kind, key, old)
+
+    def _derived(self, job_id: str, old: Job | None, new: Job | None,
+                 now: float) -> list[tuple[str, str, Any]]:
+        if new is None:  # purged: its history and delivery go with it
+            derived = []
+            if job_id in self._history:
+                derived.append(("events", job_id, None))
+            if job_id in self._deliveries:
+                derived.append(("delivery", job_id, None))
+            return derived
+        derived = []
+        events = history.transition_events(old, new, now)
+        if events:
+            derived.append(("events", job_id,
+                            history.append(self._history.get(job_id), events)))
+        finished_now = new.status in FINISHED_STATUSES and (
+            old is None or old.status not in FINISHED_STATUSES)
+        if finished_now and new.callback_url:
+            previous = self._deliveries.get(job_id)
+            derived.append(("delivery", job_id, {
+                "job_id": job_id, "url": new.callback_url, "state": "pending",
+                "event": new.status, "attempts": 0, "first_at": now, "next_at": now,
+                "last_error": None, "delivered_at": None, "payload": new.to_dict(),
+                "generation": (previous["generation"] + 1) if previous else 1,
+            }))
+        return derived
+
+    # Tables beside jobs and engines. _put_table returns the old value, for undo.
+
+    def _put_table(self, kind: str, key: str, value: Any) -> Any:
+        if kind == "events":
+            old = self._history.get(key)
+            if value is None:
+                self._history.pop(key, None)
+            else:
+                self._history[key] = history.encode(value)
+            return old
+        if kind == "idempotency":
+            old = self._idempotency.get(key)
+            if value is None:
+                self._idempotency.pop(key, None)
+            else:
+                self._idempotency[key] = value
+            return old
+        if kind == "delivery":
+            old = self._deliveries.get(key)
+            if value is None:
+                self._deliveries.pop(key, None)
+                self._due_deliveries.pop(key, None)
+            else:
+                self._deliveries[key] = value
+                if value["state"] == "pending":
+                    self._due_deliveries[key] = None
+                else:
+                    self._due_deliveries.pop(key, None)
+            return old
+        raise ValueError(f"unknown table {kind!r}")
+
+    def _restore_table(self, kind: str, key: str, old: Any) -> None:
+        if kind == "events":
+            if old is None:
+                self._history.pop(key, None)
+            else:
+                self._history[key] = old
+        elif kind == "idempotency" and old is not None:
+            self._idempotency[key] = old
+            self._idempotency.move_to_end(key, last=False)  # it was older than the rest
+        else:
+            self._put_table(kind, key, old)
 
     def _durable(self, seq: int) -> None:
         """Wait outside the lock until change ``seq`` is on disk, or undo it."""
@@ -214,30 +313,93 @@ class DispatchService:
     # ------------------------------------------------------------------ jobs
 
     def submit_job(self, data: Mapping[str, Any]) -> Job:
+        return self.submit_once(data, None)[0]
+
+    def submit_once(self, data: Mapping[str, Any],
+                    idempotency_key: str | None) -> tuple[Job, bool]:
+        """Create a job; return it and whether it was created (False when the
+        idempotency key repeats an earlier submission of the same body)."""
+        problem = self._callback_problem(data)
+        if problem:
+            raise errors.Invalid({"callback_url": [problem]})
+        fingerprint = _fingerprint(data) if idempotency_key is not None else ""
         with self._lock:
-            pending = len(self._by_status["pending"])
-            if pending >= self.settings.job_queue_max_size:
-                raise errors.QueueFull(
-                    f"the queue holds {pending} pending jobs, its limit; retry later",
-                    QUEUE_FULL_RETRY_AFTER,
-                )
             now = self._now()
-            seq = self._next_seq
-            job = Job(
-                job_id=f"{int(now * 1_000_000)}_{seq}",
-                seq=seq,
-                source_url=data["source_url"],
-                target_codec=data["target_codec"],
-                job_size=float(data["job_size"]),
-                priority=data.get("priority", 0),
-                max_retries=data.get("max_retries", self.settings.max_job_retries),
-                created_at=now,
-                updated_at=now,
-            )
-            commit = self._commit(jobs=[job])
-            self._next_seq = seq + 1
+            if idempotency_key is not None:
+                earlier = self._idempotent(idempotency_key, fingerprint, now)
+                if earlier is not None:
+                    return earlier, False
+            self._check_room(1)
+            job = self._new_job(data, now)
+            tables = []
+            if idempotency_key is not None:
+                tables.append(("idempotency", idempotency_key,
+                               {"hash": fingerprint, "job_id": job.job_id, "at": now}))
+            commit = self._commit(jobs=[job], tables=tables)
         self._durable(commit)
         events.info("job submitted", extra={"job_id": job.job_id})
+        return job, True
+
+    def submit_batch(self, items: list[Mapping[str, Any]]) -> list[Job]:
+        """Create every job or none (one durable change)."""
+        problems = {
+            index: {"callback_url": [problem]}
+            for index, item in enumerate(items)
+            if (problem := self._callback_problem(item))
+        }
+        if problems:
+            raise errors.Invalid({"jobs": problems})
+        with self._lock:
+            self._check_room(len(items))
+            now = self._now()
+            created = [self._new_job(item, now) for item in items]
+            commit = self._commit(jobs=created)
+        self._durable(commit)
+        events.info("batch of %d jobs submitted", len(created))
+        return created
+
+    def _check_room(self, count: int) -> None:
+        pending = len(self._by_status["pending"])
+        if pending + count > self.settings.job_queue_max_size:
+            raise errors.QueueFull(
+                f"the queue holds {pending} pending jobs and takes at most "
+                f"{self.settings.job_queue_max_size}; retry later",
+                QUEUE_FULL_RETRY_AFTER,
+            )
+
+    def _new_job(self, data: Mapping[str, Any], now: float) -> Job:
+        seq = self._next_seq
+        self._next_seq = seq + 1  # an id is never reused, even if the change is undone
+        return Job(
+            job_id=f"{int(now * 1_000_000)}_{seq}",
+            seq=seq,
+            source_url=data["source_url"],
+            target_codec=data["target_codec"],
+            job_size=float(data["job_size"]),
+            priority=data.get("priority", 0),
+            max_retries=data.get("max_retries", self.settings.max_job_retries),
+            created_at=now,
+            updated_at=now,
+            callback_url=data.get("callback_url"),
+        )
+
+    def _callback_problem(self, data: Mapping[str, Any]) -> str | None:
+        url = data.get("callback_url")
+        return None if url is None else callback_problem(url,
+                                                         self.settings.webhook_allowed_hosts)
+
+    def _idempotent(self, key: str, fingerprint: str, now: float) -> Job | None:
+        entry = self._idempotency.get(key)
+        if entry is None or now - entry["at"] >= self.settings.idempotency_ttl:
+            return None
+        if entry["hash"] != fingerprint:
+            raise errors.Conflict(
+                "this Idempotency-Key was used with a different request body; "
+                "use a new key for a new job"
+            )
+        job = self._jobs.get(entry["job_id"])
+        if job is None:  # purged since: the key has nothing left to protect
+            return None
         return job
 
     def get_job(self, job_id: str) -> Job:
@@ -245,6 +407,48 @@ class DispatchService:
         if job is None:
             raise errors.JobNotFound(job_id)
         return job
+
+    def describe(self, job: Job) -> dict[str, Any]:
+        """A job's API form: its fields, why it waits (pending jobs) and the state of
+        its webhook (jobs with a callback URL)."""
+        body = job.to_dict()
+        body["waiting_reason"] = None
+        body["webhook"] = None
+        if job.status == "pending" or job.callback_url:
+            with self._lock:
+                if job.status == "pending":
+                    body["waiting_reason"] = self._waiting_reason(job)
+                delivery = self._deliveries.get(job.job_id)
+            if delivery is not None:
+                body["webhook"] = _delivery_view(delivery)
+        return body
+
+    def _waiting_reason(self, job: Job) -> dict[str, Any]:
+        now = self._now()
+        if job.retry_at is not None and job.retry_at > now:
+            return _reason("backoff", f"in backoff after a failed attempt until "
+                           f"{format_time(job.retry_at)}")
+        live = [e for e in self._engines.values() if not e.offline]
+        codec = job.target_codec
+        able = [e for e in live if not e.supported_codecs or codec in e.supported_codecs]
+        if not able:
+            return _reason("no_engine_for_codec", f"no active engine supports codec {codec!r}")
+        roomy = [e for e in able if fits(job, e)]
+        if not roomy:
+            return _reason("no_engine_with_room", f"no active engine supporting {codec!r} "
+                           f"has storage for {job.job_size:g} MB")
+        if all(e.drain is not None for e in roomy):
+            return _reason("engines_draining", "every engine that could take it is draining")
+        active = len(self._by_status["assigned"]) + len(self._by_status["processing"])
+        if active >= self.settings.max_concurrent_jobs:
+            return _reason("concurrency_limit", f"{active} jobs are running, the limit "
+                           "(max_concurrent_jobs); it starts when one finishes")
+        position = self._pending.position(job)
+        return _reason("queued", f"number {position} in line for codec {codec!r}", position)
+
+    def job_events(self, job_id: str) -> list[dict[str, Any]]:
+        self.get_job(job_id)
+        return history.view(self._history.get(job_id))
 
     def list_jobs(self, status: str | None, limit: int, offset: int) -> Page:
         with self._lock:
@@ -512,6 +716,44 @@ class DispatchService:
         events.info("job assigned", extra={"job_id": new.job_id, "engine_id": engine_id})
         return AssignResult(new)
 
+    # -------------------------------------------------------------- webhooks
+
+    def due_deliveries(self) -> list[dict[str, Any]]:
+        """Pending deliveries whose time has come, with the body to send."""
+        with self._lock:
+            now = self._now()
+            due = []
+            for job_id in self._due_deliveries:
+                delivery = self._deliveries[job_id]
+                if delivery["next_at"] <= now:
+                    due.append({**delivery, "body": orjson.dumps(delivery["payload"])})
+            return due
+
+    def record_delivery(self, job_id: str, generation: int, error: str | None) -> None:
+        """Note the outcome of one delivery attempt (durably)."""
+        with self._lock:
+            delivery = self._deliveries.get(job_id)
+            if delivery is None or delivery["generation"] != generation \
+                    or delivery["state"] != "pending":
+                return  # replaced or purged while it was being sent
+            now = self._now()
+            attempts = delivery["attempts"] + 1
+            updated = {**delivery, "attempts": attempts, "last_error": error}
+            if error is None:
+                updated.update(state="delivered", delivered_at=now)
+            elif now - delivery["first_at"] >= self.settings.webhook_retry_for:
+                updated.update(state="failed")
+            else:
+                updated.update(next_at=now + backoff(attempts))
+            commit = self._commit(tables=[("delivery", job_id, updated)])
+        self._durable(commit)
+        if error is None:
+            events.info("webhook delivered", extra={"job_id": job_id})
+        else:
+            events.warning("webhook attempt %d failed (%s)%s", attempts, error,
+                           "; giving up" if updated["state"] == "failed" else "",
+                           extra={"job_id": job_id})
+
     # -------------------------------------------------------------- liveness
 
     def sweep(self) -> int:
@@ -562,6 +804,21 @@ class DispatchService:
                 if since is not None and now - since > limit:
                     stalled.append(job)
         return stalled
+
+    def expire_idempotency_keys(self, batch: int = 1000) -> int:
+        """Forget idempotency keys older than ``idempotency_ttl``."""
+        with self._lock:
+            cutoff = self._now() - self.settings.idempotency_ttl
+            expired = []
+            for key, entry in self._idempotency.items():
+                if entry["at"] > cutoff or len(expired) >= batch:
+                    break
+                expired.append(key)
+            if not expired:
+                return 0
+            commit = self._commit(tables=[("idempotency", key, None) for key in expired])
+        self._durable(commit)
+        return len(expired)
 
     def purge(self, batch: int = 1000) -> int:
         """Delete finished jobs older than the retention; return how many."""
@@ -632,6 +889,15 @@ class DispatchService:
 
     # ------------------------------------------------------------- snapshots
 
+    def _tables_snapshot(self) -> dict[str, dict[str, Any]]:
+        # Copies of references only (entries are never mutated in place); history
+        # stays encoded and is written as it is.
+        return {
+            "events": dict(self._history),
+            "idempotency": dict(self._idempotency),
+            "delivery": dict(self._deliveries),
+        }
+
     def snapshot(self) -> bool:
         """Write a full snapshot if anything changed; the tables are copied under the
         lock (references only: objects are immutable) and serialised outside it."""
@@ -643,10 +909,31 @@ class DispatchService:
                 seq=seq,
                 jobs=list(self._ordered),
                 engines=list(self._engines.values()),
-                meta={},
+                tables=self._tables_snapshot(),
             )
         self.store.write_snapshot(data)
         return True
+
+
+def _reason(code: str, message: str, position: int | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "position": position}
+
+
+def _delivery_view(delivery: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "url": delivery["url"],
+        "state": delivery["state"],
+        "attempts": delivery["attempts"],
+        "next_attempt_at": format_time(delivery["next_at"])
+        if delivery["state"] == "pending" else None,
+        "last_error": delivery["last_error"],
+        "delivered_at": format_time(delivery["delivered_at"]),
+    }
+
+
+def _fingerprint(data: Mapping[str, Any]) -> str:
+    """What an idempotent retry must repeat: the request body, key order aside."""
+    return hashlib.sha256(orjson.dumps(dict(data), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _finished_key(job: Job) -> tuple[float, int]:

@@ -18,7 +18,7 @@ from dispatch import __version__
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
-SECRET = frozenset({"api_key", "client_keys", "engine_keys"})
+SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret"})
 
 
 class SettingsError(Exception):
@@ -54,6 +54,11 @@ class Settings:
     keys_file: str | None = None
     client_keys: tuple[str, ...] = ()
     engine_keys: tuple[str, ...] = ()  # "KEY" or "KEY@ENGINE_ID"
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_timeout: float = 5.0
+    webhook_retry_for: float = 3600.0
+    idempotency_ttl: float = 86400.0
     config_file: str | None = None
 
     def __repr__(self) -> str:
@@ -61,7 +66,8 @@ class Settings:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in SECRET
         )
-        return f"Settings(api_key='***', client_keys=***, engine_keys=***, {shown})"
+        return (f"Settings(api_key='***', client_keys=***, engine_keys=***, "
+                f"webhook_secret=***, {shown})")
 
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -116,6 +122,10 @@ def _key_list(text: str) -> tuple[str, ...]:
         if len(key.split("@", 1)[0]) < 16:
             raise ValueError("keys must have at least 16 characters")
     return keys
+
+
+def _host_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip().lower() for item in text.split(",") if item.strip())
 
 
 def _text(text: str) -> str:
@@ -174,6 +184,12 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("keys_file", _text, "--keys-file", "DISTCONV_KEYS_FILE", ("keys_file",)),
     _Option("client_keys", _key_list, None, "DISTCONV_CLIENT_KEYS", ("client_keys",)),
     _Option("engine_keys", _key_list, None, "DISTCONV_ENGINE_KEYS", ("engine_keys",)),
+    _Option("webhook_allowed_hosts", _host_list, None, "DISTCONV_WEBHOOK_ALLOWED_HOSTS",
+            ("webhook_allowed_hosts",)),
+    _Option("webhook_secret", _text, None, "DISTCONV_WEBHOOK_SECRET", ("webhook_secret",)),
+    _Option("webhook_timeout", _float(0.1), None, None, ("webhook_timeout",)),
+    _Option("webhook_retry_for", _float(0), None, None, ("webhook_retry_for",)),
+    _Option("idempotency_ttl", _float(1), None, None, ("idempotency_ttl",)),
     _Option("job_stall_timeout", _float(0), None, "DISTCONV_JOB_STALL_TIMEOUT",
             ("job_stall_timeout",)),
 )
@@ -282,6 +298,11 @@ def load_settings(
         raise SettingsError(
             "no API key: set DISTCONV_API_KEY, pass --api-key or --api-key-file, "
             "or put api_key = ... in the config file (generate one with: openssl rand -hex 32)"
+        )
+    if resolved.get("webhook_allowed_hosts") and not resolved.get("webhook_secret"):
+        raise SettingsError(
+            "webhook_allowed_hosts is set but webhook_secret is not: callbacks must be "
+            "signed (set DISTCONV_WEBHOOK_SECRET or webhook_secret in the config file)"
         )
     return Settings(api_key=api_key, config_file=config_path, **resolved)
 

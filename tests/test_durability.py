@@ -363,7 +363,8 @@ def test_crash_inside_the_snapshot_sequence_loses_and_duplicates_nothing(
         # Write the snapshot but "crash" before the old segment is removed.
         original = store._segments
         store._segments = lambda: []  # type: ignore[method-assign]
-        store.write_snapshot(SnapshotData(seq=seq, jobs=jobs, engines=engines, meta={}))
+        store.write_snapshot(SnapshotData(seq=seq, jobs=jobs, engines=engines,
+                                           tables={}))
         store._segments = original  # type: ignore[method-assign]
         assert original(), "the old segment is still there, as after a crash"
     service.store.close()
@@ -393,12 +394,12 @@ def test_append_refuses_while_failed_until_repaired(make_settings: Any) -> None:
     store.recover()
     io.broken = "write"
     with pytest.raises(PersistenceError):
-        store.append([("meta", "k", 1)])
+        store.append([("table", "k", 1)])
     assert store.failure is not None
     assert store.check() is not None
     io.broken = None
     assert store.check() is None
-    assert 1 == store.append([("meta", "k", 1)])
+    assert 1 == store.append([("table", "k", 1)])
     store.close()
 
 

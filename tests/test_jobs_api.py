@@ -21,6 +21,11 @@ JOB_KEYS = {
     "assigned_engine", "output_url", "progress", "retries", "max_retries", "error_message",
     "retry_at", "created_at", "updated_at", "assigned_at", "completed_at",
 }
+# Keys later issues added: attempts (#4), callbacks, waiting reasons, webhooks (#8).
+EXTRA_KEYS = {"attempt", "callback_url", "waiting_reason", "webhook"}
+# A pending job with no engine registered waits for one that supports its codec.
+NO_ENGINE = {"code": "no_engine_for_codec", "message": "no active engine supports codec 'h264'",
+             "position": None}
 TIME_KEYS = ("retry_at", "created_at", "updated_at", "assigned_at", "completed_at")
 JOB_ID = re.compile(r"^(\d+)_(\d+)$")
 START_MICROS = 1_704_067_200_000_000
@@ -49,6 +54,7 @@ def expected_job(job_id: str, **overrides: Any) -> dict[str, Any]:
         "assigned_engine": None, "output_url": None, "progress": None, "retries": 0,
         "max_retries": 3, "error_message": None, "retry_at": None, "created_at": START,
         "updated_at": START, "assigned_at": None, "completed_at": None, "attempt": 0,
+        "callback_url": None, "waiting_reason": NO_ENGINE, "webhook": None,
     }
     body.update(overrides)
     return body
@@ -162,7 +168,7 @@ def test_submit_returns_201_pending_job_with_every_key_and_location(
     response = client.post("/jobs/", json=JOB, headers=auth)
 
     body = ok(response, 201)
-    assert JOB_KEYS | {"attempt"} == set(body)
+    assert JOB_KEYS | EXTRA_KEYS == set(body)
     assert expected_job(body["job_id"]) == normalized(body)
     assert f"/jobs/{body['job_id']}" == response.headers["Location"]
 
@@ -689,7 +695,8 @@ def test_cancel_pending_job_whole_body(submit: Callable[..., dict[str, Any]],
 
     actual = normalized(body)
     del actual["completed_at"]  # the contract leaves it open for a cancelled job
-    expected = normalized(job) | {"status": "cancelled", "updated_at": START + 1}
+    expected = normalized(job) | {"status": "cancelled", "updated_at": START + 1,
+                                  "waiting_reason": None}
     del expected["completed_at"]
     assert expected == actual
 

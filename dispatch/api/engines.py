@@ -113,4 +113,4 @@ def assign(data: dict[str, Any]) -> Response:
     log_ids(engine_id=engine_id, job_id=result.job.job_id if result.job else None)
     if result.job is None:
         return Response(status=204)
-    return json_response(result.job.to_dict())
+    return json_response(_service().describe(result.job))

@@ -41,14 +41,7 @@ class Forbidden(errors.DispatchError):
     status = 403
 
 
-class ValidationFailed(errors.DispatchError):
-    code = "validation_error"
-    status = 400
-
-    def __init__(self, details: dict[str, Any]) -> None:
-        names = ", ".join(sorted(str(name) for name in details))
-        super().__init__(f"invalid request: check {names}")
-        self.details = details
+ValidationFailed = errors.Invalid
 
 
 def error_response(status: int, code: str, message: str,
@@ -66,7 +59,7 @@ def _dispatch_error(exc: errors.DispatchError) -> Response:
     headers = None
     if isinstance(exc, errors.QueueFull):
         headers = {"Retry-After": str(exc.retry_after)}
-    details = exc.details if isinstance(exc, ValidationFailed) else None
+    details = exc.details if isinstance(exc, errors.Invalid) else None
     return error_response(exc.status, exc.code, exc.message, details, headers)
 
 

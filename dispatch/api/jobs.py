@@ -9,11 +9,16 @@ from flask import Response, current_app
 from dispatch.api.common import Blueprint, json_response, log_ids
 from dispatch.api.errors import Forbidden
 from dispatch.auth import ENGINE_REPORTERS, JOB_READERS, JOB_WRITERS, acting_engine, auth, current
+from dispatch.models import Job
 from dispatch.schemas import (
+    BatchSubmitSchema,
     CompleteSchema,
     ErrorSchema,
     FailSchema,
+    IdempotencyHeaderSchema,
+    JobEventsSchema,
     JobListQuerySchema,
+    JobListSchema,
     JobPageSchema,
     JobSchema,
     JobSubmitSchema,
@@ -28,19 +33,44 @@ def _service() -> DispatchService:
     return current_app.extensions["dispatch"]
 
 
+def _job_response(job: Job) -> Response:
+    return json_response(_service().describe(job))
+
+
 @blp.route("/", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=JOB_WRITERS)
 @blp.arguments(JobSubmitSchema)
+@blp.arguments(IdempotencyHeaderSchema, location="headers")
 @blp.response(201, JobSchema, description="The job, pending",
               headers={"Location": {"description": "/jobs/{job_id}",
                                     "schema": {"type": "string"}}})
+@blp.alt_response(200, schema=JobSchema, description="The job an earlier request with the "
+                  "same Idempotency-Key and body created")
+@blp.alt_response(409, schema=ErrorSchema, description="Idempotency-Key reused with "
+                  "another body")
 @blp.alt_response(503, schema=ErrorSchema, description="queue_full (with Retry-After) "
                   "or unavailable (the change could not be saved)")
-def submit(data: dict[str, Any]) -> Response:
+def submit(data: dict[str, Any], headers: dict[str, Any]) -> Response:
     """Submit a job."""
-    job = _service().submit_job(data)
+    service = _service()
+    job, created = service.submit_once(data, headers.get("key"))
     log_ids(job_id=job.job_id)
-    return json_response(job.to_dict(), 201, {"Location": f"/jobs/{job.job_id}"})
+    return json_response(service.describe(job), 201 if created else 200,
+                         {"Location": f"/jobs/{job.job_id}"})
+
+
+@blp.route("/batch", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=JOB_WRITERS)
+@blp.arguments(BatchSubmitSchema)
+@blp.response(201, JobListSchema, description="Every job, created")
+@blp.alt_response(503, schema=ErrorSchema, description="queue_full: the batch does not "
+                  "fit in the queue as a whole (with Retry-After)")
+def submit_batch(data: dict[str, Any]) -> Response:
+    """Submit 1-1000 jobs at once: all are created, or none (a 400 names the index
+    and errors of each invalid item)."""
+    service = _service()
+    jobs = service.submit_batch(data["jobs"])
+    return json_response({"jobs": [service.describe(job) for job in jobs]}, 201)
 
 
 @blp.route("/", methods=["GET"], strict_slashes=False)
@@ -50,9 +80,10 @@ def submit(data: dict[str, Any]) -> Response:
 def list_jobs(query: dict[str, Any]) -> Response:
     """List jobs, oldest first; `total` counts every match."""
     limit, offset = query["limit"], query["offset"]
-    page = _service().list_jobs(query.get("status"), limit, offset)
-    return json_response({"jobs": [job.to_dict() for job in page.jobs], "total": page.total,
-                          "limit": limit, "offset": offset})
+    service = _service()
+    page = service.list_jobs(query.get("status"), limit, offset)
+    return json_response({"jobs": [service.describe(job) for job in page.jobs],
+                          "total": page.total, "limit": limit, "offset": offset})
 
 
 @blp.route("/<job_id>", methods=["GET"], strict_slashes=False)
@@ -61,11 +92,22 @@ def list_jobs(query: dict[str, Any]) -> Response:
 @blp.alt_response(404, schema=ErrorSchema)
 def get_job(job_id: str) -> Response:
     """One job. An engine key bound to an engine reads that engine's jobs only."""
-    job = _service().get_job(job_id)
+    service = _service()
+    job = service.get_job(job_id)
     bound = current().engine_id
     if bound is not None and job.assigned_engine != bound:
         raise Forbidden(f"this key reads the jobs of engine {bound!r} only")
-    return json_response(job.to_dict())
+    return json_response(service.describe(job))
+
+
+@blp.route("/<job_id>/events", methods=["GET"], strict_slashes=False)
+@auth.login_required(role=JOB_WRITERS)
+@blp.response(200, JobEventsSchema)
+@blp.alt_response(404, schema=ErrorSchema)
+def job_events(job_id: str) -> Response:
+    """The job's history, oldest first: every state change with its time, engine,
+    attempt and reason (the first and the latest 99 events are kept)."""
+    return json_response({"job_id": job_id, "events": _service().job_events(job_id)})
 
 
 @blp.route("/<job_id>", methods=["DELETE"], strict_slashes=False)
@@ -75,7 +117,7 @@ def get_job(job_id: str) -> Response:
 @blp.alt_response(409, schema=ErrorSchema, description="Already finished")
 def cancel_job(job_id: str) -> Response:
     """Cancel a job that has not finished; its engine is freed."""
-    return json_response(_service().cancel_job(job_id).to_dict())
+    return _job_response(_service().cancel_job(job_id))
 
 
 @blp.route("/<job_id>/progress", methods=["POST"], strict_slashes=False)
@@ -89,7 +131,7 @@ def progress(data: dict[str, Any], job_id: str) -> Response:
     """Report progress (0-100)."""
     job = _service().report_progress(job_id, data["progress"], acting_engine(data.get("engine_id")),
                                         data.get("attempt"))
-    return json_response(job.to_dict())
+    return _job_response(job)
 
 
 @blp.route("/<job_id>/complete", methods=["POST"], strict_slashes=False)
@@ -103,7 +145,7 @@ def complete(data: dict[str, Any], job_id: str) -> Response:
     """Report a job done, with where its output is."""
     job = _service().complete_job(job_id, data["output_url"], acting_engine(data.get("engine_id")),
                                         data.get("attempt"))
-    return json_response(job.to_dict())
+    return _job_response(job)
 
 
 @blp.route("/<job_id>/fail", methods=["POST"], strict_slashes=False)
@@ -117,7 +159,7 @@ def fail(data: dict[str, Any], job_id: str) -> Response:
     """Report a failed attempt; the job is retried with backoff while retries remain."""
     job = _service().fail_job(job_id, data["error_message"], acting_engine(data.get("engine_id")),
                                         data.get("attempt"))
-    return json_response(job.to_dict())
+    return _job_response(job)
 
 
 @blp.route("/<job_id>/retry", methods=["POST"], strict_slashes=False)
@@ -127,4 +169,4 @@ def fail(data: dict[str, Any], job_id: str) -> Response:
 @blp.alt_response(409, schema=ErrorSchema, description="Not failed or cancelled")
 def retry(job_id: str) -> Response:
     """Send a failed or cancelled job back to the queue."""
-    return json_response(_service().retry_job(job_id).to_dict())
+    return _job_response(_service().retry_job(job_id))
