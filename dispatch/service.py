@@ -240,6 +240,7 @@ class DispatchService:
                 derived.append(("delivery", job_id, None))
             return derived
         derived = []
+        now = new.updated_at  # the job's own time of this change
         events = history.transition_events(old, new, now)
         if events:
             derived.append(("events", job_id,
