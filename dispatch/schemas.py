@@ -12,9 +12,11 @@ import math
 from typing import Any
 from urllib.parse import urlsplit
 
+from flask import current_app
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
 
 from dispatch.models import ENGINE_STATUSES, JOB_STATUSES
+from dispatch.webhooks import callback_problem
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_URL = 2048
@@ -87,6 +89,15 @@ class JobSubmitSchema(StrictSchema):
     @validates("source_url")
     def _source_url(self, value: str, **_: Any) -> None:
         _check_url(value)
+
+    @validates("callback_url")
+    def _callback_url(self, value: str, **_: Any) -> None:
+        # Checked here too (the service checks again) so that a batch reports every
+        # invalid item in one answer, callbacks included.
+        settings = current_app.extensions["dispatch"].settings
+        problem = callback_problem(value, settings.webhook_allowed_hosts)
+        if problem:
+            raise ValidationError(problem)
 
 
 class BatchSubmitSchema(StrictSchema):

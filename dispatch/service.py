@@ -426,6 +426,7 @@ class DispatchService:
 
     def _waiting_reason(self, job: Job) -> dict[str, Any]:
         now = self._now()
+        self._pending.promote(now)  # jobs whose backoff ended are in line again
         if job.retry_at is not None and job.retry_at > now:
             return _reason("backoff", f"in backoff after a failed attempt until "
                            f"{format_time(job.retry_at)}")

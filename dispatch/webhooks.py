@@ -5,7 +5,7 @@ Headers (receivers verify both, and reject a timestamp more than 5 minutes old):
 
     X-DistConv-Timestamp: 1704067200                 (Unix seconds)
     X-DistConv-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>." + body, key = secret>
-    X-DistConv-Delivery:  <job_id>.<attempt number>
+    X-DistConv-Delivery:  <job_id>.<notification>.<attempt>  (a retried job notifies again)
 
 Only hosts listed in ``webhook_allowed_hosts`` may be called back, redirects are not
 followed, and delivery runs on its own threads with timeouts: a slow or dead receiver
@@ -132,7 +132,8 @@ class Sender(threading.Thread):
                 "X-DistConv-Timestamp": str(timestamp),
                 "X-DistConv-Signature": signature(settings.webhook_secret or "", timestamp,
                                                   body),
-                "X-DistConv-Delivery": f"{delivery['job_id']}.{attempt}",
+                "X-DistConv-Delivery": f"{delivery['job_id']}.{delivery['generation']}"
+                                       f".{attempt}",
             }
             error = post(delivery["url"], body, headers, settings.webhook_timeout)
             self.service.record_delivery(delivery["job_id"], delivery["generation"], error)

@@ -55,7 +55,8 @@ class BodyParser(FlaskParser):
     def handle_error(self, error: ValidationError, req: Any, schema: Schema, *,
                      error_status_code: int | None, error_headers: Any) -> Any:
         messages = error.messages
-        if isinstance(messages, dict) and set(messages) <= {"json", "query", "querystring"}:
+        if isinstance(messages, dict) and set(messages) <= {"json", "query", "querystring",
+                                                            "headers"}:
             # webargs nests errors under the location; the contract wants fields.
             merged: dict[str, Any] = {}
             for value in messages.values():
