@@ -12,9 +12,10 @@
    when it supports streaming or its benchmark time is at most the median of the
    active engines' benchmarks, *slow* when its benchmark is above that median. A fast
    engine takes the oldest *large* job (``job_size`` >= ``large_job_threshold_mb``)
-   among the next few candidates, if there is one; a slow engine passes over large
-   jobs for a small one, but only while a fast engine is active to take them and
-   only for jobs that have waited less than ``priority_aging_seconds``.
+   among the next few candidates, if there is one; a slow engine passes over a large
+   job for a small one, but only while another active fast engine could take it
+   (codec and storage) and, with aging on, only while it has waited less than
+   ``priority_aging_seconds``.
 
 Index: pending jobs are bucketed by (codec, priority), each bucket sorted by creation,
 so the best job is found among bucket heads without scanning the queue; jobs in
@@ -24,7 +25,7 @@ backoff wait in a separate list ordered by ``retry_at`` and join their bucket wh
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from statistics import median
 
@@ -171,9 +172,12 @@ def choose_job(
     now: float,
     policy: Policy,
     speed: str = "unknown",
-    fast_engine_active: bool = False,
+    fast_can_take: Callable[[Job], bool] = lambda job: False,
 ) -> Job | None:
-    """The job ``engine`` should get now, or None when nothing suits it."""
+    """The job ``engine`` should get now, or None when nothing suits it.
+
+    ``fast_can_take(job)`` tells whether another active fast engine could take the job;
+    only then does a slow engine leave a large job for it."""
     index.promote(now)
     codecs = list(capabilities) if capabilities is not None else list(engine.supported_codecs)
     first: Job | None = None
@@ -196,12 +200,11 @@ def choose_job(
             if not large:
                 return job
             waited = now - job.created_at
-            if not fast_engine_active or (policy.aging_seconds > 0
-                                          and waited >= policy.aging_seconds):
+            if (policy.aging_seconds > 0 and waited >= policy.aging_seconds) \
+                    or not fast_can_take(job):
                 return job
-    return first if speed == "fast" or first is None else _slow_fallback(first, fast_engine_active)
-
-
-def _slow_fallback(first: Job, fast_engine_active: bool) -> Job | None:
-    # Every candidate in the best priority was a large job kept for a fast engine.
-    return None if fast_engine_active else first
+    if speed == "fast":
+        return first
+    # A slow engine: every candidate of the best priority is a large job that an
+    # active fast engine can take.
+    return None

@@ -703,11 +703,17 @@ class DispatchService:
             now = self._now()
             live = [e for e in self._engines.values() if not e.offline and e.drain is None]
             speed = engine_speed(engine, live)
-            fast_active = speed == "slow" and any(
-                engine_speed(e, live) == "fast" for e in live if e is not engine
-            )
+            fast = [e for e in live if e is not engine and engine_speed(e, live) == "fast"] \
+                if speed == "slow" else []
+
+            def fast_can_take(job: Job) -> bool:
+                return any(
+                    (not e.supported_codecs or job.target_codec in e.supported_codecs)
+                    and fits(job, e) for e in fast
+                )
+
             job = choose_job(self._pending, engine, capabilities, now, self._policy,
-                             speed, fast_active)
+                             speed, fast_can_take)
             if job is None:
                 return AssignResult(None)
             new = replace(job, status="assigned", assigned_engine=engine_id, assigned_at=now,
