@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 STATE  ?= server_state.json
 
-.PHONY: run test lint bench install clean
+.PHONY: run test test-deps lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,19 @@ run: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
-test: lint
+# nginx and systemd-analyze, for the deployment tests (installed when missing).
+test-deps:
+	bash scripts/test-deps.sh
+
+test: lint test-deps
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
+
+# Lay the server out under PREFIX (default /opt/distconv/server); see README "Deployment".
+install:
+	bash scripts/install.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

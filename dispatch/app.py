@@ -16,7 +16,7 @@ from dispatch.api.errors import register_error_handlers
 from dispatch.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal
 from dispatch.background import Runtime
 from dispatch.journal import JournalStore
-from dispatch.logs import add_secrets
+from dispatch.logs import add_secrets, escape_controls
 from dispatch.metrics import Metrics
 from dispatch.persistence import Store
 from dispatch.schemas import ErrorSchema
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     api = _Api(app)
     for blueprint in (jobs.blp, engines.blp, system.blp):
         api.register_blueprint(blueprint)
+    _document_common_errors(api)
     register_error_handlers(app)
     _instrument(app, metrics)
 
@@ -93,6 +94,35 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     if background:
         runtime.start()
     return app
+
+
+_COMMON_ERRORS = {
+    "401": "Missing or wrong X-API-Key",
+    "403": "The key's role may not do this",
+    "413": "Body larger than 1 MiB",
+    "503": "unavailable: the change could not be saved (nothing changed)",
+}
+
+
+def _document_common_errors(api: Api) -> None:
+    """Errors every operation of a kind can answer, added to the OpenAPI document
+    once instead of on each view: 401/403 where a key is needed, 413 where a body is
+    read, 503 where state changes."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for operations in api.spec._paths.values():
+        for method, operation in operations.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            codes = []
+            if operation.get("security") != []:
+                codes += ["401", "403"]
+            if "requestBody" in operation:
+                codes.append("413")
+            if method in ("post", "delete"):
+                codes.append("503")
+            for code in codes:
+                operation["responses"].setdefault(
+                    code, {"description": _COMMON_ERRORS[code], "content": error})
 
 
 def make_keyring(settings: Settings) -> KeyRing:
@@ -116,8 +146,9 @@ def _instrument(app: Flask, metrics: Metrics) -> None:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         rule = request.url_rule
         endpoint = rule.rule if rule is not None else "unmatched"
-        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(elapsed)
+        status = str(response.status_code)
+        metrics.requests.labels(endpoint, request.method, status).inc()
+        metrics.latency.labels(endpoint, status).observe(elapsed)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-store"
         if access_log.isEnabledFor(logging.INFO):
@@ -125,8 +156,11 @@ def _instrument(app: Flask, metrics: Metrics) -> None:
             ids.update(g.get("log_ids", {}))
             subject = " ".join(f"{key.split('_')[0]}={value}" for key, value in ids.items()
                                if value)
+            # The path and ids come from the client: escaped where the line is made,
+            # whichever handler writes it.
             access_log.info(
                 '%s "%s %s" %d %.1fms %s', request.remote_addr, request.method,
-                request.path, response.status_code, elapsed * 1000, subject or "-",
+                escape_controls(request.path), response.status_code, elapsed * 1000,
+                escape_controls(subject) or "-",
             )
         return response

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyFileError as exc:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings)
+    configure_logging(settings, rotate=False)
     try:
         store = JournalStore(settings.state_file)
         service = DispatchService(settings, store)

@@ -233,9 +233,14 @@ class JournalStore:
             for record in records:
                 if record["seq"] <= snap_seq:
                     continue
-                if record["seq"] <= last_seq:
-                    raise StateError(f"journal {path} repeats change {record['seq']}; "
-                                     f"{_WHAT_TO_DO}")
+                if record["seq"] != last_seq + 1:
+                    # A gap means changes are missing (e.g. a backup that copied a
+                    # journal newer than its snapshot): refuse rather than lose them.
+                    raise StateError(
+                        f"journal {path} continues at change {record['seq']} but the "
+                        f"state so far ends at change {last_seq}: changes in between are "
+                        f"missing; {_WHAT_TO_DO}"
+                    )
                 last_seq = record["seq"]
                 replay.append(record)
         for record in replay:

@@ -30,26 +30,42 @@ def add_secrets(secrets: Iterable[str]) -> None:
     SECRETS.update(s for s in secrets if s)
 
 
+# Control characters from requests (a path with %0D%0A, an engine's error message)
+# must not start forged lines or move the terminal: they are written escaped.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+
+
+def escape_controls(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
 class Redactor(logging.Filter):
-    """Replaces any API key that would reach a log line, whatever logged it."""
+    """Replaces any API key that would reach a log line, whatever logged it, and
+    escapes control characters in the message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        cleaned = message.translate(_ESCAPES)
         secrets = list(SECRETS)
-        if any(secret in message for secret in secrets):
+        if any(secret in cleaned for secret in secrets):
             for secret in secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+                cleaned = cleaned.replace(secret, "***")
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
         return True
 
 
-def configure_logging(settings: Settings) -> logging.Handler:
-    """Send the ``dispatch`` loggers (and gunicorn's) to stderr or the log file."""
+def configure_logging(settings: Settings, *, rotate: bool = True) -> logging.Handler:
+    """Send the ``dispatch`` loggers (and gunicorn's) to stderr or the log file.
+
+    Only the serving process rotates (``rotate``): gunicorn's master logs too, and two
+    processes rotating one file would delete each other's rotated files. The master
+    reopens the file when the worker has moved it away."""
     handler: logging.Handler
     if settings.log_file is None:
         handler = logging.StreamHandler(sys.stderr)
-    elif settings.log_rotation == "none":
-        handler = logging.FileHandler(settings.log_file, encoding="utf-8")
+    elif settings.log_rotation == "none" or not rotate:
+        handler = logging.handlers.WatchedFileHandler(settings.log_file, encoding="utf-8")
     else:
         handler = logging.handlers.TimedRotatingFileHandler(
             settings.log_file, when="midnight" if settings.log_rotation == "daily" else "H",

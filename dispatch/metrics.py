@@ -50,8 +50,9 @@ class Metrics:
             ["endpoint", "method", "status"], registry=self.registry,
         )
         self.latency = Histogram(
-            "distconv_http_request_duration_seconds", "HTTP request latency by endpoint",
-            ["endpoint"], registry=self.registry,
+            "distconv_http_request_duration_seconds",
+            "HTTP request latency by endpoint and status",
+            ["endpoint", "status"], registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.persist_latency = Histogram(

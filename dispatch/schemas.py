@@ -121,25 +121,25 @@ class IdempotencyHeaderSchema(Schema):
 class JobListQuerySchema(StrictSchema):
     status = fields.String(validate=validate.OneOf(JOB_STATUSES))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10**9))
 
 
 class ProgressSchema(StrictSchema):
     progress = FiniteFloat(required=True, validate=validate.Range(min=0, max=100))
     engine_id = _engine_id()
-    attempt = StrictInteger(validate=validate.Range(min=1))
+    attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
 
 class CompleteSchema(StrictSchema):
     output_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
     engine_id = _engine_id()
-    attempt = StrictInteger(validate=validate.Range(min=1))
+    attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
 
 class FailSchema(StrictSchema):
     error_message = _text(MAX_TEXT, required=True)
     engine_id = _engine_id()
-    attempt = StrictInteger(validate=validate.Range(min=1))
+    attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
 
 class HeartbeatSchema(Schema):

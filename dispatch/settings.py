@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -116,12 +117,28 @@ def _choice(choices: Sequence[str], *, upper: bool = False) -> Callable[[str], s
     return convert
 
 
+ENGINE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
 def _key_list(text: str) -> tuple[str, ...]:
     keys = tuple(item.strip() for item in text.split(",") if item.strip())
     for key in keys:
-        if len(key.split("@", 1)[0]) < 16:
-            raise ValueError("keys must have at least 16 characters")
+        if len(key) < 16 or "@" in key:
+            raise ValueError("keys must have at least 16 characters and no '@'")
     return keys
+
+
+def _engine_key_list(text: str) -> tuple[str, ...]:
+    """Engine keys: ``KEY`` or ``KEY@ENGINE_ID`` (bound to that engine)."""
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    for item in items:
+        key, at, engine_id = item.partition("@")
+        if len(key) < 16:
+            raise ValueError("keys must have at least 16 characters")
+        if at and not ENGINE_ID.match(engine_id):
+            raise ValueError("KEY@ENGINE_ID needs an engine id of 1-128 letters, "
+                             "digits and ._:-")
+    return items
 
 
 def _host_list(text: str) -> tuple[str, ...]:
@@ -183,7 +200,7 @@ _OPTIONS: tuple[_Option, ...] = (
             ("trusted_proxies",)),
     _Option("keys_file", _text, "--keys-file", "DISTCONV_KEYS_FILE", ("keys_file",)),
     _Option("client_keys", _key_list, None, "DISTCONV_CLIENT_KEYS", ("client_keys",)),
-    _Option("engine_keys", _key_list, None, "DISTCONV_ENGINE_KEYS", ("engine_keys",)),
+    _Option("engine_keys", _engine_key_list, None, "DISTCONV_ENGINE_KEYS", ("engine_keys",)),
     _Option("webhook_allowed_hosts", _host_list, None, "DISTCONV_WEBHOOK_ALLOWED_HOSTS",
             ("webhook_allowed_hosts",)),
     _Option("webhook_secret", _text, None, "DISTCONV_WEBHOOK_SECRET", ("webhook_secret",)),

@@ -414,3 +414,21 @@ def test_state_file_is_replaced_atomically(make_settings: Any, tmp_path: Path) -
     assert ["server_state.json", "server_state.json.lock", "server_state.json.wal"] == names
     assert 0 == (tmp_path / "server_state.json.wal").stat().st_size
     service.store.close()
+
+
+def test_journal_that_does_not_follow_its_snapshot_is_refused(make_settings: Any) -> None:
+    """A journal whose first change is not the one after the snapshot's (say, a backup
+    that copied a journal newer than its snapshot) stops the start instead of silently
+    losing the changes in between; the files stay as they are."""
+    settings = make_settings()
+    service = _service(settings)
+    for n in range(3):
+        service.submit_job(_job(n))
+    service.store.close()
+    wal = Path(settings.state_file + ".wal")
+    wal.write_bytes(b"".join(wal.read_bytes().splitlines(keepends=True)[1:]))
+    before = _digest(wal.parent)
+    with pytest.raises(StateError) as raised:
+        _service(settings)
+    assert "continues at change 2 but the state so far ends at change 0" in str(raised.value)
+    assert before == _digest(wal.parent)

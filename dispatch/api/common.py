@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Response, g
+from flask import Response, current_app, g
 from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow import Schema, ValidationError
 from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from dispatch.api.errors import BadRequest, ValidationFailed
 
@@ -40,6 +41,12 @@ class BodyParser(FlaskParser):
 
     def load_json(self, req: Any, schema: Schema) -> Any:
         raw = req.get_data(cache=True)
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        if req.content_length is None and len(raw) >= limit \
+                and req.environ["wsgi.input"].read(1):
+            # A chunked body has no Content-Length to refuse up front; werkzeug stops
+            # reading it at the limit, so look for a byte beyond it.
+            raise RequestEntityTooLarge()
         if not raw.strip():
             return {}
         try:
