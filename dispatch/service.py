@@ -13,29 +13,26 @@ import hashlib
 import logging
 import threading
 import time
-from bisect import bisect_left
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
 import orjson
-from sortedcontainers import SortedKeyList, SortedList
 
-from dispatch import errors, history
+from dispatch import errors, history, reports
 from dispatch.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
-    JOB_STATUSES,
     Engine,
     Job,
-    format_time,
     to_micros,
 )
 from dispatch.persistence import MemoryStore, Op, SnapshotData, Store
-from dispatch.scheduler import PendingIndex, Policy, choose_job, engine_speed, fits
+from dispatch.scheduler import Policy, choose_job, engine_speed, fits
 from dispatch.settings import Settings
+from dispatch.state import State
 from dispatch.webhooks import backoff, callback_problem
 
 log = logging.getLogger("dispatch.service")
@@ -43,10 +40,6 @@ events = logging.getLogger("dispatch.events")
 
 Clock = Callable[[], float]
 QUEUE_FULL_RETRY_AFTER = 5  # seconds; a hint, the queue drains at the farm's pace
-
-
-def _seq_key(job: Job) -> int:
-    return job.seq
 
 
 @dataclass(frozen=True)
@@ -68,115 +61,19 @@ class DispatchService:
         self.store: Store = store if store is not None else MemoryStore()
         self.clock: Clock = clock or time.time
         self._lock = threading.Lock()
-        self._jobs: dict[str, Job] = {}
-        self._engines: dict[str, Engine] = {}
-        self._ordered = SortedKeyList(key=_seq_key)
-        self._by_status: dict[str, SortedKeyList] = {
-            status: SortedKeyList(key=_seq_key) for status in JOB_STATUSES
-        }
-        self._held: dict[str, dict[str, None]] = {}  # engine id -> ids of active jobs
-        self._pending = PendingIndex()
         self._policy = Policy(settings.priority_aging_seconds, settings.large_job_threshold_mb)
-        self._finished = SortedKeyList(key=_finished_key)  # for retention purges
-        self._completions = SortedList()  # completed_at of completed jobs
-        self._job_time_sum = 0.0
-        self._job_time_count = 0
-        self._next_seq = 0
         self._undo: deque[tuple[int, list[tuple[str, str, Any]]]] = deque()
-        self._history: dict[str, bytes] = {}  # job id -> its events, encoded
-        self._idempotency: OrderedDict[str, dict[str, Any]] = OrderedDict()  # oldest first
-        self._deliveries: dict[str, dict[str, Any]] = {}  # job id -> webhook delivery
-        self._due_deliveries: dict[str, None] = {}  # job ids of pending deliveries
+        self._state = State(self._now)
         self.started_at = self._now()
         self._grace_start = self.started_at
-        self._load()
+        recovered = self.store.recover()
+        self._state.load(recovered)
+        if recovered.jobs or recovered.engines:
+            log.info("loaded %d jobs and %d engines", len(recovered.jobs),
+                     len(recovered.engines))
 
     def _now(self) -> float:
         return to_micros(self.clock())
-
-    # ----------------------------------------------------------------- loading
-
-    def _load(self) -> None:
-        state = self.store.recover()
-        # Creation order: our ids carry it; the C++ server's ids share the same
-        # "{microseconds}_{counter}" form, so sort on both parts.
-        jobs = sorted(state.jobs, key=_id_sort_key)
-        try:
-            for seq, record in enumerate(jobs):
-                job = Job.from_dict(record, seq)
-                self._set_job(job.job_id, job)
-            for record in state.engines:
-                engine = Engine.from_dict(record)
-                self._engines[engine.engine_id] = engine
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise errors.StateError(
-                f"the state holds a record this server cannot read ({exc!r}); "
-                "restore the state file from a backup"
-            ) from None
-        self._next_seq = len(jobs)
-        tables = state.tables
-        for job_id, events in tables.get("events", {}).items():
-            self._history[job_id] = history.encode(events)
-        for key, entry in sorted(tables.get("idempotency", {}).items(),
-                                 key=lambda item: item[1]["at"]):
-            self._idempotency[key] = entry
-        for job_id, delivery in tables.get("delivery", {}).items():
-            self._put_table("delivery", job_id, delivery)
-        for job in self._jobs.values():
-            if job.status in ACTIVE_STATUSES and job.assigned_engine not in self._engines:
-                # A job held by an engine the file does not know can never be
-                # reported on; return it to the queue rather than strand it.
-                fresh = replace(job, status="pending", assigned_engine=None, progress=None)
-                self._set_job(job.job_id, fresh)
-        if jobs or state.engines:
-            log.info("loaded %d jobs and %d engines", len(jobs), len(state.engines))
-
-    # ------------------------------------------------------ table maintenance
-
-    def _set_job(self, job_id: str, new: Job | None) -> None:
-        """Put ``new`` in place of the current job (None deletes); keep every index."""
-        old = self._jobs.get(job_id)
-        if old is not None:
-            self._ordered.remove(old)
-            self._by_status[old.status].remove(old)
-            if old.status == "pending":
-                self._pending.remove(old)
-            elif old.status in FINISHED_STATUSES:
-                self._finished.remove(old)
-            if old.status in ACTIVE_STATUSES and old.assigned_engine is not None:
-                held = self._held.get(old.assigned_engine)
-                if held is not None:
-                    held.pop(job_id, None)
-                    if not held:
-                        del self._held[old.assigned_engine]
-            if old.status == "completed" and old.completed_at is not None:
-                self._completions.remove(old.completed_at)
-                if old.assigned_at is not None:
-                    self._job_time_sum -= old.completed_at - old.assigned_at
-                    self._job_time_count -= 1
-        if new is None:
-            self._jobs.pop(job_id, None)
-            return
-        self._jobs[job_id] = new
-        self._ordered.add(new)
-        self._by_status[new.status].add(new)
-        if new.status == "pending":
-            self._pending.add(new, self._now())
-        elif new.status in FINISHED_STATUSES:
-            self._finished.add(new)
-        if new.status in ACTIVE_STATUSES and new.assigned_engine is not None:
-            self._held.setdefault(new.assigned_engine, {})[job_id] = None
-        if new.status == "completed" and new.completed_at is not None:
-            self._completions.add(new.completed_at)
-            if new.assigned_at is not None:
-                self._job_time_sum += new.completed_at - new.assigned_at
-                self._job_time_count += 1
-
-    def _set_engine(self, engine_id: str, new: Engine | None) -> None:
-        if new is None:
-            self._engines.pop(engine_id, None)
-        else:
-            self._engines[engine_id] = new
 
     # ------------------------------------------------------------- commits
 
@@ -186,30 +83,27 @@ class DispatchService:
         """Apply a change and hand it to the store. Caller holds the lock.
 
         Each job change also records its history events and, when the job has just
-        finished and has a callback URL, its webhook delivery: derived here, in one
-        place, from the transition itself."""
+        finished and has a callback URL, its webhook delivery: derived by the state
+        from the transition itself, so no rule can forget them."""
+        changes: list[tuple[str, str, Any]] = []
+        for item in jobs:
+            changes.append(("job", item.job_id, item) if isinstance(item, Job)
+                           else ("job", item[0], None))
+        for item in engines:
+            changes.append(("engine", item.engine_id, item) if isinstance(item, Engine)
+                           else ("engine", item[0], None))
         undo: list[tuple[str, str, Any]] = []
         ops: list[Op] = []
         derived: list[tuple[str, str, Any]] = []
-        now = self._now()
-        for item in jobs:
-            job_id, new = (item.job_id, item) if isinstance(item, Job) else item
-            old = self._jobs.get(job_id)
-            undo.append(("job", job_id, old))
-            self._set_job(job_id, new)
-            ops.append(("job", job_id, None if new is None else new.to_record()))
-            derived.extend(self._derived(job_id, old, new, now))
+        for kind, key, value in changes:
+            old = self._state.put(kind, key, value)
+            undo.append((kind, key, old))
+            ops.append((kind, key, None if value is None else value.to_record()))
+            if kind == "job":
+                derived.extend(self._state.derived(key, old, value))
         for kind, key, value in [*derived, *tables]:
-            undo.append((kind, key, self._put_table(kind, key, value)))
+            undo.append((kind, key, self._state.put(kind, key, value)))
             ops.append((kind, key, value))
-        for item in engines:
-            engine_id, new_engine = (
-                (item.engine_id, item) if isinstance(item, Engine) else item
-            )
-            undo.append(("engine", engine_id, self._engines.get(engine_id)))
-            self._set_engine(engine_id, new_engine)
-            ops.append(("engine", engine_id,
-                        None if new_engine is None else new_engine.to_record()))
         durable = self.store.durable_seq
         while self._undo and self._undo[0][0] <= durable:
             self._undo.popleft()
@@ -223,82 +117,7 @@ class DispatchService:
 
     def _revert(self, undo: list[tuple[str, str, Any]]) -> None:
         for kind, key, old in reversed(undo):
-            if kind == "job":
-                self._set_job(key, old)
-            elif kind == "engine":
-                self._set_engine(key, old)
-            else:
-                self._restore_table(kind, key, old)
-
-    def _derived(self, job_id: str, old: Job | None, new: Job | None,
-                 now: float) -> list[tuple[str, str, Any]]:
-        if new is None:  # purged: its history and delivery go with it
-            derived = []
-            if job_id in self._history:
-                derived.append(("events", job_id, None))
-            if job_id in self._deliveries:
-                derived.append(("delivery", job_id, None))
-            return derived
-        derived = []
-        now = new.updated_at  # the job's own time of this change
-        events = history.transition_events(old, new, now)
-        if events:
-            derived.append(("events", job_id,
-                            history.append(self._history.get(job_id), events)))
-        finished_now = new.status in FINISHED_STATUSES and (
-            old is None or old.status not in FINISHED_STATUSES)
-        if finished_now and new.callback_url:
-            previous = self._deliveries.get(job_id)
-            derived.append(("delivery", job_id, {
-                "job_id": job_id, "url": new.callback_url, "state": "pending",
-                "event": new.status, "attempts": 0, "first_at": now, "next_at": now,
-                "last_error": None, "delivered_at": None, "payload": new.to_dict(),
-                "generation": (previous["generation"] + 1) if previous else 1,
-            }))
-        return derived
-
-    # Tables beside jobs and engines. _put_table returns the old value, for undo.
-
-    def _put_table(self, kind: str, key: str, value: Any) -> Any:
-        if kind == "events":
-            old = self._history.get(key)
-            if value is None:
-                self._history.pop(key, None)
-            else:
-                self._history[key] = history.encode(value)
-            return old
-        if kind == "idempotency":
-            old = self._idempotency.get(key)
-            if value is None:
-                self._idempotency.pop(key, None)
-            else:
-                self._idempotency[key] = value
-            return old
-        if kind == "delivery":
-            old = self._deliveries.get(key)
-            if value is None:
-                self._deliveries.pop(key, None)
-                self._due_deliveries.pop(key, None)
-            else:
-                self._deliveries[key] = value
-                if value["state"] == "pending":
-                    self._due_deliveries[key] = None
-                else:
-                    self._due_deliveries.pop(key, None)
-            return old
-        raise ValueError(f"unknown table {kind!r}")
-
-    def _restore_table(self, kind: str, key: str, old: Any) -> None:
-        if kind == "events":
-            if old is None:
-                self._history.pop(key, None)
-            else:
-                self._history[key] = old
-        elif kind == "idempotency" and old is not None:
-            self._idempotency[key] = old
-            self._idempotency.move_to_end(key, last=False)  # it was older than the rest
-        else:
-            self._put_table(kind, key, old)
+            self._state.restore(kind, key, old)
 
     def _durable(self, seq: int) -> None:
         """Wait outside the lock until change ``seq`` is on disk, or undo it."""
@@ -360,7 +179,7 @@ class DispatchService:
         return created
 
     def _check_room(self, count: int) -> None:
-        pending = len(self._by_status["pending"])
+        pending = len(self._state.by_status["pending"])
         if pending + count > self.settings.job_queue_max_size:
             raise errors.QueueFull(
                 f"the queue holds {pending} pending jobs and takes at most "
@@ -369,8 +188,8 @@ class DispatchService:
             )
 
     def _new_job(self, data: Mapping[str, Any], now: float) -> Job:
-        seq = self._next_seq
-        self._next_seq = seq + 1  # an id is never reused, even if the change is undone
+        seq = self._state.next_seq
+        self._state.next_seq = seq + 1  # an id is never reused, even if the change is undone
         return Job(
             job_id=f"{int(now * 1_000_000)}_{seq}",
             seq=seq,
@@ -390,7 +209,7 @@ class DispatchService:
                                                          self.settings.webhook_allowed_hosts)
 
     def _idempotent(self, key: str, fingerprint: str, now: float) -> Job | None:
-        entry = self._idempotency.get(key)
+        entry = self._state.idempotency.get(key)
         if entry is None or now - entry["at"] >= self.settings.idempotency_ttl:
             return None
         if entry["hash"] != fingerprint:
@@ -398,13 +217,13 @@ class DispatchService:
                 "this Idempotency-Key was used with a different request body; "
                 "use a new key for a new job"
             )
-        job = self._jobs.get(entry["job_id"])
+        job = self._state.jobs.get(entry["job_id"])
         if job is None:  # purged since: the key has nothing left to protect
             return None
         return job
 
     def get_job(self, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
+        job = self._state.jobs.get(job_id)
         if job is None:
             raise errors.JobNotFound(job_id)
         return job
@@ -418,43 +237,20 @@ class DispatchService:
         if job.status == "pending" or job.callback_url:
             with self._lock:
                 if job.status == "pending":
-                    body["waiting_reason"] = self._waiting_reason(job)
-                delivery = self._deliveries.get(job.job_id)
+                    body["waiting_reason"] = reports.waiting_reason(
+                        self._state, self.settings, job, self._now())
+                delivery = self._state.deliveries.get(job.job_id)
             if delivery is not None:
-                body["webhook"] = _delivery_view(delivery)
+                body["webhook"] = reports.delivery_view(delivery)
         return body
-
-    def _waiting_reason(self, job: Job) -> dict[str, Any]:
-        now = self._now()
-        self._pending.promote(now)  # jobs whose backoff ended are in line again
-        if job.retry_at is not None and job.retry_at > now:
-            return _reason("backoff", f"in backoff after a failed attempt until "
-                           f"{format_time(job.retry_at)}")
-        live = [e for e in self._engines.values() if not e.offline]
-        codec = job.target_codec
-        able = [e for e in live if not e.supported_codecs or codec in e.supported_codecs]
-        if not able:
-            return _reason("no_engine_for_codec", f"no active engine supports codec {codec!r}")
-        roomy = [e for e in able if fits(job, e)]
-        if not roomy:
-            return _reason("no_engine_with_room", f"no active engine supporting {codec!r} "
-                           f"has storage for {job.job_size:g} MB")
-        if all(e.drain is not None for e in roomy):
-            return _reason("engines_draining", "every engine that could take it is draining")
-        active = len(self._by_status["assigned"]) + len(self._by_status["processing"])
-        if active >= self.settings.max_concurrent_jobs:
-            return _reason("concurrency_limit", f"{active} jobs are running, the limit "
-                           "(max_concurrent_jobs); it starts when one finishes")
-        position = self._pending.position(job)
-        return _reason("queued", f"number {position} in line for codec {codec!r}", position)
 
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
         self.get_job(job_id)
-        return history.view(self._history.get(job_id))
+        return history.view(self._state.history.get(job_id))
 
     def list_jobs(self, status: str | None, limit: int, offset: int) -> Page:
         with self._lock:
-            table = self._ordered if status is None else self._by_status[status]
+            table = self._state.ordered if status is None else self._state.by_status[status]
             total = len(table)
             return Page(list(islice(table.islice(offset), limit)), total)
 
@@ -496,7 +292,7 @@ class DispatchService:
             new = replace(job, status="completed", output_url=output_url, progress=100.0,
                           completed_at=now, updated_at=now, retry_at=None)
             changed_engines = []
-            engine = self._engines.get(job.assigned_engine or "")
+            engine = self._state.engines.get(job.assigned_engine or "")
             if engine is not None:
                 changed_engines.append(replace(engine, jobs_completed=engine.jobs_completed + 1))
             commit = self._commit(jobs=[new], engines=changed_engines)
@@ -521,7 +317,7 @@ class DispatchService:
             job = self._active_job(job_id, engine_id, attempt, "fail")
             new = self._failed_attempt(job, error_message, self._now())
             changed_engines = []
-            engine = self._engines.get(job.assigned_engine or "")
+            engine = self._state.engines.get(job.assigned_engine or "")
             if engine is not None:
                 changed_engines.append(replace(engine, jobs_failed=engine.jobs_failed + 1))
             commit = self._commit(jobs=[new], engines=changed_engines)
@@ -552,7 +348,7 @@ class DispatchService:
                 raise errors.InvalidTransition(
                     f"cannot retry job {job_id!r}: it is {job.status}, not failed or cancelled"
                 )
-            if len(self._by_status["pending"]) >= self.settings.job_queue_max_size:
+            if len(self._state.by_status["pending"]) >= self.settings.job_queue_max_size:
                 raise errors.QueueFull("the queue is full; retry later", QUEUE_FULL_RETRY_AFTER)
             new = replace(job, status="pending", retries=0, retry_at=None,
                           assigned_engine=None, progress=None, output_url=None,
@@ -567,7 +363,7 @@ class DispatchService:
         engine_id = data["engine_id"]
         with self._lock:
             now = self._now()
-            old = self._engines.get(engine_id)
+            old = self._state.engines.get(engine_id)
             engine = old or Engine(engine_id=engine_id, registered_at=now, last_heartbeat=now)
             changes: dict[str, Any] = {"last_heartbeat": now, "offline": False}
             reported = data.get("status")
@@ -589,7 +385,7 @@ class DispatchService:
                     changes["benchmark_count"] = 1
             new = replace(engine, **changes)
             commit = self._commit(engines=[new])
-            view = self._engine_view(new)
+            view = reports.engine_view(self._state, new)
             view["cancelled_jobs"] = self._withdrawn(new)
             view["draining"] = new.drain is not None
         self._durable(commit)
@@ -604,7 +400,7 @@ class DispatchService:
         cancelled, or given back to the queue or to another engine."""
         withdrawn = []
         for job_id in engine.local_job_queue:
-            job = self._jobs.get(job_id)
+            job = self._state.jobs.get(job_id)
             if job is None:
                 continue
             if job.status == "cancelled" or (
@@ -616,12 +412,12 @@ class DispatchService:
     def set_drain(self, engine_id: str, draining: bool) -> dict[str, Any]:
         """Start or end an operator's drain: no new jobs until it is ended."""
         with self._lock:
-            engine = self._engines.get(engine_id)
+            engine = self._state.engines.get(engine_id)
             if engine is None:
                 raise errors.EngineNotFound(engine_id)
             new = replace(engine, drain="api" if draining else None)
             commit = self._commit(engines=[new])
-            view = self._engine_view(new)
+            view = reports.engine_view(self._state, new)
         self._durable(commit)
         events.info("engine %s", "draining" if draining else "undrained",
                     extra={"engine_id": engine_id})
@@ -629,7 +425,7 @@ class DispatchService:
 
     def benchmark_result(self, engine_id: str, benchmark_time: float) -> dict[str, Any]:
         with self._lock:
-            engine = self._engines.get(engine_id)
+            engine = self._state.engines.get(engine_id)
             if engine is None:
                 raise errors.EngineNotFound(engine_id)
             count = engine.benchmark_count + 1
@@ -638,48 +434,33 @@ class DispatchService:
             new = replace(engine, benchmark_time=benchmark_time,
                           avg_benchmark_time=average, benchmark_count=count)
             commit = self._commit(engines=[new])
-            view = self._engine_view(new)
+            view = reports.engine_view(self._state, new)
         self._durable(commit)
         return view
 
-    def _engine_view(self, engine: Engine) -> dict[str, Any]:
-        record = engine.to_record()
-        del record["benchmark_count"]
-        del record["drain"]
-        held = list(self._held.get(engine.engine_id, ()))
-        record["current_jobs"] = held
-        record["status"] = self._engine_status(engine)
-        return record
-
-    def _engine_status(self, engine: Engine) -> str:
-        if engine.offline:
-            return "offline"
-        if engine.drain is not None:
-            return "draining"
-        return "busy" if engine.engine_id in self._held else "idle"
-
     def list_engines(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [self._engine_view(engine) for engine in self._engines.values()]
+            return [reports.engine_view(self._state, engine)
+                    for engine in self._state.engines.values()]
 
     def get_engine(self, engine_id: str) -> dict[str, Any]:
         with self._lock:
-            engine = self._engines.get(engine_id)
+            engine = self._state.engines.get(engine_id)
             if engine is None:
                 raise errors.EngineNotFound(engine_id)
-            return self._engine_view(engine)
+            return reports.engine_view(self._state, engine)
 
     def delete_engine(self, engine_id: str) -> dict[str, Any]:
         with self._lock:
-            engine = self._engines.get(engine_id)
+            engine = self._state.engines.get(engine_id)
             if engine is None:
                 raise errors.EngineNotFound(engine_id)
-            view = self._engine_view(engine)
+            view = reports.engine_view(self._state, engine)
             now = self._now()
             released = [
-                replace(self._jobs[job_id], status="pending", assigned_engine=None,
+                replace(self._state.jobs[job_id], status="pending", assigned_engine=None,
                         progress=None, updated_at=now)
-                for job_id in self._held.get(engine_id, ())
+                for job_id in self._state.held.get(engine_id, ())
             ]
             commit = self._commit(jobs=released, engines=[(engine_id, None)])
         self._durable(commit)
@@ -688,20 +469,20 @@ class DispatchService:
 
     def assign_job(self, engine_id: str, capabilities: list[str] | None) -> AssignResult:
         with self._lock:
-            engine = self._engines.get(engine_id)
+            engine = self._state.engines.get(engine_id)
             if engine is None:
                 raise errors.EngineNotFound(engine_id)
-            held = self._held.get(engine_id)
+            held = self._state.held.get(engine_id)
             if held:
                 # A restarted engine asks again for the job it already holds.
-                return AssignResult(self._jobs[next(iter(held))], redelivered=True)
+                return AssignResult(self._state.jobs[next(iter(held))], redelivered=True)
             if engine.offline or engine.drain is not None:
                 return AssignResult(None)
-            active = len(self._by_status["assigned"]) + len(self._by_status["processing"])
+            active = self._state.active_count()
             if active >= self.settings.max_concurrent_jobs:
                 return AssignResult(None)
             now = self._now()
-            live = [e for e in self._engines.values() if not e.offline and e.drain is None]
+            live = [e for e in self._state.engines.values() if not e.offline and e.drain is None]
             speed = engine_speed(engine, live)
             fast = [e for e in live if e is not engine and engine_speed(e, live) == "fast"] \
                 if speed == "slow" else []
@@ -712,7 +493,7 @@ class DispatchService:
                     and fits(job, e) for e in fast
                 )
 
-            job = choose_job(self._pending, engine, capabilities, now, self._policy,
+            job = choose_job(self._state.pending, engine, capabilities, now, self._policy,
                              speed, fast_can_take)
             if job is None:
                 return AssignResult(None)
@@ -731,8 +512,8 @@ class DispatchService:
         with self._lock:
             now = self._now()
             due = []
-            for job_id in self._due_deliveries:
-                delivery = self._deliveries[job_id]
+            for job_id in self._state.due_deliveries:
+                delivery = self._state.deliveries[job_id]
                 if delivery["next_at"] <= now:
                     due.append({**delivery, "body": orjson.dumps(delivery["payload"])})
             return due
@@ -740,7 +521,7 @@ class DispatchService:
     def record_delivery(self, job_id: str, generation: int, error: str | None) -> None:
         """Note the outcome of one delivery attempt (durably)."""
         with self._lock:
-            delivery = self._deliveries.get(job_id)
+            delivery = self._state.deliveries.get(job_id)
             if delivery is None or delivery["generation"] != generation \
                     or delivery["state"] != "pending":
                 return  # replaced or purged while it was being sent
@@ -770,15 +551,15 @@ class DispatchService:
         with self._lock:
             now = self._now()
             lost = [
-                engine for engine in self._engines.values()
+                engine for engine in self._state.engines.values()
                 if not engine.offline
                 and max(engine.last_heartbeat, self._grace_start) + timeout < now
             ]
             changed_jobs = []
             for engine in lost:
-                for job_id in self._held.get(engine.engine_id, ()):
+                for job_id in self._state.held.get(engine.engine_id, ()):
                     reason = f"engine {engine.engine_id} lost (no heartbeat for {timeout:g} s)"
-                    changed_jobs.append(self._failed_attempt(self._jobs[job_id], reason, now))
+                    changed_jobs.append(self._failed_attempt(self._state.jobs[job_id], reason, now))
             stalled = self._stalled(now, {e.engine_id for e in lost})
             for job in stalled:
                 reason = (f"stalled: no progress for {self.settings.job_stall_timeout:g} s "
@@ -803,11 +584,11 @@ class DispatchService:
         if limit <= 0:
             return []
         stalled = []
-        for engine_id, held in self._held.items():
+        for engine_id, held in self._state.held.items():
             if engine_id in lost:
                 continue
             for job_id in held:
-                job = self._jobs[job_id]
+                job = self._state.jobs[job_id]
                 since = job.progress_at if job.progress_at is not None else job.assigned_at
                 if since is not None and now - since > limit:
                     stalled.append(job)
@@ -818,7 +599,7 @@ class DispatchService:
         with self._lock:
             cutoff = self._now() - self.settings.idempotency_ttl
             expired = []
-            for key, entry in self._idempotency.items():
+            for key, entry in self._state.idempotency.items():
                 if entry["at"] > cutoff or len(expired) >= batch:
                     break
                 expired.append(key)
@@ -837,7 +618,7 @@ class DispatchService:
         while True:
             with self._lock:
                 cutoff = self._now() - retention
-                old = list(islice(self._finished.irange_key(max_key=(cutoff, -1)), batch))
+                old = list(islice(self._state.finished.irange_key(max_key=(cutoff, -1)), batch))
                 old = [job for job in old if (job.completed_at or 0.0) < cutoff]
                 if not old:
                     return purged
@@ -849,51 +630,30 @@ class DispatchService:
     # ---------------------------------------------------------------- system
 
     def counts(self) -> dict[str, int]:
-        return {status: len(table) for status, table in self._by_status.items()}
+        with self._lock:
+            return reports.job_counts(self._state)
 
     def engine_counts(self) -> dict[str, int]:
-        counts = {"idle": 0, "busy": 0, "draining": 0, "offline": 0}
         with self._lock:
-            for engine in self._engines.values():
-                counts[self._engine_status(engine)] += 1
-        return counts
+            return reports.engine_counts(self._state)
 
     def oldest_pending_age(self) -> float:
         with self._lock:
-            pending = self._by_status["pending"]
+            pending = self._state.by_status["pending"]
             return max(0.0, self._now() - pending[0].created_at) if pending else 0.0
 
     def health(self) -> dict[str, Any]:
         counts = self.engine_counts()
         return {
             "uptime_seconds": round(self._now() - self.started_at, 3),
-            "jobs_queued": len(self._by_status["pending"]),
+            "jobs_queued": len(self._state.by_status["pending"]),
             "engines_active": counts["idle"] + counts["busy"] + counts["draining"],
             "failure": self.store.check(),
         }
 
     def stats(self) -> dict[str, Any]:
-        engines = self.engine_counts()
         with self._lock:
-            jobs: dict[str, int] = {"total": len(self._jobs), **self.counts()}
-            now = self._now()
-            last_hour = len(self._completions) - bisect_left(self._completions, now - 3600)
-            time_count = self._job_time_count
-            avg = self._job_time_sum / time_count if time_count else 0.0
-        finished = jobs["completed"] + jobs["failed"]
-        return {
-            "jobs": jobs,
-            "engines": {
-                "total": sum(engines.values()),
-                "active": engines["idle"] + engines["busy"] + engines["draining"],
-                **engines,
-            },
-            "performance": {
-                "avg_job_time": round(avg, 3),
-                "jobs_per_hour": last_hour,
-                "success_rate": round(100.0 * jobs["completed"] / finished, 2) if finished else 0.0,
-            },
-        }
+            return reports.stats(self._state, self._now())
 
     # ------------------------------------------------------------- snapshots
 
@@ -901,9 +661,9 @@ class DispatchService:
         # Copies of references only (entries are never mutated in place); history
         # stays encoded and is written as it is.
         return {
-            "events": dict(self._history),
-            "idempotency": dict(self._idempotency),
-            "delivery": dict(self._deliveries),
+            "events": dict(self._state.history),
+            "idempotency": dict(self._state.idempotency),
+            "delivery": dict(self._state.deliveries),
         }
 
     def snapshot(self) -> bool:
@@ -915,43 +675,14 @@ class DispatchService:
                 return False
             data = SnapshotData(
                 seq=seq,
-                jobs=list(self._ordered),
-                engines=list(self._engines.values()),
+                jobs=list(self._state.ordered),
+                engines=list(self._state.engines.values()),
                 tables=self._tables_snapshot(),
             )
         self.store.write_snapshot(data)
         return True
 
 
-def _reason(code: str, message: str, position: int | None = None) -> dict[str, Any]:
-    return {"code": code, "message": message, "position": position}
-
-
-def _delivery_view(delivery: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "url": delivery["url"],
-        "state": delivery["state"],
-        "attempts": delivery["attempts"],
-        "next_attempt_at": format_time(delivery["next_at"])
-        if delivery["state"] == "pending" else None,
-        "last_error": delivery["last_error"],
-        "delivered_at": format_time(delivery["delivered_at"]),
-    }
-
-
 def _fingerprint(data: Mapping[str, Any]) -> str:
     """What an idempotent retry must repeat: the request body, key order aside."""
     return hashlib.sha256(orjson.dumps(dict(data), option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def _finished_key(job: Job) -> tuple[float, int]:
-    return (job.completed_at or 0.0, job.seq)
-
-
-def _id_sort_key(record: Mapping[str, Any]) -> tuple[int, int, str]:
-    job_id = str(record.get("job_id", ""))
-    head, _, tail = job_id.partition("_")
-    try:
-        return (int(head), int(tail), job_id)
-    except ValueError:
-        return (0, 0, job_id)

@@ -351,8 +351,8 @@ def test_crash_inside_the_snapshot_sequence_loses_and_duplicates_nothing(
     ids = [service.submit_job(_job(n)).job_id for n in range(5)]
     with service._lock:
         seq = service.store.begin_snapshot()
-        jobs = list(service._ordered)
-        engines = list(service._engines.values())
+        jobs = list(service._state.ordered)
+        engines = list(service._state.engines.values())
     assert seq is not None
     after = service.submit_job(_job(99)).job_id  # lands in the new journal
     if crash_after == "snapshot":

@@ -1,0 +1,101 @@
+"""What the service reports about its state: a job's waiting reason and webhook
+state, an engine's view, statistics. Pure functions of the state; the service calls
+them under its lock."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping
+from typing import Any
+
+from dispatch.models import Engine, Job, format_time
+from dispatch.scheduler import fits
+from dispatch.settings import Settings
+from dispatch.state import State
+
+
+def waiting_reason(state: State, settings: Settings, job: Job, now: float) -> dict[str, Any]:
+    """Why a pending job waits: the first reason that holds."""
+    state.pending.promote(now)  # jobs whose backoff ended are in line again
+    if job.retry_at is not None and job.retry_at > now:
+        return _reason("backoff", f"in backoff after a failed attempt until "
+                       f"{format_time(job.retry_at)}")
+    live = [e for e in state.engines.values() if not e.offline]
+    codec = job.target_codec
+    able = [e for e in live if not e.supported_codecs or codec in e.supported_codecs]
+    if not able:
+        return _reason("no_engine_for_codec", f"no active engine supports codec {codec!r}")
+    roomy = [e for e in able if fits(job, e)]
+    if not roomy:
+        return _reason("no_engine_with_room", f"no active engine supporting {codec!r} "
+                       f"has storage for {job.job_size:g} MB")
+    if all(e.drain is not None for e in roomy):
+        return _reason("engines_draining", "every engine that could take it is draining")
+    active = state.active_count()
+    if active >= settings.max_concurrent_jobs:
+        return _reason("concurrency_limit", f"{active} jobs are running, the limit "
+                       "(max_concurrent_jobs); it starts when one finishes")
+    position = state.pending.position(job)
+    return _reason("queued", f"number {position} in line for codec {codec!r}", position)
+
+
+def _reason(code: str, message: str, position: int | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "position": position}
+
+
+def engine_view(state: State, engine: Engine) -> dict[str, Any]:
+    """An engine's API form: its record plus what the server derives."""
+    record = engine.to_record()
+    del record["benchmark_count"]
+    del record["drain"]
+    held = list(state.held.get(engine.engine_id, ()))
+    record["current_jobs"] = held
+    record["status"] = state.engine_status(engine)
+    return record
+
+
+def delivery_view(delivery: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "url": delivery["url"],
+        "state": delivery["state"],
+        "attempts": delivery["attempts"],
+        "next_attempt_at": format_time(delivery["next_at"])
+        if delivery["state"] == "pending" else None,
+        "last_error": delivery["last_error"],
+        "delivered_at": format_time(delivery["delivered_at"]),
+    }
+
+
+def stats(state: State, now: float) -> dict[str, Any]:
+    """Counts of jobs and engines, and throughput over the last hour."""
+    engines = engine_counts(state)
+    jobs: dict[str, int] = {"total": len(state.jobs), **job_counts(state)}
+    completions = state.completions
+    last_hour = len(completions) - bisect_left(completions, now - 3600)
+    time_count = state.job_time_count
+    avg = state.job_time_sum / time_count if time_count else 0.0
+    finished = jobs["completed"] + jobs["failed"]
+    return {
+        "jobs": jobs,
+        "engines": {
+            "total": sum(engines.values()),
+            "active": engines["idle"] + engines["busy"] + engines["draining"],
+            **engines,
+        },
+        "performance": {
+            "avg_job_time": round(avg, 3),
+            "jobs_per_hour": last_hour,
+            "success_rate": round(100.0 * jobs["completed"] / finished, 2) if finished else 0.0,
+        },
+    }
+
+
+def job_counts(state: State) -> dict[str, int]:
+    return {status: len(table) for status, table in state.by_status.items()}
+
+
+def engine_counts(state: State) -> dict[str, int]:
+    counts = {"idle": 0, "busy": 0, "draining": 0, "offline": 0}
+    for engine in state.engines.values():
+        counts[state.engine_status(engine)] += 1
+    return counts

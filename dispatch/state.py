@@ -1,0 +1,245 @@
+"""The in-memory state: jobs, engines and the tables beside them, with every index.
+
+Not thread-safe on its own: the service calls it under its lock. ``put`` and
+``restore`` are the only ways in, so an index can never disagree with its table, and a
+change the store refused can be undone exactly (``put`` returns what it replaced).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from sortedcontainers import SortedKeyList, SortedList
+
+from dispatch import errors, history
+from dispatch.models import ACTIVE_STATUSES, FINISHED_STATUSES, JOB_STATUSES, Engine, Job
+from dispatch.persistence import RecoveredState
+from dispatch.scheduler import PendingIndex
+
+TABLES = ("events", "idempotency", "delivery")
+
+
+def _seq_key(job: Job) -> int:
+    return job.seq
+
+
+def _finished_key(job: Job) -> tuple[float, int]:
+    return (job.completed_at or 0.0, job.seq)
+
+
+def _id_sort_key(record: Mapping[str, Any]) -> tuple[int, int, str]:
+    job_id = str(record.get("job_id", ""))
+    head, _, tail = job_id.partition("_")
+    try:
+        return (int(head), int(tail), job_id)
+    except ValueError:
+        return (0, 0, job_id)
+
+
+class State:
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now = now  # the pending index files a job by whether its backoff is over
+        self.jobs: dict[str, Job] = {}
+        self.engines: dict[str, Engine] = {}
+        self.ordered = SortedKeyList(key=_seq_key)
+        self.by_status: dict[str, SortedKeyList] = {
+            status: SortedKeyList(key=_seq_key) for status in JOB_STATUSES
+        }
+        self.held: dict[str, dict[str, None]] = {}  # engine id -> ids of active jobs
+        self.pending = PendingIndex()
+        self.finished = SortedKeyList(key=_finished_key)  # for retention purges
+        self.completions = SortedList()  # completed_at of completed jobs
+        self.job_time_sum = 0.0
+        self.job_time_count = 0
+        self.next_seq = 0
+        self.history: dict[str, bytes] = {}  # job id -> its events, encoded
+        self.idempotency: OrderedDict[str, dict[str, Any]] = OrderedDict()  # oldest first
+        self.deliveries: dict[str, dict[str, Any]] = {}  # job id -> webhook delivery
+        self.due_deliveries: dict[str, None] = {}  # job ids of pending deliveries
+
+    def load(self, state: RecoveredState) -> None:
+        """Fill the tables from what the store recovered."""
+        # Creation order: our ids carry it; the C++ server's ids share the same
+        # "{microseconds}_{counter}" form, so sort on both parts.
+        jobs = sorted(state.jobs, key=_id_sort_key)
+        try:
+            for seq, record in enumerate(jobs):
+                job = Job.from_dict(record, seq)
+                self.set_job(job.job_id, job)
+            for record in state.engines:
+                engine = Engine.from_dict(record)
+                self.engines[engine.engine_id] = engine
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise errors.StateError(
+                f"the state holds a record this server cannot read ({exc!r}); "
+                "restore the state file from a backup"
+            ) from None
+        self.next_seq = len(jobs)
+        tables = state.tables
+        for job_id, events in tables.get("events", {}).items():
+            self.history[job_id] = history.encode(events)
+        for key, entry in sorted(tables.get("idempotency", {}).items(),
+                                 key=lambda item: item[1]["at"]):
+            self.idempotency[key] = entry
+        for job_id, delivery in tables.get("delivery", {}).items():
+            self.put_table("delivery", job_id, delivery)
+        for job in list(self.jobs.values()):
+            if job.status in ACTIVE_STATUSES and job.assigned_engine not in self.engines:
+                # A job held by an engine the file does not know can never be
+                # reported on; return it to the queue rather than strand it.
+                fresh = replace(job, status="pending", assigned_engine=None, progress=None)
+                self.set_job(job.job_id, fresh)
+
+    # One door for every kind of entry; ``put`` returns what it replaced, for undo.
+
+    def put(self, kind: str, key: str, value: Any) -> Any:
+        if kind == "job":
+            old = self.jobs.get(key)
+            self.set_job(key, value)
+            return old
+        if kind == "engine":
+            old = self.engines.get(key)
+            self.set_engine(key, value)
+            return old
+        return self.put_table(kind, key, value)
+
+    def restore(self, kind: str, key: str, old: Any) -> None:
+        if kind == "job":
+            self.set_job(key, old)
+        elif kind == "engine":
+            self.set_engine(key, old)
+        else:
+            self.restore_table(kind, key, old)
+
+    def active_count(self) -> int:
+        return len(self.by_status["assigned"]) + len(self.by_status["processing"])
+
+    def set_job(self, job_id: str, new: Job | None) -> None:
+        """Put ``new`` in place of the current job (None deletes); keep every index."""
+        old = self.jobs.get(job_id)
+        if old is not None:
+            self.ordered.remove(old)
+            self.by_status[old.status].remove(old)
+            if old.status == "pending":
+                self.pending.remove(old)
+            elif old.status in FINISHED_STATUSES:
+                self.finished.remove(old)
+            if old.status in ACTIVE_STATUSES and old.assigned_engine is not None:
+                held = self.held.get(old.assigned_engine)
+                if held is not None:
+                    held.pop(job_id, None)
+                    if not held:
+                        del self.held[old.assigned_engine]
+            if old.status == "completed" and old.completed_at is not None:
+                self.completions.remove(old.completed_at)
+                if old.assigned_at is not None:
+                    self.job_time_sum -= old.completed_at - old.assigned_at
+                    self.job_time_count -= 1
+        if new is None:
+            self.jobs.pop(job_id, None)
+            return
+        self.jobs[job_id] = new
+        self.ordered.add(new)
+        self.by_status[new.status].add(new)
+        if new.status == "pending":
+            self.pending.add(new, self.now())
+        elif new.status in FINISHED_STATUSES:
+            self.finished.add(new)
+        if new.status in ACTIVE_STATUSES and new.assigned_engine is not None:
+            self.held.setdefault(new.assigned_engine, {})[job_id] = None
+        if new.status == "completed" and new.completed_at is not None:
+            self.completions.add(new.completed_at)
+            if new.assigned_at is not None:
+                self.job_time_sum += new.completed_at - new.assigned_at
+                self.job_time_count += 1
+
+
+    def set_engine(self, engine_id: str, new: Engine | None) -> None:
+        if new is None:
+            self.engines.pop(engine_id, None)
+        else:
+            self.engines[engine_id] = new
+
+
+    def derived(self, job_id: str, old: Job | None,
+                new: Job | None) -> list[tuple[str, str, Any]]:
+        """The table entries a job change implies: its history events and, when it
+        has just finished with a callback URL, its webhook delivery."""
+        if new is None:  # purged: its history and delivery go with it
+            derived = []
+            if job_id in self.history:
+                derived.append(("events", job_id, None))
+            if job_id in self.deliveries:
+                derived.append(("delivery", job_id, None))
+            return derived
+        derived = []
+        now = new.updated_at  # the job's own time of this change
+        events = history.transition_events(old, new, now)
+        if events:
+            derived.append(("events", job_id,
+                            history.append(self.history.get(job_id), events)))
+        finished_now = new.status in FINISHED_STATUSES and (
+            old is None or old.status not in FINISHED_STATUSES)
+        if finished_now and new.callback_url:
+            previous = self.deliveries.get(job_id)
+            derived.append(("delivery", job_id, {
+                "job_id": job_id, "url": new.callback_url, "state": "pending",
+                "event": new.status, "attempts": 0, "first_at": now, "next_at": now,
+                "last_error": None, "delivered_at": None, "payload": new.to_dict(),
+                "generation": (previous["generation"] + 1) if previous else 1,
+            }))
+        return derived
+
+
+    def put_table(self, kind: str, key: str, value: Any) -> Any:
+        if kind == "events":
+            old = self.history.get(key)
+            if value is None:
+                self.history.pop(key, None)
+            else:
+                self.history[key] = history.encode(value)
+            return old
+        if kind == "idempotency":
+            old = self.idempotency.get(key)
+            if value is None:
+                self.idempotency.pop(key, None)
+            else:
+                self.idempotency[key] = value
+            return old
+        if kind == "delivery":
+            old = self.deliveries.get(key)
+            if value is None:
+                self.deliveries.pop(key, None)
+                self.due_deliveries.pop(key, None)
+            else:
+                self.deliveries[key] = value
+                if value["state"] == "pending":
+                    self.due_deliveries[key] = None
+                else:
+                    self.due_deliveries.pop(key, None)
+            return old
+        raise ValueError(f"unknown table {kind!r}")
+
+
+    def restore_table(self, kind: str, key: str, old: Any) -> None:
+        if kind == "events":
+            if old is None:
+                self.history.pop(key, None)
+            else:
+                self.history[key] = old
+        elif kind == "idempotency" and old is not None:
+            self.idempotency[key] = old
+            self.idempotency.move_to_end(key, last=False)  # it was older than the rest
+        else:
+            self.put_table(kind, key, old)
+
+
+    def engine_status(self, engine: Engine) -> str:
+        if engine.offline:
+            return "offline"
+        if engine.drain is not None:
+            return "draining"
+        return "busy" if engine.engine_id in self.held else "idle"
