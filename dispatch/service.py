@@ -9,6 +9,9 @@ never runs ahead of disk.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import logging
 import threading
@@ -17,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from itertools import islice
+from sys import intern
 from typing import Any
 
 import orjson
@@ -71,6 +75,8 @@ class DispatchService:
         if recovered.jobs or recovered.engines:
             log.info("loaded %d jobs and %d engines", len(recovered.jobs),
                      len(recovered.engines))
+            del recovered
+            _release_free_memory()
 
     def _now(self) -> float:
         return to_micros(self.clock())
@@ -194,7 +200,7 @@ class DispatchService:
             job_id=f"{int(now * 1_000_000)}_{seq}",
             seq=seq,
             source_url=data["source_url"],
-            target_codec=data["target_codec"],
+            target_codec=intern(data["target_codec"]),
             job_size=float(data["job_size"]),
             priority=data.get("priority", 0),
             max_retries=data.get("max_retries", self.settings.max_job_retries),
@@ -681,6 +687,17 @@ class DispatchService:
             )
         self.store.write_snapshot(data)
         return True
+
+
+def _release_free_memory() -> None:
+    """Give the memory the parsed state file used back to the system. The parse
+    briefly needs several times the size of the loaded state; glibc keeps freed pages
+    unless asked, so a large queue would otherwise stay at that peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to ask
+        pass
 
 
 def _fingerprint(data: Mapping[str, Any]) -> str:

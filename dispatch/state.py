@@ -64,11 +64,9 @@ class State:
         """Fill the tables from what the store recovered."""
         # Creation order: our ids carry it; the C++ server's ids share the same
         # "{microseconds}_{counter}" form, so sort on both parts.
-        jobs = sorted(state.jobs, key=_id_sort_key)
+        records = sorted(state.jobs, key=_id_sort_key)
         try:
-            for seq, record in enumerate(jobs):
-                job = Job.from_dict(record, seq)
-                self.set_job(job.job_id, job)
+            jobs = [Job.from_dict(record, seq) for seq, record in enumerate(records)]
             for record in state.engines:
                 engine = Engine.from_dict(record)
                 self.engines[engine.engine_id] = engine
@@ -77,6 +75,7 @@ class State:
                 f"the state holds a record this server cannot read ({exc!r}); "
                 "restore the state file from a backup"
             ) from None
+        self._index_all(jobs)
         self.next_seq = len(jobs)
         tables = state.tables
         for job_id, events in tables.get("events", {}).items():
@@ -92,6 +91,29 @@ class State:
                 # reported on; return it to the queue rather than strand it.
                 fresh = replace(job, status="pending", assigned_engine=None, progress=None)
                 self.set_job(job.job_id, fresh)
+
+    def _index_all(self, jobs: list[Job]) -> None:
+        """Build every index at once from jobs in creation order: what ``set_job``
+        does one job at a time, in a fraction of the time at start-up."""
+        self.jobs = {job.job_id: job for job in jobs}
+        self.ordered = SortedKeyList(jobs, key=_seq_key)
+        for status in JOB_STATUSES:
+            self.by_status[status] = SortedKeyList(
+                [job for job in jobs if job.status == status], key=_seq_key)
+        self.finished = SortedKeyList(
+            [job for job in jobs if job.status in FINISHED_STATUSES], key=_finished_key)
+        completed = [job for job in self.by_status["completed"] if job.completed_at is not None]
+        self.completions = SortedList(job.completed_at for job in completed)
+        timed = [job.completed_at - job.assigned_at for job in completed  # type: ignore[operator]
+                 if job.assigned_at is not None]
+        self.job_time_sum, self.job_time_count = sum(timed), len(timed)
+        now = self.now()
+        for job in self.by_status["pending"]:
+            self.pending.add(job, now)
+        for status in ACTIVE_STATUSES:
+            for job in self.by_status[status]:
+                if job.assigned_engine is not None:
+                    self.held.setdefault(job.assigned_engine, {})[job.job_id] = None
 
     # One door for every kind of entry; ``put`` returns what it replaced, for undo.
 

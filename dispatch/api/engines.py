@@ -29,7 +29,7 @@ def _service() -> DispatchService:
 
 @blp.route("/engines/heartbeat", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
-@blp.arguments(HeartbeatSchema)
+@blp.arguments(HeartbeatSchema())
 @blp.response(200, HeartbeatAnswerSchema, description="The engine as the server sees it, "
               "with the jobs it must stop and whether it is draining")
 def heartbeat(data: dict[str, Any]) -> Response:
@@ -44,7 +44,7 @@ def heartbeat(data: dict[str, Any]) -> Response:
 
 @blp.route("/engines/benchmark_result", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
-@blp.arguments(BenchmarkSchema)
+@blp.arguments(BenchmarkSchema())
 @blp.response(200, EngineSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="Unknown engine")
 def benchmark_result(data: dict[str, Any]) -> Response:
@@ -101,7 +101,7 @@ def undrain(engine_id: str) -> Response:
 
 @blp.route("/assign_job/", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
-@blp.arguments(AssignSchema)
+@blp.arguments(AssignSchema())
 @blp.response(200, JobSchema, description="The job, now assigned to the engine (or the "
               "job it already holds, again)")
 @blp.alt_response(204, description="Nothing suits the engine now")

@@ -39,8 +39,8 @@ def _job_response(job: Job) -> Response:
 
 @blp.route("/", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=JOB_WRITERS)
-@blp.arguments(JobSubmitSchema)
-@blp.arguments(IdempotencyHeaderSchema, location="headers")
+@blp.arguments(JobSubmitSchema())
+@blp.arguments(IdempotencyHeaderSchema(), location="headers")
 @blp.response(201, JobSchema, description="The job, pending",
               headers={"Location": {"description": "/jobs/{job_id}",
                                     "schema": {"type": "string"}}})
@@ -61,7 +61,7 @@ def submit(data: dict[str, Any], headers: dict[str, Any]) -> Response:
 
 @blp.route("/batch", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=JOB_WRITERS)
-@blp.arguments(BatchSubmitSchema)
+@blp.arguments(BatchSubmitSchema())
 @blp.response(201, JobListSchema, description="Every job, created")
 @blp.alt_response(503, schema=ErrorSchema, description="queue_full: the batch does not "
                   "fit in the queue as a whole (with Retry-After)")
@@ -75,7 +75,7 @@ def submit_batch(data: dict[str, Any]) -> Response:
 
 @blp.route("/", methods=["GET"], strict_slashes=False)
 @auth.login_required(role=JOB_WRITERS)
-@blp.arguments(JobListQuerySchema, location="query")
+@blp.arguments(JobListQuerySchema(), location="query")
 @blp.response(200, JobPageSchema)
 def list_jobs(query: dict[str, Any]) -> Response:
     """List jobs, oldest first; `total` counts every match."""
@@ -122,7 +122,7 @@ def cancel_job(job_id: str) -> Response:
 
 @blp.route("/<job_id>/progress", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
-@blp.arguments(ProgressSchema)
+@blp.arguments(ProgressSchema())
 @blp.response(200, JobSchema, description="The job, processing")
 @blp.alt_response(404, schema=ErrorSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
@@ -136,7 +136,7 @@ def progress(data: dict[str, Any], job_id: str) -> Response:
 
 @blp.route("/<job_id>/complete", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
-@blp.arguments(CompleteSchema)
+@blp.arguments(CompleteSchema())
 @blp.response(200, JobSchema, description="The job, completed")
 @blp.alt_response(404, schema=ErrorSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
@@ -150,7 +150,7 @@ def complete(data: dict[str, Any], job_id: str) -> Response:
 
 @blp.route("/<job_id>/fail", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
-@blp.arguments(FailSchema)
+@blp.arguments(FailSchema())
 @blp.response(200, JobSchema, description="The job: pending again with retry_at, or failed")
 @blp.alt_response(404, schema=ErrorSchema)
 @blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
