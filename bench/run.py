@@ -38,7 +38,9 @@ sys.path.insert(0, str(BENCH))
 
 import loadgen  # noqa: E402
 
+from dispatch.journal import write_lines  # noqa: E402
 from dispatch.models import Job  # noqa: E402
+from dispatch.persistence import SnapshotData  # noqa: E402
 
 SERVER_BIN = Path(sys.executable).with_name("dispatch-server")
 CODECS = loadgen.CODECS
@@ -91,10 +93,9 @@ def make_jobs(n: int, *, all_pending: bool = False, seed: int = 7) -> list[Job]:
 
 
 def write_state(path: Path, jobs: list[Job]) -> None:
-    """The snapshot layout the journal reads: version 2, journal_seq 0, no journal."""
-    document = {"version": 2, "journal_seq": 0,
-                "jobs": {job.job_id: job.to_record() for job in jobs}, "engines": {}}
-    path.write_bytes(orjson.dumps(document))
+    """A snapshot exactly as the server writes it (journal_seq 0, no journal)."""
+    with open(path, "wb") as handle:
+        write_lines(handle, SnapshotData(seq=0, jobs=jobs, engines=[], tables={}))
 
 
 class StateCache:

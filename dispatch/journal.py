@@ -25,13 +25,15 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import orjson
 
 from dispatch.errors import PersistenceError, StateError
 from dispatch.persistence import Op, RecoveredState, SnapshotData
+
+TABLES = ("events", "idempotency", "delivery")
 
 log = logging.getLogger("dispatch.journal")
 
@@ -94,6 +96,53 @@ def decode_record(line: bytes) -> dict[str, Any]:
     return record
 
 
+class _Snapshot:
+    def __init__(self, jobs: dict[str, Any], engines: dict[str, Any],
+                 tables: dict[str, dict[str, Any]], seq: int) -> None:
+        self.jobs, self.engines, self.tables, self.seq = jobs, engines, tables, seq
+        self.jobs_offset: int | None = None  # set when the jobs are streamed
+
+
+def _parse_line(line: bytes) -> tuple[str | None, dict[str, Any] | None]:
+    """One line of the snapshot's layout: a section opening (``,"name":{``) gives its
+    name, an entry (``"key":value``, after the first with a leading comma) gives
+    ``{key: value}``, a closing brace gives neither."""
+    text = line.strip()
+    if text.startswith(b","):
+        text = text[1:]
+    if text == b"}" or not text:
+        return None, None
+    if text.endswith(b":{"):
+        name = orjson.loads(text[:-2])
+        if isinstance(name, str):
+            return name, None
+    entry = orjson.loads(b"{" + text + b"}")
+    return None, entry
+
+
+def write_lines(handle: Any, data: SnapshotData) -> None:
+    """The snapshot as valid JSON in the original layout, one entry a line, jobs last:
+    written and read a line at a time, never built whole in memory."""
+    header = {"version": STATE_VERSION, "journal_seq": data.seq,
+              "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "layout": "lines"}
+    handle.write(orjson.dumps(header)[:-1])
+    sections: list[tuple[str, Iterable[tuple[str, Any]]]] = [
+        ("engines", ((e.engine_id, e.to_record()) for e in data.engines)),
+        *((name, table.items()) for name, table in data.tables.items()),
+        ("jobs", ((job.job_id, job.to_record()) for job in data.jobs)),
+    ]
+    for name, entries in sections:
+        handle.write(b"\n," + orjson.dumps(name) + b":{")
+        separator = b"\n"
+        for key, value in entries:
+            handle.write(separator + orjson.dumps(key) + b":"
+                         + orjson.dumps(value, default=_encoded))
+            separator = b"\n,"
+        handle.write(b"\n}")
+    handle.write(b"\n}\n")
+
+
 class JournalStore:
     def __init__(self, path: str, *, io: FileIO | None = None,
                  observer: SyncObserver | None = None) -> None:
@@ -150,16 +199,18 @@ class JournalStore:
                 found.append((int(name[len(prefix):]), os.path.join(self.directory, name)))
         return sorted(found)
 
-    def _read_snapshot(
-        self,
-    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], int]:
+    def _read_snapshot(self) -> _Snapshot:
         try:
-            with open(self.path, "rb") as handle:
-                raw = handle.read()
+            handle = open(self.path, "rb")
         except FileNotFoundError:
-            return {}, {}, {}, 0
+            return _Snapshot({}, {}, {}, 0)
         except OSError as exc:
             raise StateError(f"cannot read state file {self.path}: {exc.strerror}") from None
+        with handle:
+            first = handle.readline()
+            if first.startswith(b'{"version":') and b'"layout":"lines"' in first:
+                return self._read_lines(handle, first)
+            raw = first + handle.read()
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -168,7 +219,60 @@ class JournalStore:
             ) from None
         if not isinstance(data, dict):
             raise StateError(f"state file {self.path} is not a JSON object; {_WHAT_TO_DO}")
-        jobs, engines = data.get("jobs", {}), data.get("engines", {})
+        tables = data.get("tables") or {name: data[name] for name in TABLES if name in data}
+        return self._checked(data, data.get("jobs", {}), data.get("engines", {}), tables)
+
+    def _read_lines(self, handle: Any, first: bytes) -> _Snapshot:
+        """Our own layout: one entry a line, jobs last. Everything but the jobs is read
+        now; the jobs are read one line at a time while they are loaded, so a large
+        queue is never held twice in memory."""
+        try:
+            header = orjson.loads(first.rstrip(b"\n") + b"}")
+            sections: dict[str, dict[str, Any]] = {}
+            current: dict[str, Any] | None = None
+            for line in handle:
+                name, entry = _parse_line(line)
+                if name is not None:
+                    if name == "jobs":
+                        header["engines"] = sections.pop("engines", {})
+                        snapshot = self._checked(header, {}, header["engines"], sections)
+                        snapshot.jobs_offset = handle.tell()
+                        return snapshot
+                    current = sections.setdefault(name, {})
+                elif entry is not None and current is not None:
+                    current.update(entry)
+                elif line.strip() == b"}" and current is not None:
+                    current = None
+                else:
+                    raise ValueError("unexpected line")
+            raise ValueError("no jobs section")
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            raise StateError(f"state file {self.path} is damaged ({exc}); {_WHAT_TO_DO}"
+                             ) from None
+
+    def _stream_jobs(self, offset: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            for number, line in enumerate(handle, start=1):
+                try:
+                    name, entry = _parse_line(line)
+                    if entry is None:
+                        if name is None and line.strip() == b"}" and handle.read(4).strip() \
+                                == b"}":
+                            return
+                        raise ValueError("unexpected line")
+                except (orjson.JSONDecodeError, ValueError) as exc:
+                    raise StateError(f"state file {self.path} is damaged at job line "
+                                     f"{number} ({exc}); {_WHAT_TO_DO}") from None
+                ((key, record),) = entry.items()
+                if not isinstance(record, dict):
+                    raise StateError(f"state file {self.path}: job {key!r} is not an "
+                                     f"object; {_WHAT_TO_DO}")
+                yield key, record
+        raise StateError(f"state file {self.path} ends inside its jobs; {_WHAT_TO_DO}")
+
+    def _checked(self, data: dict[str, Any], jobs: Any, engines: Any,
+                 tables: Any) -> _Snapshot:
         if not isinstance(jobs, dict) or not isinstance(engines, dict):
             raise StateError(
                 f"state file {self.path} has no 'jobs' and 'engines' objects; {_WHAT_TO_DO}"
@@ -180,22 +284,17 @@ class JournalStore:
                 f"understands ({STATE_VERSION}); run the newer server"
             )
         seq = data.get("journal_seq", 0)
-        tables = data.get("tables", {})
         if not isinstance(seq, int) or not isinstance(tables, dict) or not all(
             isinstance(table, dict) for table in tables.values()
         ):
             raise StateError(f"state file {self.path} has a damaged header; {_WHAT_TO_DO}")
-        for key, record in jobs.items():
-            if not isinstance(record, dict):
-                raise StateError(f"state file {self.path}: job {key!r} is not an object; "
-                                 f"{_WHAT_TO_DO}")
-            record.setdefault("job_id", key)
-        for key, record in engines.items():
-            if not isinstance(record, dict):
-                raise StateError(f"state file {self.path}: engine {key!r} is not an object; "
-                                 f"{_WHAT_TO_DO}")
-            record.setdefault("engine_id", key)
-        return jobs, engines, tables, seq
+        for kind, table in (("job", jobs), ("engine", engines)):
+            for key, record in table.items():
+                if not isinstance(record, dict):
+                    raise StateError(f"state file {self.path}: {kind} {key!r} is not an "
+                                     f"object; {_WHAT_TO_DO}")
+                record.setdefault(f"{kind}_id", key)
+        return _Snapshot(jobs, engines, tables, seq)
 
     def _read_journal(self, path: str, last_file: bool) -> tuple[list[dict[str, Any]], int]:
         """Records of one journal file, and the length of its intact part."""
@@ -218,7 +317,9 @@ class JournalStore:
         return records, good
 
     def recover(self) -> RecoveredState:
-        jobs, engines, tables, snap_seq = self._read_snapshot()
+        snapshot = self._read_snapshot()
+        jobs, engines, tables, snap_seq = (snapshot.jobs, snapshot.engines, snapshot.tables,
+                                           snapshot.seq)
         files = [path for _, path in self._segments()]
         files.append(self.wal_path)
         last_seq = snap_seq
@@ -243,6 +344,8 @@ class JournalStore:
                     )
                 last_seq = record["seq"]
                 replay.append(record)
+        # With a streamed snapshot, jobs the journal changed are kept aside and take
+        # the place of their snapshot line as the jobs stream by.
         for record in replay:
             for kind, key, value in record["ops"]:
                 if kind == "job":
@@ -252,16 +355,43 @@ class JournalStore:
                 else:
                     table = tables.setdefault(kind, {})
                 if value is None:
-                    table.pop(key, None)
+                    if kind == "job" and snapshot.jobs_offset is not None:
+                        table[key] = None
+                    else:
+                        table.pop(key, None)
                 else:
                     table[key] = value
-        self._open_journal(wal_length)
-        self._seq = self._durable = self._snap_seq = last_seq
-        if replay:
-            # The snapshot does not cover the replayed changes yet.
-            self._snap_seq = snap_seq
-        return RecoveredState(jobs=list(jobs.values()), engines=list(engines.values()),
-                              tables=tables)
+
+        def opened() -> None:
+            self._open_journal(wal_length)
+            self._seq = self._durable = self._snap_seq = last_seq
+            if replay:
+                # The snapshot does not cover the replayed changes yet.
+                self._snap_seq = snap_seq
+
+        if snapshot.jobs_offset is None:
+            opened()
+            return RecoveredState(jobs=list(jobs.values()), engines=list(engines.values()),
+                                  tables=tables)
+        return RecoveredState(jobs=self._merged_jobs(snapshot.jobs_offset, jobs, opened),
+                              engines=list(engines.values()), tables=tables, ordered=True)
+
+    def _merged_jobs(self, offset: int, changed: dict[str, Any],
+                     done: Callable[[], None]) -> Iterator[dict[str, Any]]:
+        """The snapshot's jobs in file (creation) order, each replaced by its journal
+        version if it has one, then the jobs the journal created. The journal is opened
+        for appending only once every job has been read without error, so a damaged
+        state file leaves every file as it was."""
+        for key, record in self._stream_jobs(offset):
+            if key in changed:
+                record = changed.pop(key)
+                if record is None:
+                    continue
+            else:
+                record.setdefault("job_id", key)
+            yield record
+        yield from (record for record in changed.values() if record is not None)
+        done()
 
     def _open_journal(self, length: int) -> None:
         if self._fd is not None:
@@ -393,19 +523,10 @@ class JournalStore:
 
     def write_snapshot(self, data: SnapshotData) -> None:
         with self._snapshot_lock:
-            document = {
-                "version": STATE_VERSION,
-                "journal_seq": data.seq,
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "jobs": {job.job_id: job.to_record() for job in data.jobs},
-                "engines": {e.engine_id: e.to_record() for e in data.engines},
-                "tables": data.tables,
-            }
-            payload = orjson.dumps(document, default=_encoded)
             temp = f"{self.path}.tmp-{os.getpid()}"
             try:
-                with open(temp, "wb") as handle:
-                    handle.write(payload)
+                with open(temp, "wb", buffering=1 << 20) as handle:
+                    write_lines(handle, data)
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(temp, self.path)

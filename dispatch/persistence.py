@@ -14,7 +14,7 @@ every request waiting at that moment (group commit).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,7 +25,10 @@ Op = tuple[str, str, Any]
 class RecoveredState:
     """What a store found on disk: records in the state file's layout."""
 
-    jobs: list[dict[str, Any]] = field(default_factory=list)
+    # Job records; an iterator (``ordered``: in creation order) when the store
+    # streams them, so that a large queue is never held twice in memory.
+    jobs: Iterable[dict[str, Any]] = field(default_factory=list)
+    ordered: bool = False
     engines: list[dict[str, Any]] = field(default_factory=list)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 

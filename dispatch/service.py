@@ -72,10 +72,10 @@ class DispatchService:
         self._grace_start = self.started_at
         recovered = self.store.recover()
         self._state.load(recovered)
-        if recovered.jobs or recovered.engines:
-            log.info("loaded %d jobs and %d engines", len(recovered.jobs),
-                     len(recovered.engines))
-            del recovered
+        del recovered
+        if self._state.jobs or self._state.engines:
+            log.info("loaded %d jobs and %d engines", len(self._state.jobs),
+                     len(self._state.engines))
             _release_free_memory()
 
     def _now(self) -> float:

@@ -64,7 +64,7 @@ class State:
         """Fill the tables from what the store recovered."""
         # Creation order: our ids carry it; the C++ server's ids share the same
         # "{microseconds}_{counter}" form, so sort on both parts.
-        records = sorted(state.jobs, key=_id_sort_key)
+        records = state.jobs if state.ordered else sorted(state.jobs, key=_id_sort_key)
         try:
             jobs = [Job.from_dict(record, seq) for seq, record in enumerate(records)]
             for record in state.engines:

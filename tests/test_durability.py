@@ -432,3 +432,79 @@ def test_journal_that_does_not_follow_its_snapshot_is_refused(make_settings: Any
         _service(settings)
     assert "continues at change 2 but the state so far ends at change 0" in str(raised.value)
     assert before == _digest(wal.parent)
+
+
+def test_snapshot_is_json_in_the_original_layout_one_entry_a_line(
+        make_settings: Any, tmp_path: Path) -> None:
+    """The snapshot is one JSON object with "jobs" and "engines" keyed by id (any JSON
+    tool reads it), written one entry a line with the jobs last, so that start-up can
+    read the jobs one at a time."""
+    settings = make_settings()
+    service = _service(settings)
+    ids = [service.submit_job(_job(n)).job_id for n in range(3)]
+    service.heartbeat({"engine_id": "e1"})
+    assert service.snapshot()
+    service.store.close()
+    raw = (tmp_path / "server_state.json").read_bytes()
+    document = orjson.loads(raw)
+    assert ids == list(document["jobs"])
+    assert ["e1"] == list(document["engines"])
+    assert 3 == len(document["events"])  # each job's history, keyed by job id
+    lines = raw.splitlines()
+    assert b'"layout":"lines"' in lines[0]
+    assert lines[-2:] == [b"}", b"}"] and lines[-6] == b',"jobs":{'
+
+
+def test_journal_changes_replace_their_snapshot_jobs_in_place(make_settings: Any) -> None:
+    """After a snapshot the journal updates one job, deletes another (retention) and
+    creates a third: the restart reads each job once, in creation order, as it is now."""
+    settings = make_settings(finished_job_retention=10)
+    clock_now = [1_704_067_200.0]
+    service = DispatchService(settings, JournalStore(settings.state_file),
+                              clock=lambda: clock_now[0])
+    first, second, third = (service.submit_job(_job(n)).job_id for n in range(3))
+    service.cancel_job(second)
+    clock_now[0] += 5
+    assert service.snapshot()
+    service.cancel_job(third)  # changed after the snapshot
+    clock_now[0] += 6
+    assert 1 == service.purge()  # `second` finished 11 s ago: deleted after the snapshot
+    fourth = service.submit_job(_job(4)).job_id
+    service.store.close()
+
+    reloaded = DispatchService(settings, JournalStore(settings.state_file),
+                               clock=lambda: clock_now[0])
+    jobs = reloaded.list_jobs(None, 10, 0).jobs
+    assert [(first, "pending"), (third, "cancelled"), (fourth, "pending")] == [
+        (job.job_id, job.status) for job in jobs]
+    reloaded.store.close()
+
+
+@pytest.mark.parametrize("damage", ["bad-job-line", "cut-short"])
+def test_damaged_job_lines_stop_the_start_and_change_no_file(
+        make_settings: Any, tmp_path: Path, damage: str) -> None:
+    """A damaged job line, or a snapshot cut short, is found while the jobs are read:
+    the start stops naming the file, and no file changes, not even a torn journal
+    tail (the journal is opened for writing only after every job was read)."""
+    settings = make_settings()
+    service = _service(settings)
+    for n in range(4):
+        service.submit_job(_job(n))
+    assert service.snapshot()
+    service.submit_job(_job(9))
+    service.store.close()
+    state = tmp_path / "server_state.json"
+    lines = state.read_bytes().splitlines(keepends=True)
+    jobs_at = lines.index(b',"jobs":{\n')
+    if damage == "bad-job-line":
+        lines[jobs_at + 2] = lines[jobs_at + 2][:40] + b"\n"
+    else:
+        lines = lines[: jobs_at + 3]
+    state.write_bytes(b"".join(lines))
+    wal = tmp_path / "server_state.json.wal"
+    wal.write_bytes(wal.read_bytes() + b"0000 torn")
+    before = _digest(tmp_path)
+    with pytest.raises(StateError) as raised:
+        _service(settings)
+    assert str(state) in str(raised.value)
+    assert before == _digest(tmp_path)
