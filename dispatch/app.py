@@ -146,9 +146,7 @@ def _instrument(app: Flask, metrics: Metrics) -> None:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         rule = request.url_rule
         endpoint = rule.rule if rule is not None else "unmatched"
-        status = str(response.status_code)
-        metrics.requests.labels(endpoint, request.method, status).inc()
-        metrics.latency.labels(endpoint, status).observe(elapsed)
+        metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-store"
         if access_log.isEnabledFor(logging.INFO):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import time
 from collections.abc import Iterable
 
 from dispatch.settings import Settings
@@ -14,6 +15,17 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 class EventFormatter(logging.Formatter):
     """Appends ``job=`` and ``engine=`` to lines that name them."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # Many lines a second share one formatted second (strftime is the slow part).
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -61,6 +73,12 @@ def configure_logging(settings: Settings, *, rotate: bool = True) -> logging.Han
     Only the serving process rotates (``rotate``): gunicorn's master logs too, and two
     processes rotating one file would delete each other's rotated files. The master
     reopens the file when the worker has moved it away."""
+    # One line per request: skip what the format never shows. Finding the caller's
+    # file and line walks the stack on every call (the logging HOWTO's optimisation).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler: logging.Handler
     if settings.log_file is None:
         handler = logging.StreamHandler(sys.stderr)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -64,6 +64,22 @@ class Metrics:
             "distconv_persistence_failures", "Failed attempts to persist changes",
             registry=self.registry,
         )
+
+        # Label lookups cost as much as the counting; the children are kept per label
+        # set (there are only as many as routes x methods x statuses).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, endpoint: str, method: str, status: int,
+                        seconds: float) -> None:
+        key = (endpoint, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.latency.labels(endpoint, str(status)),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch(self, service: DispatchService) -> None:
         self.registry.register(_StateCollector(service))
