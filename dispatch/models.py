@@ -19,6 +19,7 @@ ACTIVE_STATUSES = frozenset({"assigned", "processing"})
 FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 ENGINE_STATUSES = ("idle", "busy", "draining", "offline")
 _STATUSES = {status: status for status in JOB_STATUSES}
+_TIME_KEYS = ("retry_at", "created_at", "updated_at", "assigned_at", "completed_at")
 
 
 def format_time(timestamp: float | None) -> str | None:
@@ -84,27 +85,12 @@ class Job:
     callback_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "source_url": self.source_url,
-            "target_codec": self.target_codec,
-            "job_size": self.job_size,
-            "priority": self.priority,
-            "status": self.status,
-            "assigned_engine": self.assigned_engine,
-            "output_url": self.output_url,
-            "progress": self.progress,
-            "retries": self.retries,
-            "max_retries": self.max_retries,
-            "error_message": self.error_message,
-            "retry_at": format_time(self.retry_at),
-            "created_at": format_time(self.created_at),
-            "updated_at": format_time(self.updated_at),
-            "assigned_at": format_time(self.assigned_at),
-            "completed_at": format_time(self.completed_at),
-            "attempt": self.attempt,
-            "callback_url": self.callback_url,
-        }
+        """The API form: the record's keys with RFC 3339 times."""
+        body = self.to_record()
+        del body["progress_at"]
+        for key in _TIME_KEYS:
+            body[key] = format_time(body[key])
+        return body
 
     def to_record(self) -> dict[str, Any]:
         """The state-file form: the API's keys plus what only the server needs, with
