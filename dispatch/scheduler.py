@@ -113,12 +113,6 @@ class PendingIndex:
             ahead += own.bisect_key_left(job.seq)
         return ahead + 1
 
-    def next_retry_at(self) -> float | None:
-        return self._waiting[0][0] if self._waiting else None
-
-    def waiting_ids(self) -> Iterable[str]:
-        return self._waiting_ids.keys()
-
     def candidates(self, codecs: Iterable[str] | None, now: float,
                    aging_seconds: float) -> Iterator[tuple[float, Job]]:
         """Ready jobs of the given codecs (all when None) with their effective
