@@ -225,10 +225,10 @@ class State:
                 self.history[key] = history.encode(value)
             return old
         if kind == "idempotency":
-            old = self.idempotency.get(key)
-            if value is None:
-                self.idempotency.pop(key, None)
-            else:
+            # Re-inserted, not updated in place: the table stays oldest first, which
+            # is what lets expiry stop at the first key still young.
+            old = self.idempotency.pop(key, None)
+            if value is not None:
                 self.idempotency[key] = value
             return old
         if kind == "delivery":

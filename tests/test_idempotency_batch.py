@@ -213,6 +213,25 @@ def test_expiry_sweep_forgets_old_keys_durably(
                                    headers={**auth, "Idempotency-Key": "young"}), 200)
 
 
+def test_a_key_reused_after_expiry_does_not_hold_back_older_keys(
+        make_app: Callable[..., Flask], make_settings: Callable[..., Settings],
+        auth: dict[str, str], clock: FakeClock) -> None:
+    """A key used again after its TTL counts from its new use: the keys used in
+    between still expire on time behind it."""
+    settings = make_settings(idempotency_ttl=60)
+    service = make_app(settings).extensions["dispatch"]
+    service.submit_once(JOB, "a")
+    clock.advance(10)
+    service.submit_once(JOB, "b")
+    clock.advance(55)  # a: 65 s old (expired), b: 55 s
+    assert service.submit_once(OTHER, "a")[1]  # a new job: the key counts from now
+    assert 0 == service.expire_idempotency_keys()
+    clock.advance(10)  # b: 65 s old, the new a: 10 s
+    assert 1 == service.expire_idempotency_keys()
+    assert not service.submit_once(OTHER, "a")[1]
+    assert service.submit_once(OTHER, "b")[1]
+
+
 @pytest.mark.parametrize("key", [
     pytest.param("", id="empty"),
     pytest.param("k" * 256, id="256-chars"),
