@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from dispatch.app import create_app, make_keyring
 from dispatch.auth import KeyFileError
@@ -19,7 +20,7 @@ from dispatch.errors import StateError
 from dispatch.gunicorn_config import options
 from dispatch.journal import JournalStore
 from dispatch.logs import configure_logging
-from dispatch.service import DispatchService
+from dispatch.service import DispatchService, release_free_memory
 from dispatch.settings import Settings, SettingsError, load_settings
 
 
@@ -37,19 +38,35 @@ class DispatchApplication(BaseApplication):
         for key, value in options(self.settings).items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
-        self.cfg.set("pre_fork", self._pre_fork)
-
-    def _pre_fork(self, server: Any, worker: Any) -> None:
-        # Runs in this (master) process before each fork. The first worker takes the
-        # state loaded and checked at start; a worker that replaces a dead one must
-        # read the files instead, which hold every change the dead one made.
-        if getattr(self, "_forked", False):
-            self.service = None
-        self._forked = True
 
     def load(self) -> Any:
         configure_logging(self.settings)
         return create_app(self.settings, store=self.store, service=self.service)
+
+    def release_loaded_state(self) -> None:
+        """In this (master) process, once the first worker has forked: the worker
+        owns the state now. A worker that replaces a dead one reads the files, which
+        hold every change the dead one made, so the master keeps no copy."""
+        if self.service is None:
+            return
+        self.service = None
+        gc.unfreeze()
+        gc.collect()
+        release_free_memory()
+
+    def run(self) -> None:
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
+
+
+class _Arbiter(Arbiter):
+    def spawn_worker(self) -> int:
+        pid = super().spawn_worker()  # the worker never returns from here
+        self.app.release_loaded_state()
+        return pid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,14 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings, rotate=False)
     try:
         store = JournalStore(settings.state_file)
-        service = DispatchService(settings, store)
+        application = DispatchApplication(settings, store, DispatchService(settings, store))
     except StateError as exc:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 1
     # The loaded state is shared with the worker after the fork; frozen objects are
     # not touched by the collector, so their pages stay shared instead of copied.
     gc.freeze()
-    DispatchApplication(settings, store, service).run()
+    application.run()
     return 0
 
 

@@ -76,7 +76,7 @@ class DispatchService:
         if self._state.jobs or self._state.engines:
             log.info("loaded %d jobs and %d engines", len(self._state.jobs),
                      len(self._state.engines))
-            _release_free_memory()
+            release_free_memory()
 
     def _now(self) -> float:
         return to_micros(self.clock())
@@ -689,7 +689,7 @@ class DispatchService:
         return True
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """Give the memory the parsed state file used back to the system. The parse
     briefly needs several times the size of the loaded state; glibc keeps freed pages
     unless asked, so a large queue would otherwise stay at that peak."""

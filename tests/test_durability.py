@@ -508,3 +508,31 @@ def test_damaged_job_lines_stop_the_start_and_change_no_file(
         _service(settings)
     assert str(state) in str(raised.value)
     assert before == _digest(tmp_path)
+
+
+@pytest.mark.e2e
+def test_a_replaced_worker_reads_the_state_from_disk(tmp_path: Path) -> None:
+    """When the worker dies alone (say, the OOM killer), gunicorn starts another; it
+    reads the state from the files, so nothing the dead one acknowledged is missing
+    and new ids continue after the old ones."""
+    server = Server(tmp_path, API_KEY).start()
+    try:
+        first = server.request("POST", "/jobs/", json=_job(1)).json()["job_id"]
+        assert server.proc is not None
+        worker = int(Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+                     .read_text().split()[0])
+        os.kill(worker, 9)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                listed = server.request("GET", "/jobs/").json()
+                break
+            except (requests.RequestException, ValueError):
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.05)
+        assert [first] == [job["job_id"] for job in listed["jobs"]]
+        second = server.request("POST", "/jobs/", json=_job(2)).json()["job_id"]
+        assert second.endswith("_1")
+        assert 0 == server.terminate()
+    finally:
+        server.stop()
