@@ -722,7 +722,7 @@ def render(result: dict[str, Any], meta: dict[str, Any]) -> str:
     big_mem = mem["sizes"][max(sizes)]
     lines.append(f"  master + worker PSS after load at {fmt_n(max(sizes))}: "
                  f"{big_mem['master_plus_worker_Pss_after_load_kib'] / KIB:.0f} MiB (the master "
-                 f"keeps its own copy of the loaded state)")
+                 f"loads the state, then frees its copy once the worker has forked)")
     assign = summary["assign_pending"]
     lines.append("assign latency, N pending:    " + ", ".join(
         f"{fmt_n(n)}: p50 {assign[n]['p50_ms']:.2f} / p99 {assign[n]['p99_ms']:.2f} ms "
