@@ -4,7 +4,6 @@ table, work assignment, the scheduling rules and liveness."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import START, FakeClock
+from tests.helpers import epoch, norm
 
 Json = dict[str, Any]
 
@@ -27,8 +27,6 @@ JOB_KEYS = {
     "retry_at", "created_at", "updated_at", "assigned_at", "completed_at",
 }
 ANSWER_KEYS = ENGINE_KEYS | {"cancelled_jobs", "draining"}  # a heartbeat's answer
-TIME_KEYS = {"registered_at", "last_heartbeat", "retry_at", "created_at", "updated_at",
-             "assigned_at", "completed_at"}
 
 FULL_HEARTBEAT = {
     "engine_id": "engine-001",
@@ -41,18 +39,6 @@ FULL_HEARTBEAT = {
     "local_job_queue": ["local-1"],
     "status": "idle",
 }
-
-
-def epoch(value: str) -> float:
-    """An RFC 3339 UTC time ending in Z, as seconds since the epoch."""
-    assert isinstance(value, str) and value.endswith("Z"), value
-    return datetime.fromisoformat(value[:-1] + "+00:00").timestamp()
-
-
-def norm(body: Json) -> Json:
-    """The body with its times as epoch seconds (so any fractional form compares)."""
-    return {key: (epoch(value) if key in TIME_KEYS and value is not None else value)
-            for key, value in body.items()}
 
 
 def job_view(body: Json) -> Json:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 
 from tests.conftest import API_KEY, JOB
+from tests.helpers import assert_error
 
 MIB = 1024 * 1024
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
@@ -53,17 +53,6 @@ BAD_KEYS = {
     "other-case": {"X-API-Key": API_KEY.upper()},
     "bearer-instead": {"Authorization": f"Bearer {API_KEY}"},
 }
-
-
-def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
-    """The contract's error shape: exactly code and message (no details); JSON."""
-    assert response.status_code == status, response.get_data(as_text=True)[:300]
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    error = body["error"]
-    assert {"error": {"code": code, "message": error["message"]}} == body
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 def total(client: FlaskClient, auth: dict[str, str]) -> int:

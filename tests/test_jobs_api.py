@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests.conftest import JOB, START, FakeClock
+from tests.helpers import assert_error
 
 JOB_KEYS = {
     "job_id", "source_url", "target_codec", "job_size", "priority", "status",
@@ -64,17 +65,6 @@ def ok(response: TestResponse, status: int = 200) -> dict[str, Any]:
     assert response.status_code == status, response.get_json()
     assert response.mimetype == "application/json"
     return response.get_json()
-
-
-def assert_error(response: TestResponse, status: int, code: str) -> dict[str, Any]:
-    """The contract's error shape without ``details``; returns the error object."""
-    assert response.status_code == status, response.get_data(as_text=True)[:300]
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    error = body["error"]
-    assert {"error": {"code": code, "message": error["message"]}} == body
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 def assert_validation_error(response: TestResponse, field: str) -> None:

@@ -6,7 +6,6 @@ heartbeat answer, the limits, retention purges, size-aware placement and aging
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -15,11 +14,10 @@ from werkzeug.test import TestResponse
 
 from dispatch.service import DispatchService
 from tests.conftest import START, FakeClock
+from tests.helpers import assert_error, epoch, norm
 
 Json = dict[str, Any]
 
-TIME_KEYS = {"registered_at", "last_heartbeat", "retry_at", "created_at", "updated_at",
-             "assigned_at", "completed_at"}
 JOB_KEYS = {
     "job_id", "source_url", "target_codec", "job_size", "priority", "status",
     "assigned_engine", "output_url", "progress", "retries", "max_retries", "error_message",
@@ -27,18 +25,6 @@ JOB_KEYS = {
 }
 SMALL = 100.0  # MB
 LARGE = 2048.0  # MB, above the default large_job_threshold_mb (1024)
-
-
-def epoch(value: str) -> float:
-    """An RFC 3339 UTC time ending in Z, as seconds since the epoch."""
-    assert isinstance(value, str) and value.endswith("Z"), value
-    return datetime.fromisoformat(value[:-1] + "+00:00").timestamp()
-
-
-def norm(body: Json) -> Json:
-    """The body with its times as epoch seconds, so whole bodies compare."""
-    return {key: (epoch(value) if key in TIME_KEYS and value is not None else value)
-            for key, value in body.items()}
 
 
 def jv(body: Json) -> Json:
@@ -118,17 +104,6 @@ class Api:
 def pick(body: Json, *keys: str) -> tuple[Any, ...]:
     """Some values of a body, in order, to compare as one tuple."""
     return tuple(body[key] for key in keys)
-
-
-def assert_error(response: TestResponse, status: int, code: str) -> Json:
-    """The contract's error shape (no details); returns the error object."""
-    assert status == response.status_code, response.get_data(as_text=True)
-    assert "application/json" == response.mimetype
-    body = response.get_json()
-    error = body["error"]
-    assert {"error": {"code": code, "message": error["message"]}} == body
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 @pytest.fixture

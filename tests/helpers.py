@@ -1,0 +1,39 @@
+"""Assertions the test modules share."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from werkzeug.test import TestResponse
+
+Json = dict[str, Any]
+
+# Every time field of jobs and engines.
+TIME_KEYS = frozenset({"registered_at", "last_heartbeat", "retry_at", "created_at",
+                       "updated_at", "assigned_at", "completed_at"})
+
+
+def assert_error(response: TestResponse, status: int, code: str) -> Json:
+    """The contract's error shape: exactly code and message (no details); JSON.
+    Returns the error object."""
+    assert response.status_code == status, response.get_data(as_text=True)[:300]
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    error = body["error"]
+    assert {"error": {"code": code, "message": error["message"]}} == body
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def epoch(value: str) -> float:
+    """An RFC 3339 UTC time ending in Z, as seconds since the epoch."""
+    assert isinstance(value, str) and value.endswith("Z"), value
+    return datetime.fromisoformat(value[:-1] + "+00:00").timestamp()
+
+
+def norm(body: Json) -> Json:
+    """The body with its times as epoch seconds, so whole bodies compare whatever the
+    precision of their fractions."""
+    return {key: (epoch(value) if key in TIME_KEYS and value is not None else value)
+            for key, value in body.items()}
