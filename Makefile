@@ -30,6 +30,7 @@ run: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy dispatch
 
 # nginx and systemd-analyze, for the deployment tests (installed when missing).
 test-deps:

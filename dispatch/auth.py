@@ -22,6 +22,7 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import overload
 
 from flask import Response, current_app, g
 from flask_httpauth import HTTPTokenAuth
@@ -150,6 +151,10 @@ def current() -> Principal:
     return principal
 
 
+@overload
+def acting_engine(claimed: str) -> str: ...
+@overload
+def acting_engine(claimed: None) -> str | None: ...
 def acting_engine(claimed: str | None) -> str | None:
     """The engine a request acts as. A bound engine key acts as its own engine only:
     claiming another is ``403``; claiming none means its own."""

@@ -98,7 +98,7 @@ def configure_logging(settings: Settings, *, rotate: bool = True) -> logging.Han
             if getattr(old, "_dispatch", False):
                 logger.removeHandler(old)
                 old.close()
-        handler._dispatch = True  # type: ignore[attr-defined]
+        setattr(handler, "_dispatch", True)  # noqa: B010 - marks handlers we replace
         logger.addHandler(handler)
         logger.propagate = False
     logging.getLogger("dispatch").setLevel(settings.log_level)

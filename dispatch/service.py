@@ -92,12 +92,12 @@ class DispatchService:
         finished and has a callback URL, its webhook delivery: derived by the state
         from the transition itself, so no rule can forget them."""
         changes: list[tuple[str, str, Any]] = []
-        for item in jobs:
-            changes.append(("job", item.job_id, item) if isinstance(item, Job)
-                           else ("job", item[0], None))
-        for item in engines:
-            changes.append(("engine", item.engine_id, item) if isinstance(item, Engine)
-                           else ("engine", item[0], None))
+        for job in jobs:
+            changes.append(("job", job.job_id, job) if isinstance(job, Job)
+                           else ("job", job[0], None))
+        for engine in engines:
+            changes.append(("engine", engine.engine_id, engine) if isinstance(engine, Engine)
+                           else ("engine", engine[0], None))
         undo: list[tuple[str, str, Any]] = []
         ops: list[Op] = []
         derived: list[tuple[str, str, Any]] = []
@@ -309,13 +309,14 @@ class DispatchService:
     def _failed_attempt(self, job: Job, reason: str, now: float) -> Job:
         """The job after a failed attempt: re-queued with backoff, or failed for good."""
         retries = job.retries + 1
-        common = dict(retries=retries, error_message=reason, assigned_engine=None,
-                      progress=None, progress_at=None, updated_at=now)
+        attempt_over = replace(job, retries=retries, error_message=reason,
+                               assigned_engine=None, progress=None, progress_at=None,
+                               updated_at=now)
         if self.settings.auto_retry_failed_jobs and retries <= job.max_retries:
             delay = min(self.settings.retry_backoff_seconds * 2 ** (retries - 1),
                         self.settings.retry_backoff_max_seconds)
-            return replace(job, status="pending", retry_at=now + delay, **common)
-        return replace(job, status="failed", retry_at=None, completed_at=now, **common)
+            return replace(attempt_over, status="pending", retry_at=now + delay)
+        return replace(attempt_over, status="failed", retry_at=None, completed_at=now)
 
     def fail_job(self, job_id: str, error_message: str, engine_id: str | None = None,
                  attempt: int | None = None) -> Job:
@@ -604,7 +605,7 @@ class DispatchService:
         """Forget idempotency keys older than ``idempotency_ttl``."""
         with self._lock:
             cutoff = self._now() - self.settings.idempotency_ttl
-            expired = []
+            expired: list[str] = []
             for key, entry in self._state.idempotency.items():
                 if entry["at"] > cutoff or len(expired) >= batch:
                     break

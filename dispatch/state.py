@@ -119,13 +119,13 @@ class State:
 
     def put(self, kind: str, key: str, value: Any) -> Any:
         if kind == "job":
-            old = self.jobs.get(key)
+            old_job = self.jobs.get(key)
             self.set_job(key, value)
-            return old
+            return old_job
         if kind == "engine":
-            old = self.engines.get(key)
+            old_engine = self.engines.get(key)
             self.set_engine(key, value)
-            return old
+            return old_engine
         return self.put_table(kind, key, value)
 
     def restore(self, kind: str, key: str, old: Any) -> None:
@@ -190,14 +190,13 @@ class State:
                 new: Job | None) -> list[tuple[str, str, Any]]:
         """The table entries a job change implies: its history events and, when it
         has just finished with a callback URL, its webhook delivery."""
+        derived: list[tuple[str, str, Any]] = []
         if new is None:  # purged: its history and delivery go with it
-            derived = []
             if job_id in self.history:
                 derived.append(("events", job_id, None))
             if job_id in self.deliveries:
                 derived.append(("delivery", job_id, None))
             return derived
-        derived = []
         now = new.updated_at  # the job's own time of this change
         events = history.transition_events(old, new, now)
         if events:
@@ -215,8 +214,8 @@ class State:
             }))
         return derived
 
-
     def put_table(self, kind: str, key: str, value: Any) -> Any:
+        old: Any
         if kind == "events":
             old = self.history.get(key)
             if value is None:
