@@ -18,24 +18,23 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import overload
 
-from flask import Response, current_app, g
+from flask import Response, current_app
 from flask_httpauth import HTTPTokenAuth
 
 from dispatch.api.errors import error_response
+from dispatch.models import ENGINE_ID
+from dispatch.settings import MIN_KEY_LENGTH
 
 log = logging.getLogger("dispatch.auth")
 
 ADMIN, CLIENT, ENGINE = "admin", "client", "engine"
 ROLES = (ADMIN, CLIENT, ENGINE)
 SECURITY_SCHEME = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
-_ENGINE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-MIN_KEY_LENGTH = 16
 
 
 class KeyFileError(Exception):
@@ -73,7 +72,7 @@ def parse_key_file(text: str, source: str) -> list[tuple[str, Principal]]:
             raise KeyFileError(f"{source} line {number}: keys must have at least "
                                f"{MIN_KEY_LENGTH} characters")
         engine_id = parts[2] if len(parts) == 3 else None
-        if engine_id is not None and not _ENGINE_ID.match(engine_id):
+        if engine_id is not None and not ENGINE_ID.match(engine_id):
             raise KeyFileError(f"{source} line {number}: invalid engine id")
         keys.append((parts[1], Principal(role, engine_id)))
     return keys
@@ -165,7 +164,6 @@ def acting_engine(claimed: str | None) -> str | None:
         from dispatch.api.errors import Forbidden
 
         raise Forbidden(f"this key acts as engine {principal.engine_id!r} only")
-    g.bound_engine = principal.engine_id
     return principal.engine_id
 
 

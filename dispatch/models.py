@@ -7,6 +7,7 @@ the lock and serialise them afterwards, and an undone change restores the old ob
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ JOB_STATUSES = ("pending", "assigned", "processing", "completed", "failed", "can
 ACTIVE_STATUSES = frozenset({"assigned", "processing"})
 FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 ENGINE_STATUSES = ("idle", "busy", "draining", "offline")
+# Engine ids: what the API, the key file and the engine_keys setting accept.
+ENGINE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STATUSES = {status: status for status in JOB_STATUSES}
 _TIME_KEYS = ("retry_at", "created_at", "updated_at", "assigned_at", "completed_at")
 

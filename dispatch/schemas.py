@@ -15,10 +15,9 @@ from urllib.parse import urlsplit
 from flask import current_app
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
 
-from dispatch.models import ENGINE_STATUSES, JOB_STATUSES
+from dispatch.models import ENGINE_ID, ENGINE_STATUSES, JOB_STATUSES
 from dispatch.webhooks import callback_problem
 
-ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 MAX_URL = 2048
 MAX_TEXT = 4096
 MAX_LIST = 256
@@ -67,7 +66,7 @@ def _text(maximum: int = MAX_TEXT, **kwargs: Any) -> fields.String:
 
 def _engine_id(**kwargs: Any) -> fields.String:
     return fields.String(
-        validate=validate.Regexp(ID_PATTERN, error="Must be 1-128 letters, digits or ._:-"),
+        validate=validate.Regexp(ENGINE_ID, error="Must be 1-128 letters, digits or ._:-"),
         **kwargs,
     )
 

@@ -355,8 +355,7 @@ class DispatchService:
                 raise errors.InvalidTransition(
                     f"cannot retry job {job_id!r}: it is {job.status}, not failed or cancelled"
                 )
-            if len(self._state.by_status["pending"]) >= self.settings.job_queue_max_size:
-                raise errors.QueueFull("the queue is full; retry later", QUEUE_FULL_RETRY_AFTER)
+            self._check_room(1)
             new = replace(job, status="pending", retries=0, retry_at=None,
                           assigned_engine=None, progress=None, output_url=None,
                           completed_at=None, updated_at=self._now())
@@ -402,6 +401,12 @@ class DispatchService:
             events.info("engine back online", extra={"engine_id": engine_id})
         return view
 
+    def _engine(self, engine_id: str) -> Engine:
+        engine = self._state.engines.get(engine_id)
+        if engine is None:
+            raise errors.EngineNotFound(engine_id)
+        return engine
+
     def _withdrawn(self, engine: Engine) -> list[str]:
         """Jobs the engine may still be working on that are no longer its own:
         cancelled, or given back to the queue or to another engine."""
@@ -419,9 +424,7 @@ class DispatchService:
     def set_drain(self, engine_id: str, draining: bool) -> dict[str, Any]:
         """Start or end an operator's drain: no new jobs until it is ended."""
         with self._lock:
-            engine = self._state.engines.get(engine_id)
-            if engine is None:
-                raise errors.EngineNotFound(engine_id)
+            engine = self._engine(engine_id)
             new = replace(engine, drain="api" if draining else None)
             commit = self._commit(engines=[new])
             view = reports.engine_view(self._state, new)
@@ -432,9 +435,7 @@ class DispatchService:
 
     def benchmark_result(self, engine_id: str, benchmark_time: float) -> dict[str, Any]:
         with self._lock:
-            engine = self._state.engines.get(engine_id)
-            if engine is None:
-                raise errors.EngineNotFound(engine_id)
+            engine = self._engine(engine_id)
             count = engine.benchmark_count + 1
             previous = engine.avg_benchmark_time or 0.0
             average = previous + (benchmark_time - previous) / count
@@ -452,16 +453,12 @@ class DispatchService:
 
     def get_engine(self, engine_id: str) -> dict[str, Any]:
         with self._lock:
-            engine = self._state.engines.get(engine_id)
-            if engine is None:
-                raise errors.EngineNotFound(engine_id)
+            engine = self._engine(engine_id)
             return reports.engine_view(self._state, engine)
 
     def delete_engine(self, engine_id: str) -> dict[str, Any]:
         with self._lock:
-            engine = self._state.engines.get(engine_id)
-            if engine is None:
-                raise errors.EngineNotFound(engine_id)
+            engine = self._engine(engine_id)
             view = reports.engine_view(self._state, engine)
             now = self._now()
             released = [
@@ -476,9 +473,7 @@ class DispatchService:
 
     def assign_job(self, engine_id: str, capabilities: list[str] | None) -> AssignResult:
         with self._lock:
-            engine = self._state.engines.get(engine_id)
-            if engine is None:
-                raise errors.EngineNotFound(engine_id)
+            engine = self._engine(engine_id)
             held = self._state.held.get(engine_id)
             if held:
                 # A restarted engine asks again for the job it already holds.

@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from dispatch import __version__
+from dispatch.models import ENGINE_ID
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
+MIN_KEY_LENGTH = 16
 SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret"})
 
 
@@ -117,14 +118,11 @@ def _choice(choices: Sequence[str], *, upper: bool = False) -> Callable[[str], s
     return convert
 
 
-ENGINE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
 def _key_list(text: str) -> tuple[str, ...]:
     keys = tuple(item.strip() for item in text.split(",") if item.strip())
     for key in keys:
-        if len(key) < 16 or "@" in key:
-            raise ValueError("keys must have at least 16 characters and no '@'")
+        if len(key) < MIN_KEY_LENGTH or "@" in key:
+            raise ValueError(f"keys must have at least {MIN_KEY_LENGTH} characters and no '@'")
     return keys
 
 
@@ -133,8 +131,8 @@ def _engine_key_list(text: str) -> tuple[str, ...]:
     items = tuple(item.strip() for item in text.split(",") if item.strip())
     for item in items:
         key, at, engine_id = item.partition("@")
-        if len(key) < 16:
-            raise ValueError("keys must have at least 16 characters")
+        if len(key) < MIN_KEY_LENGTH:
+            raise ValueError(f"keys must have at least {MIN_KEY_LENGTH} characters")
         if at and not ENGINE_ID.match(engine_id):
             raise ValueError("KEY@ENGINE_ID needs an engine id of 1-128 letters, "
                              "digits and ._:-")

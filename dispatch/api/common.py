@@ -11,7 +11,8 @@ from marshmallow import Schema, ValidationError
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from dispatch.api.errors import BadRequest, ValidationFailed
+from dispatch.api.errors import BadRequest
+from dispatch.errors import Invalid
 
 MAX_DEPTH = 16
 
@@ -69,7 +70,7 @@ class BodyParser(FlaskParser):
             for value in messages.values():
                 merged.update(value if isinstance(value, dict) else {"_schema": value})
             messages = merged
-        raise ValidationFailed(messages if isinstance(messages, dict) else {"_schema": messages})
+        raise Invalid(messages if isinstance(messages, dict) else {"_schema": messages})
 
 
 class Blueprint(SmorestBlueprint):

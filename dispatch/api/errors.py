@@ -41,7 +41,6 @@ class Forbidden(errors.DispatchError):
     status = 403
 
 
-ValidationFailed = errors.Invalid
 
 
 def error_response(status: int, code: str, message: str,
