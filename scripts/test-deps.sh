@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Install what the deployment tests (tests/test_deploy.py) need, only when missing:
-#   nginx            /usr/sbin/nginx  (the tests run their own nginx on loopback)
-#   systemd          systemd-analyze  (to verify the unit file)
-# Quiet and quick when everything is there. Never starts nginx as a service.
+# Install the real programs the tests drive, only when missing: one `need` line each
+# in check_all (COMMAND looked up on PATH, or an absolute path; then the Debian package).
+# Quiet and quick when everything is there. Never starts a service as a side effect.
 set -euo pipefail
 
 missing=()
-[ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 
+check_all() {
+    missing=()
+    need /usr/sbin/nginx nginx            # tests/test_deploy.py runs its own nginx on loopback
+    need systemd-analyze systemd          # to verify the unit files
+}
+
+check_all
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -41,6 +46,8 @@ if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${m
 fi
 rm -f "$log"
 
-[ -x /usr/sbin/nginx ] || { echo "test-deps.sh: /usr/sbin/nginx still missing" >&2; exit 1; }
-command -v systemd-analyze >/dev/null 2>&1 || {
-    echo "test-deps.sh: systemd-analyze still missing" >&2; exit 1; }
+check_all
+if [ "${#missing[@]}" -ne 0 ]; then
+    echo "test-deps.sh: still missing after install: ${missing[*]}" >&2
+    exit 1
+fi
