@@ -37,7 +37,7 @@ class _Api(Api):
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
                store: Store | None = None, service: DispatchService | None = None,
-               background: bool = True) -> Flask:
+               background: bool = True, metrics: Metrics | None = None) -> Flask:
     """Build the WSGI app.
 
     Without ``settings`` they are read from the environment (and ``DISTCONV_CONFIG``),
@@ -47,9 +47,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     """
     if settings is None:
         settings = load_settings([])
+    metrics = metrics or Metrics()
+    if service is None and settings.database_url:
+        # The state lives in PostgreSQL, shared with every other instance.
+        from dispatch.postgres.wiring import open_service
+
+        service = open_service(settings, clock, metrics.registry)
     if store is None:
         store = service.store if service is not None else JournalStore(settings.state_file)
-    metrics = Metrics()
     if isinstance(store, JournalStore):
         store.observer = metrics
     if service is None:

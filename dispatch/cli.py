@@ -20,6 +20,7 @@ from dispatch.errors import StateError
 from dispatch.gunicorn_config import options
 from dispatch.journal import JournalStore
 from dispatch.logs import configure_logging
+from dispatch.postgres.cli import ADMIN_COMMANDS, admin_main, check_database
 from dispatch.process_memory import release_free_memory
 from dispatch.service import DispatchService
 from dispatch.settings import Settings, SettingsError, load_settings
@@ -28,8 +29,8 @@ from dispatch.settings import Settings, SettingsError, load_settings
 class DispatchApplication(BaseApplication):
     """gunicorn's custom-application API: our settings, our app, one worker."""
 
-    def __init__(self, settings: Settings, store: JournalStore,
-                 service: DispatchService) -> None:
+    def __init__(self, settings: Settings, store: JournalStore | None,
+                 service: DispatchService | None) -> None:
         self.settings = settings
         self.store = store
         self.service: DispatchService | None = service
@@ -71,8 +72,11 @@ class _Arbiter(Arbiter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ADMIN_COMMANDS:
+        return admin_main(args)
     try:
-        settings = load_settings(sys.argv[1:] if argv is None else argv)
+        settings = load_settings(args)
     except SettingsError as exc:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 2
@@ -82,6 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings, rotate=False)
+    if settings.database_url:
+        # Each worker opens its own pool after the fork; the schema is checked first,
+        # so a database that cannot be used stops the start with exit status 1.
+        if not check_database(settings):
+            return 1
+        DispatchApplication(settings, None, None).run()
+        return 0
     try:
         store = JournalStore(settings.state_file)
         application = DispatchApplication(settings, store, DispatchService(settings, store))

@@ -29,7 +29,7 @@ def options(settings: Settings) -> dict[str, Any]:
         host = f"[{host}]"
     opts: dict[str, Any] = {
         "bind": [f"{host}:{settings.port}"],
-        "workers": 1,
+        "workers": settings.workers,  # above 1 only with a shared database
         "worker_class": "gthread",
         "threads": settings.thread_pool_size,
         "graceful_timeout": GRACEFUL_TIMEOUT,

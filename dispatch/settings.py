@@ -20,7 +20,8 @@ from dispatch.models import ENGINE_ID
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
 MIN_KEY_LENGTH = 16
-SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret"})
+SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret",
+                    "database_url"})
 
 
 class SettingsError(Exception):
@@ -62,6 +63,12 @@ class Settings:
     webhook_retry_for: float = 3600.0
     idempotency_ttl: float = 86400.0
     config_file: str | None = None
+    # PostgreSQL (dispatch.postgres): with a URL the state lives only there, and
+    # several processes and machines may share it.
+    database_url: str | None = None
+    database_password_file: str | None = None
+    workers: int = 1
+    leader_lease_seconds: float = 5.0
 
     def __repr__(self) -> str:
         # The key must never reach a log line or a traceback.
@@ -69,7 +76,7 @@ class Settings:
             f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in SECRET
         )
         return (f"Settings(api_key='***', client_keys=***, engine_keys=***, "
-                f"webhook_secret=***, {shown})")
+                f"webhook_secret=***, database_url=***, {shown})")
 
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -150,6 +157,13 @@ def _text(text: str) -> str:
     return value
 
 
+def _database_url(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql:// URL")
+    return value
+
+
 @dataclass(frozen=True)
 class _Option:
     field: str
@@ -207,6 +221,13 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("idempotency_ttl", _float(1), None, None, ("idempotency_ttl",)),
     _Option("job_stall_timeout", _float(0), None, "DISTCONV_JOB_STALL_TIMEOUT",
             ("job_stall_timeout",)),
+    _Option("database_url", _database_url, "--database-url", "DISTCONV_DATABASE_URL",
+            ("database_url",)),
+    _Option("database_password_file", _text, "--database-password-file",
+            "DISTCONV_DATABASE_PASSWORD_FILE", ("database_password_file",)),
+    _Option("workers", _int(1, 64), "--workers", "DISTCONV_WORKERS", ("workers",)),
+    _Option("leader_lease_seconds", _float(0.2), None, "DISTCONV_LEADER_LEASE",
+            ("leader_lease_seconds",)),
 )
 
 # Levels of precedence; a higher number wins.
@@ -238,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--keys-file": "file of role keys, 'ROLE KEY [ENGINE_ID]' a line; reread on SIGUSR1",
         "--trusted-proxies": "number of reverse proxies in front whose X-Forwarded-For "
         "is trusted (default 0: none)",
+        "--database-url": "postgresql://USER@HOST:PORT/DB: keep the state in PostgreSQL "
+        "(shared by several instances) instead of the state file",
+        "--database-password-file": "file holding the database password (else PGPASSFILE)",
+        "--workers": "server processes (default 1; more only with --database-url)",
     }
     for option in _OPTIONS:
         if option.flag:
@@ -318,6 +343,11 @@ def load_settings(
         raise SettingsError(
             "webhook_allowed_hosts is set but webhook_secret is not: callbacks must be "
             "signed (set DISTCONV_WEBHOOK_SECRET or webhook_secret in the config file)"
+        )
+    if resolved.get("workers", 1) > 1 and not resolved.get("database_url"):
+        raise SettingsError(
+            "workers above 1 need database_url: with the state file, the state lives in "
+            "one process"
         )
     return Settings(api_key=api_key, config_file=config_path, **resolved)
 

@@ -113,3 +113,15 @@ def heartbeat(client: FlaskClient, auth: dict[str, str]) -> Callable[..., dict[s
         return body
 
     return do
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server for the session (``tests/postgres.py``), its schema applied."""
+    from tests.postgres import PostgresHarness, PostgresServer
+
+    server = PostgresServer().init()
+    PostgresHarness.server = server
+    yield server
+    PostgresHarness.server = None
+    server.close()

@@ -1,0 +1,208 @@
+"""A real PostgreSQL server for the tests: ``initdb`` and ``pg_ctl`` in a temporary
+folder, run by an unprivileged user (PostgreSQL refuses to run as root; CI runs as
+root, so the ``postgres`` system user, or one created for the purpose, runs it), on a
+free loopback port, stopped at the end. ``scripts/test-deps.sh`` installs Debian's
+``postgresql`` when it is missing."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from dispatch.models import to_micros
+from dispatch.postgres import migrate
+from dispatch.postgres.backend import PostgresBackend
+from dispatch.postgres.pool import Pool, conninfo
+from tests.server import free_port
+
+SERVICE_USER = "postgres"
+FALLBACK_USER = "distconv-pg"
+# Tables emptied between tests (the schema stays: migrations run once a session).
+TABLES = ("jobs", "job_counts", "engines", "idempotency", "deliveries", "leases",
+          "instances", "meta")
+
+
+def find_bin(name: str) -> str:
+    """``initdb``/``pg_ctl``: Debian keeps them out of PATH, under its versioned
+    folder; the newest version wins."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                   key=lambda path: int(Path(path).parts[-3]))
+    if found:
+        return found[-1]
+    on_path = shutil.which(name)
+    if on_path:
+        return on_path
+    raise RuntimeError(f"{name} not found: run scripts/test-deps.sh (installs postgresql)")
+
+
+def _run_as() -> list[str]:
+    """The command prefix that runs a program as an unprivileged user (none needed
+    when the tests do not run as root)."""
+    if os.geteuid() != 0:
+        return []
+    for user in (SERVICE_USER, FALLBACK_USER):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            continue
+        return ["runuser", "-u", user, "--"]
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    FALLBACK_USER], check=True)
+    return ["runuser", "-u", FALLBACK_USER, "--"]
+
+
+class PostgresServer:
+    """One cluster in a temporary folder; ``url`` reaches its ``dispatch`` database."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="distconv-pg-"))
+        self.data = self.folder / "data"
+        self.port = free_port()
+        self.prefix = _run_as()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/dispatch"
+        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_owner(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.prefix, *command], check=check, capture_output=True,
+                              text=True, timeout=120)
+
+    def init(self) -> PostgresServer:
+        if self.prefix:
+            user = self.prefix[2]
+            os.chmod(self.folder, 0o755)
+            shutil.chown(self.folder, user)
+        self._as_owner(find_bin("initdb"), "-D", str(self.data), "-U", "postgres",
+                       "-A", "trust", "--no-sync", "-E", "UTF8", "--locale", "C")
+        self.start()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE dispatch")
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            migrate.upgrade(conn)
+        return self
+
+    def start(self) -> None:
+        # fsync off: the tests kill servers, not machines; synchronous commit stays on,
+        # so a commit is still acknowledged only once PostgreSQL has it.
+        options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off -c full_page_writes=off -c max_connections=200 "
+                   "-c shared_buffers=64MB")
+        self._as_owner(find_bin("pg_ctl"), "-D", str(self.data), "-o", options,
+                       "-l", str(self.folder / "postgres.log"), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_owner(find_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop",
+                       check=False)
+
+    def running(self) -> bool:
+        return self._as_owner(find_bin("pg_ctl"), "-D", str(self.data), "status",
+                              check=False).returncode == 0
+
+    def reset(self) -> None:
+        """Empty every table and restart the id sequence: a fresh farm."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+            conn.execute("ALTER SEQUENCE job_seq RESTART")
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = 'dispatch' AND pid <> pg_backend_pid()")
+
+    def create_database(self, name: str) -> str:
+        """Another empty database (no schema); its URL."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        if self.running():
+            self.stop("immediate")
+        deadline = time.monotonic() + 10
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class RefusingCommits:
+    """What the contract suite's harness calls the store: ``refuse_append`` makes the
+    next commits fail as a lost database would; ``refuse_durable`` makes every later
+    commit fail once ``gate`` opens (units pile up at their commit until then).
+    ``durable_seq`` counts the units that reached their commit."""
+
+    def __init__(self) -> None:
+        self.refuse_append = False
+        self.gate: threading.Event | None = None
+        self.refusing = False
+        self.durable_seq = 0
+        self.inner = self
+        self._lock = threading.Lock()
+
+    def refuse_durable(self, gate: threading.Event | None = None) -> None:
+        self.refusing = True
+        self.gate = gate
+
+    def at_commit(self) -> None:
+        with self._lock:
+            self.durable_seq += 1
+        if self.refuse_append:
+            raise psycopg.OperationalError("server closed the connection (test)")
+        if self.refusing:
+            if self.gate is not None:
+                self.gate.wait(10)
+            raise psycopg.OperationalError("could not sync the WAL (test)")
+
+
+class FlakyPostgresBackend(PostgresBackend):
+    def __init__(self, pool: Pool, now: Callable[[], float], flaky: RefusingCommits) -> None:
+        super().__init__(pool, now)
+        self.flaky = flaky
+
+    def before_commit(self, conn: psycopg.Connection[Any]) -> None:
+        self.flaky.at_commit()
+
+
+class PostgresHarness:
+    """The contract suite's harness (``tests.backends.Harness``) for PostgreSQL: a
+    backend over the session's server, emptied when the test starts; a restart
+    opens a new pool on the same database."""
+
+    name = "postgres"
+    durable = True
+    server: PostgresServer | None = None  # set by the ``postgres`` fixture
+
+    def __init__(self, tmp_path: Path, clock: Callable[[], float]) -> None:
+        assert self.server is not None, "use the postgres fixture"
+        self.tmp_path = tmp_path
+        self.clock = clock
+        self.store = RefusingCommits()
+        self.backend: PostgresBackend | None = None
+        self.server.reset()
+
+    def now(self) -> float:
+        return to_micros(self.clock())
+
+    def open(self) -> PostgresBackend:
+        assert self.server is not None
+        self.backend = FlakyPostgresBackend(Pool(conninfo(self.server.url), 10), self.now,
+                                            self.store)
+        return self.backend
+
+    def restart(self, snapshot: bool = False) -> PostgresBackend:
+        assert self.backend is not None
+        if snapshot:
+            self.backend.snapshot()
+        self.backend.close()
+        return self.open()
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
