@@ -53,13 +53,47 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-def make_app(clock: FakeClock) -> Iterator[Callable[..., Flask]]:
-    """Build apps on a real journal in tmp_path; every one is shut down afterwards."""
+def backend_kind(request: Any) -> str:
+    """Where the apps keep their state: the journal, unless a module runs its tests
+    on both backends (``BOTH_BACKENDS``)."""
+    return getattr(request, "param", "journal")
+
+
+# A module marked with this runs each test that builds an app on both backends.
+BOTH_BACKENDS = pytest.mark.both_backends
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "both_backends: run on the journal and on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    if metafunc.definition.get_closest_marker("both_backends") \
+            and "backend_kind" in metafunc.fixturenames:
+        metafunc.parametrize("backend_kind", ["journal", "postgres"], indirect=True)
+
+
+@pytest.fixture
+def make_app(clock: FakeClock, backend_kind: str,
+             request: Any) -> Iterator[Callable[..., Flask]]:
+    """Build apps on a real journal in tmp_path (or on an emptied PostgreSQL database,
+    see ``backend_kind``); every one is shut down afterwards. A second app on the same
+    settings is the same server restarted."""
     apps: list[Flask] = []
+    database = None
+    if backend_kind == "postgres":
+        database = request.getfixturevalue("postgres")
+        database.reset()
 
     def make(settings: Settings, store: Any = None) -> Flask:
-        store = store if store is not None else JournalStore(settings.state_file)
-        app = create_app(settings, clock=clock, store=store, background=False)
+        if database is not None and store is None:
+            from tests.postgres import open_service
+
+            service = open_service(database, settings, clock)
+            app = create_app(settings, clock=clock, service=service, background=False)
+        else:
+            store = store if store is not None else JournalStore(settings.state_file)
+            app = create_app(settings, clock=clock, store=store, background=False)
         apps.append(app)
         return app
 

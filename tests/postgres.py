@@ -206,3 +206,11 @@ class PostgresHarness:
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
+
+
+def open_service(server: PostgresServer, settings: Any, clock: Callable[[], float]) -> Any:
+    """A service on the server's database, moved by ``clock``, as the test apps use."""
+    from dispatch.service import DispatchService
+
+    backend = PostgresBackend(Pool(conninfo(server.url), 10), lambda: to_micros(clock()))
+    return DispatchService(settings, clock=clock, backend=backend)

@@ -10,7 +10,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import START, FakeClock
+from tests.conftest import BOTH_BACKENDS, START, FakeClock
+
+pytestmark = BOTH_BACKENDS
 from tests.helpers import epoch, norm
 
 Json = dict[str, Any]

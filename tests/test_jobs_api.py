@@ -14,7 +14,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import JOB, START, FakeClock
+from tests.conftest import BOTH_BACKENDS, JOB, START, FakeClock
+
+pytestmark = BOTH_BACKENDS
 from tests.helpers import assert_error
 
 JOB_KEYS = {

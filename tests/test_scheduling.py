@@ -13,7 +13,9 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from dispatch.service import DispatchService
-from tests.conftest import START, FakeClock
+from tests.conftest import BOTH_BACKENDS, START, FakeClock
+
+pytestmark = BOTH_BACKENDS
 from tests.helpers import assert_error, epoch, norm
 
 Json = dict[str, Any]

@@ -30,7 +30,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from dispatch.settings import Settings, SettingsError, load_settings
-from tests.conftest import API_KEY, JOB, START, FakeClock
+from tests.conftest import BOTH_BACKENDS, API_KEY, JOB, START, FakeClock
+
+pytestmark = BOTH_BACKENDS
 from tests.server import Server
 
 SECRET = "whsec-0123456789abcdef"

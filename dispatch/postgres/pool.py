@@ -31,6 +31,10 @@ POOL_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3
 STATEMENT_TIMEOUT_MS = 4000
 LOCK_TIMEOUT_MS = 4000
+RECONNECT_TIMEOUT = 2.0
+# While the database is known to be down, a request waits this long for a connection
+# before its 503 (the database coming back clears the failure).
+FAILING_TIMEOUT = 1.0
 # The failures that mean "the database cannot be reached or refused the unit":
 # connection loss, timeouts, deadlocks (psycopg's OperationalError covers those),
 # a connection found broken, and no connection free in time.
@@ -108,7 +112,10 @@ class Pool:
         self.pool = ConnectionPool(
             info, min_size=min(2, size), max_size=size, timeout=POOL_TIMEOUT,
             kwargs={"autocommit": True}, open=False, name="dispatch",
-            reconnect_timeout=24 * 3600,
+            # Give up on a failing connection attempt soon: the next request that
+            # finds no connection starts a fresh one, so the pool is back within
+            # about a second of the database (instead of an ever longer backoff).
+            reconnect_timeout=RECONNECT_TIMEOUT,
         )
         self.pool.open(wait=False)
         self.observe = observe or (lambda kind, seconds: None)
@@ -121,7 +128,8 @@ class Pool:
         database failure inside becomes ``errors.Unavailable``."""
         started = time.perf_counter()
         try:
-            with self.pool.connection() as conn:
+            wait = POOL_TIMEOUT if self.failure is None else FAILING_TIMEOUT
+            with self.pool.connection(timeout=wait) as conn:
                 yield conn
         except DATABASE_DOWN as exc:
             self.failed(exc)
