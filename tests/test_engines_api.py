@@ -11,9 +11,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import BOTH_BACKENDS, START, FakeClock
+from tests.helpers import epoch, norm
 
 pytestmark = BOTH_BACKENDS
-from tests.helpers import epoch, norm
 
 Json = dict[str, Any]
 

@@ -14,7 +14,7 @@ from werkzeug.test import TestResponse
 
 from dispatch.schemas import JobEventsSchema
 from dispatch.settings import Settings
-from tests.conftest import BOTH_BACKENDS, API_KEY, JOB, START, FakeClock
+from tests.conftest import API_KEY, BOTH_BACKENDS, JOB, START, FakeClock
 
 pytestmark = BOTH_BACKENDS
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 import requests
@@ -126,7 +127,7 @@ def test_engines_racing_over_two_instances_complete_each_job_once(
     events = rows(postgres, "SELECT job_id, events FROM jobs")
     spans: dict[str, list[tuple[float, float]]] = {}
     for job_id, encoded in events:
-        kinds = Counter(event[1] for event in __import__("orjson").loads(encoded))
+        kinds = Counter(event[1] for event in orjson.loads(encoded))
         assert (1, 1) == (kinds["assigned"], kinds["completed"]), job_id
     for record, in rows(postgres, "SELECT record FROM jobs"):
         spans.setdefault(record["assigned_engine"], []).append(
@@ -134,7 +135,7 @@ def test_engines_racing_over_two_instances_complete_each_job_once(
     assert 8 >= len(spans)
     for engine_id, held in spans.items():
         held.sort()
-        for (_, done), (start, _) in zip(held, held[1:]):
+        for (_, done), (start, _) in zip(held, held[1:], strict=False):
             assert done <= start, f"{engine_id} held two jobs at once"
     engines = a.request("GET", "/engines/").json()["engines"]
     assert 500 == sum(e["jobs_completed"] for e in engines)

@@ -14,9 +14,9 @@ from werkzeug.test import TestResponse
 
 from dispatch.service import DispatchService
 from tests.conftest import BOTH_BACKENDS, START, FakeClock
+from tests.helpers import assert_error, epoch, norm
 
 pytestmark = BOTH_BACKENDS
-from tests.helpers import assert_error, epoch, norm
 
 Json = dict[str, Any]
 
