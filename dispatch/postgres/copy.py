@@ -51,8 +51,13 @@ def _now() -> float:
 # --------------------------------------------------------------- state file
 
 
+def _has_state(path: str) -> bool:
+    """Whether a state file or its journal is there."""
+    return os.path.exists(path) or os.path.exists(path + ".wal")
+
+
 def read_file(path: str) -> Farm:
-    if not os.path.exists(path):
+    if not _has_state(path):
         raise errors.StateError(f"state file {path} does not exist")
     backend = MemoryBackend(JournalStore(path), _now)
     try:
@@ -67,7 +72,7 @@ def read_file(path: str) -> Farm:
 
 
 def write_file(path: str, farm: Farm) -> None:
-    if os.path.exists(path):
+    if _has_state(path):
         raise errors.StateError(f"refusing to write {path}: it exists (the target must be "
                                 "empty; move it away first)")
     backend = MemoryBackend(JournalStore(path), _now)
