@@ -6,11 +6,14 @@ set -euo pipefail
 
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+# For programs Debian keeps out of PATH (a glob over its versioned folders).
+need_glob() { compgen -G "$1" >/dev/null || missing+=("$2"); }
 
 check_all() {
     missing=()
     need /usr/sbin/nginx nginx            # tests/test_deploy.py runs its own nginx on loopback
     need systemd-analyze systemd          # to verify the unit files
+    need_glob '/usr/lib/postgresql/*/bin/pg_ctl' postgresql  # tests/postgres.py: initdb, pg_ctl
 }
 
 check_all
