@@ -65,7 +65,8 @@ def _run_as() -> list[str]:
 class PostgresServer:
     """One cluster in a temporary folder; ``url`` reaches its ``dispatch`` database."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable  # fsync on (the benchmarks), else off (the tests)
         self.folder = Path(tempfile.mkdtemp(prefix="distconv-pg-"))
         self.data = self.folder / "data"
         self.port = free_port()
@@ -95,8 +96,9 @@ class PostgresServer:
         # fsync off: the tests kill servers, not machines; synchronous commit stays on,
         # so a commit is still acknowledged only once PostgreSQL has it.
         options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c full_page_writes=off -c max_connections=200 "
-                   "-c shared_buffers=64MB")
+                   "-c max_connections=200 -c shared_buffers=128MB")
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._as_owner(find_bin("pg_ctl"), "-D", str(self.data), "-o", options,
                        "-l", str(self.folder / "postgres.log"), "-w", "-t", "60", "start")
 

@@ -266,3 +266,25 @@ def test_postgresql_stopped_and_started_under_load(
     assert max(seconds for _, _, seconds in answers) < 10
     stored = {job_id for job_id, in rows(postgres, "SELECT job_id FROM jobs")}
     assert set(acknowledged) <= stored
+
+
+def test_the_queue_limit_is_exact_across_instances(
+        farm: Callable[..., Server], postgres: PostgresServer) -> None:
+    """250 places (the test database allows 200 connections: the first submissions
+    share the room lock, the last ones take it alone), 400 submissions racing through
+    two instances: exactly 250 accepted."""
+    a, b = farm("--queue-size", "250", workers=2), farm("--queue-size", "250", workers=2)
+    statuses: list[int] = []
+
+    def submit(n: int) -> None:
+        server = (a, b)[n % 2]
+        response = requests.post(server.url + "/jobs/", json=JOB, headers=server.headers,
+                                 timeout=10)
+        if response.status_code == 503:
+            assert "queue_full" == response.json()["error"]["code"]
+        statuses.append(response.status_code)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(submit, range(400)))
+    assert {201: 250, 503: 150} == dict(Counter(statuses))
+    assert [(250,)] == rows(postgres, "SELECT count(*) FROM jobs")

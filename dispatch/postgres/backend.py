@@ -38,9 +38,12 @@ class Unit:
     """One open unit: the transaction's connection and the rows it has locked (so
     ``put`` knows what a job was, for the history, without reading it again)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], instance: str | None) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], instance: str | None,
+                 connections: int) -> None:
         self.conn = conn
         self.instance = instance
+        self.connections = connections  # the most units that can be in flight at once
+        self.after: list[str] = []  # statements to run once the unit has ended
         self.locked: dict[str, tuple[Job | None, bytes | None]] = {}
         self.jobs = repo.Jobs(self)
         self.engines = repo.Engines(self)
@@ -60,13 +63,19 @@ class PostgresBackend:
         self.lease: Any = None  # the background-work lease (``lease.Lease``), once started
         # This instance's name, once it sends webhooks (then it claims the deliveries).
         self.instance: str | None = None
+        self._connections: int | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[Unit]:
         with self.pool.connection("transaction") as conn:
-            with conn.transaction():
-                yield Unit(conn, self.instance)
-                self.before_commit(conn)
+            unit = Unit(conn, self.instance, self.max_connections(conn))
+            try:
+                with conn.transaction():
+                    yield unit
+                    self.before_commit(conn)
+            finally:
+                for statement in unit.after:  # session locks held until the end
+                    conn.execute(statement)
 
     def before_commit(self, conn: psycopg.Connection[Any]) -> None:
         """Called as a unit is about to commit (a test makes it fail here)."""
@@ -76,7 +85,14 @@ class PostgresBackend:
         # A transaction too: reading deliveries claims them (``Deliveries.due``).
         with self.pool.connection("read") as conn:
             with conn.transaction():
-                yield Unit(conn, self.instance)
+                yield Unit(conn, self.instance, self._connections or 0)
+
+    def max_connections(self, conn: psycopg.Connection[Any]) -> int:
+        """The database's connection limit, read once."""
+        if self._connections is None:
+            row = conn.execute("SELECT current_setting('max_connections')::int").fetchone()
+            self._connections = int(row[0]) if row else 100
+        return self._connections
 
     def peek_job(self, job_id: str) -> Job | None:
         with self.pool.connection("peek") as conn:

@@ -21,7 +21,7 @@ from dispatch.memory_backend import MemoryBackend
 from dispatch.models import Engine, Job, to_micros
 from dispatch.postgres import migrate
 from dispatch.postgres.pool import connect, conninfo
-from dispatch.postgres.repositories import UPSERT_JOB, job_columns
+from dispatch.postgres.repositories import JOB_COLUMNS, job_columns
 
 _STATE_TABLES = ("jobs", "engines", "idempotency", "deliveries")
 
@@ -125,10 +125,11 @@ def write_database(conn: psycopg.Connection[Any], farm: Farm) -> None:
                     f"refusing to write to the database: its {table} table is not empty "
                     "(the target must be empty)")
         with conn.cursor() as cur:
-            cur.executemany(UPSERT_JOB, [
-                job_columns(job, history.encode(farm.history[job.job_id])
-                             if job.job_id in farm.history else None)
-                for job in farm.jobs])
+            with cur.copy(f"COPY jobs ({JOB_COLUMNS}) FROM STDIN") as copy:
+                for job in farm.jobs:
+                    events = farm.history.get(job.job_id)
+                    copy.write_row(job_columns(job, None if events is None
+                                               else history.encode(events)))
             cur.executemany("INSERT INTO engines (engine_id, record) VALUES (%s, %s)",
                             [(e.engine_id, Jsonb(e.to_record())) for e in farm.engines])
             cur.executemany(

@@ -40,6 +40,7 @@ CLAIM_ROUNDS = 4  # fresh candidate lists read when other units hold every one
 DELIVERY_CLAIM_SECONDS = 60.0  # an instance that took a delivery and died: retried after
 
 SELECT_JOB = "SELECT record, seq FROM jobs"
+_UNLOCK_SHARED_ROOM = f"SELECT pg_advisory_unlock_shared({LOCK_SPACE}, {ROOM_LOCK})"
 _ACTIVE = "status IN ('assigned', 'processing')"
 _FINISHED = "status IN ('completed', 'failed', 'cancelled')"
 
@@ -55,10 +56,11 @@ def job_columns(job: Job, events: bytes | None) -> tuple[Any, ...]:
             Jsonb(job.to_record()), events)
 
 
-UPSERT_JOB = """
-INSERT INTO jobs (job_id, seq, status, target_codec, codec_family, priority, job_size,
-                  created_at, retry_at, assigned_at, completed_at, assigned_engine,
-                  record, events)
+JOB_COLUMNS = ("job_id, seq, status, target_codec, codec_family, priority, job_size, "
+               "created_at, retry_at, assigned_at, completed_at, assigned_engine, record, "
+               "events")
+UPSERT_JOB = f"""
+INSERT INTO jobs ({JOB_COLUMNS})
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (job_id) DO UPDATE SET
     status = EXCLUDED.status, target_codec = EXCLUDED.target_codec,
@@ -86,14 +88,14 @@ FROM p {families} CROSS JOIN LATERAL (
       AND (retry_at IS NULL OR retry_at <= %(now)s)
       AND (%(capacity)s::float8 IS NULL OR job_size <= %(capacity)s::float8)
       AND job_id <> ALL(%(passed)s::text[])
-    ORDER BY seq LIMIT %(per_bucket)s
+    ORDER BY {order} LIMIT %(per_bucket)s
 ) c
 WHERE p.priority IS NOT NULL
 """
-_CANDIDATES_ANY = _CANDIDATES.format(families="", family_match="")
+_CANDIDATES_ANY = _CANDIDATES.format(families="", family_match="", order="priority, seq")
 _CANDIDATES_OF = _CANDIDATES.format(
     families="CROSS JOIN unnest(%(families)s::text[]) AS f(family)",
-    family_match="AND codec_family = f.family")
+    family_match="AND codec_family = f.family", order="codec_family, priority, seq")
 
 
 class _Repository:
@@ -165,9 +167,22 @@ class Jobs(_Repository):
         return int(row[0]) if row else 0
 
     def reserve_room(self, count: int, limit: int) -> int | None:
-        # The lock first, the count in a later statement: its snapshot then holds
-        # every submission committed by the units that had the lock before.
-        self.unit.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, ROOM_LOCK))
+        # Single submissions far from the limit share the room lock: each in flight
+        # adds one job, and no more units can be in flight than the database has
+        # connections, so the limit holds without making them wait on one another.
+        # Near the limit, and for batches, the lock is taken alone (it waits for the
+        # shared holders to commit); the count comes in a later statement than the
+        # lock, so its snapshot holds every unit that had the lock before.
+        unit = self.unit
+        if count == 1:
+            unit.execute("SELECT pg_advisory_lock_shared(%s, %s)", (LOCK_SPACE, ROOM_LOCK))
+            unit.after.append(_UNLOCK_SHARED_ROOM)
+            pending = self._count("pending")
+            if pending + count + unit.connections <= limit:
+                return None
+            unit.after.remove(_UNLOCK_SHARED_ROOM)
+            unit.execute(_UNLOCK_SHARED_ROOM)
+        unit.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, ROOM_LOCK))
         pending = self._count("pending")
         return None if pending + count <= limit else pending
 
@@ -261,12 +276,16 @@ class Jobs(_Repository):
         return job_from_row(row) if row else None
 
     def queue_position(self, job: Job, now: float) -> int:
+        # Two index ranges (higher priorities; the same one, created before), counted
+        # in the index alone: cheap, though it grows with the jobs ahead.
+        ready = ("status = 'pending' AND codec_family = %(family)s AND target_codec = "
+                 "%(codec)s AND (retry_at IS NULL OR retry_at <= %(now)s)")
         row = self.unit.execute(
-            "SELECT count(*) FROM jobs WHERE status = 'pending' AND codec_family = %s "
-            "AND target_codec = %s AND (retry_at IS NULL OR retry_at <= %s) "
-            "AND (priority > %s OR (priority = %s AND seq < %s))",
-            (codecs.family(job.target_codec), job.target_codec, now, job.priority,
-             job.priority, job.seq)).fetchone()
+            f"SELECT (SELECT count(*) FROM jobs WHERE {ready} AND priority > %(priority)s)"
+            f" + (SELECT count(*) FROM jobs WHERE {ready} AND priority = %(priority)s"
+            " AND seq < %(seq)s)",
+            {"family": codecs.family(job.target_codec), "codec": job.target_codec,
+             "now": now, "priority": job.priority, "seq": job.seq}).fetchone()
         return 1 + (int(row[0]) if row else 0)
 
     def finished_before(self, cutoff: float, limit: int) -> list[Job]:

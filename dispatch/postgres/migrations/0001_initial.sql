@@ -23,8 +23,11 @@ CREATE TABLE jobs (
 
 -- Assignment: each (family, priority) bucket of pending jobs in creation order, and
 -- every priority bucket for engines that take any codec.
-CREATE INDEX jobs_pending_family ON jobs (codec_family, priority, seq) WHERE status = 'pending';
-CREATE INDEX jobs_pending_priority ON jobs (priority, seq) WHERE status = 'pending';
+-- They carry what assignment and queue positions read, so both are index-only scans.
+CREATE INDEX jobs_pending_family ON jobs (codec_family, priority, seq)
+    INCLUDE (job_id, target_codec, job_size, created_at, retry_at) WHERE status = 'pending';
+CREATE INDEX jobs_pending_priority ON jobs (priority, seq)
+    INCLUDE (job_id, target_codec, job_size, created_at, retry_at) WHERE status = 'pending';
 -- Paging by status, the oldest pending job.
 CREATE INDEX jobs_status_seq ON jobs (status, seq);
 -- The jobs an engine holds.
