@@ -4,9 +4,10 @@ each a view of one open unit (``backend.Unit``).
 How each rule that reads and then writes is made atomic across processes:
 
 - a job or engine read ``for update`` is row-locked until the unit ends;
-- queue room: the unit takes an advisory transaction lock, then counts, so two
-  submissions cannot both take the last place;
-- choosing a job: the unit takes the claim lock (the concurrency limit is a count),
+- queue room: the unit takes an advisory lock, then counts, so two submissions
+  cannot both take the last place (``Jobs._within``);
+- choosing a job: the unit takes the claim lock the same way (the concurrency
+  limit is a count),
   reads the best candidates of every (codec family, priority) bucket through the
   partial indexes, lets ``scheduler.pick_job`` choose among them (the rules live there
   only), and locks the chosen row with ``FOR UPDATE SKIP LOCKED``, re-checking that
@@ -40,7 +41,6 @@ CLAIM_ROUNDS = 4  # fresh candidate lists read when other units hold every one
 DELIVERY_CLAIM_SECONDS = 60.0  # an instance that took a delivery and died: retried after
 
 SELECT_JOB = "SELECT record, seq FROM jobs"
-_UNLOCK_SHARED_ROOM = f"SELECT pg_advisory_unlock_shared({LOCK_SPACE}, {ROOM_LOCK})"
 _ACTIVE = "status IN ('assigned', 'processing')"
 _FINISHED = "status IN ('completed', 'failed', 'cancelled')"
 
@@ -166,30 +166,36 @@ class Jobs(_Repository):
                                 "WHERE status = ANY(%s)", (list(statuses),)).fetchone()
         return int(row[0]) if row else 0
 
-    def reserve_room(self, count: int, limit: int) -> int | None:
-        # Single submissions far from the limit share the room lock: each in flight
-        # adds one job, and no more units can be in flight than the database has
-        # connections, so the limit holds without making them wait on one another.
-        # Near the limit, and for batches, the lock is taken alone (it waits for the
-        # shared holders to commit); the count comes in a later statement than the
-        # lock, so its snapshot holds every unit that had the lock before.
+    def _within(self, lock: int, adding: int, limit: int, *statuses: str) -> int:
+        """Lock the count of jobs in ``statuses`` for a rule that adds ``adding`` to it
+        and must keep it within ``limit``; return the count.
+
+        One at a time far from the limit, units share the lock: each in flight adds
+        one, and no more units can be in flight than the database has connections,
+        so the limit holds without them waiting on one another. Near the limit (and
+        for batches) the lock is taken alone, which waits for the sharing units to
+        commit. The count is read in a later statement than the lock, so its snapshot
+        holds every unit that held the lock before."""
         unit = self.unit
-        if count == 1:
-            unit.execute("SELECT pg_advisory_lock_shared(%s, %s)", (LOCK_SPACE, ROOM_LOCK))
-            unit.after.append(_UNLOCK_SHARED_ROOM)
-            pending = self._count("pending")
-            if pending + count + unit.connections <= limit:
-                return None
-            unit.after.remove(_UNLOCK_SHARED_ROOM)
-            unit.execute(_UNLOCK_SHARED_ROOM)
-        unit.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, ROOM_LOCK))
-        pending = self._count("pending")
+        if adding == 1:
+            unlock = f"SELECT pg_advisory_unlock_shared({LOCK_SPACE}, {lock})"
+            unit.execute("SELECT pg_advisory_lock_shared(%s, %s)", (LOCK_SPACE, lock))
+            unit.after.append(unlock)  # a session lock: released once the unit ended
+            current = self._count(*statuses)
+            if current + adding + unit.connections <= limit:
+                return current
+            unit.after.remove(unlock)
+            unit.execute(unlock)
+        unit.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, lock))
+        return self._count(*statuses)
+
+    def reserve_room(self, count: int, limit: int) -> int | None:
+        pending = self._within(ROOM_LOCK, count, limit, "pending")
         return None if pending + count <= limit else pending
 
     def claim_next(self, engine: Engine, capabilities: Iterable[str] | None, now: float,
                    policy: Policy, max_active: int) -> Job | None:
-        self.unit.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, CLAIM_LOCK))
-        if self._count("assigned", "processing") >= max_active:
+        if self._within(CLAIM_LOCK, 1, max_active, "assigned", "processing") >= max_active:
             return None
         names = list(capabilities) if capabilities is not None else list(
             engine.supported_codecs)
