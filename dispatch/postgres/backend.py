@@ -22,7 +22,7 @@ import psycopg
 
 from dispatch.models import Job
 from dispatch.postgres import repositories as repo
-from dispatch.postgres.pool import Pool
+from dispatch.postgres.pool import DATABASE_DOWN, Pool, reason
 
 log = logging.getLogger("dispatch.postgres")
 
@@ -74,8 +74,21 @@ class PostgresBackend:
                     yield unit
                     self.before_commit(conn)
             finally:
-                for statement in unit.after:  # session locks held until the end
-                    conn.execute(statement)
+                self._after(conn, unit.after)
+
+    @staticmethod
+    def _after(conn: psycopg.Connection[Any], statements: list[str]) -> None:
+        """Release the session locks a unit held until its end. A connection that
+        broke meanwhile has released them with its session; the unit's outcome
+        stands either way (a committed unit is never reported as failed here)."""
+        for statement in statements:
+            try:
+                conn.execute(statement)
+            except DATABASE_DOWN as exc:
+                log.warning("lock release failed (the session ends with it): %s",
+                            reason(exc))
+                conn.close()
+                return
 
     def before_commit(self, conn: psycopg.Connection[Any]) -> None:
         """Called as a unit is about to commit (a test makes it fail here)."""
