@@ -152,12 +152,14 @@ def copy_state(source: str, target: str, password_file: str | None = None) -> Fa
     """Copy the farm at ``source`` to ``target`` (each a state file path or a
     ``postgresql://`` URL); raise StateError (refused) or Unavailable (no database)."""
     if is_database(source):
-        with connect(conninfo(source, password_file, application="copy-state")) as conn:
+        with connect(conninfo(source, password_file, application="copy-state"),
+                     unbounded=True) as conn:
             farm = read_database(conn)
     else:
         farm = read_file(source)
     if is_database(target):
-        with connect(conninfo(target, password_file, application="copy-state")) as conn:
+        with connect(conninfo(target, password_file, application="copy-state"),
+                     unbounded=True) as conn:
             write_database(conn, farm)
     else:
         write_file(target, farm)

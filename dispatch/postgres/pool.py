@@ -87,10 +87,16 @@ def safe_url(url: str) -> str:
            f"{parts.get('port', 5432)}/{parts.get('dbname', '')}"
 
 
-def connect(info: str) -> psycopg.Connection[Any]:
-    """One connection outside the pool (migrations, the lease, copy-state)."""
+def connect(info: str, *, unbounded: bool = False) -> psycopg.Connection[Any]:
+    """One connection outside the pool (migrations, the lease, copy-state);
+    ``unbounded``: without the statement and lock timeouts that bound a request
+    (a migration or a copy may take long, or wait for another instance's)."""
     try:
-        return psycopg.connect(info, autocommit=True)
+        conn = psycopg.connect(info, autocommit=True)
+        if unbounded:
+            conn.execute("SET statement_timeout = 0")
+            conn.execute("SET lock_timeout = 0")
+        return conn
     except DATABASE_DOWN as exc:
         raise errors.Unavailable(f"the database cannot be reached: {reason(exc)}") from None
 

@@ -26,7 +26,7 @@ log = logging.getLogger("dispatch.postgres")
 def upgrade_url(url: str, password_file: str | None) -> list[str]:
     """Apply the missing migrations; raises StateError (a database newer than this
     server) or Unavailable (no database)."""
-    with connect(conninfo(url, password_file)) as conn:
+    with connect(conninfo(url, password_file), unbounded=True) as conn:
         return migrate.upgrade(conn)
 
 
