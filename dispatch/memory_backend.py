@@ -90,9 +90,11 @@ class MemoryBackend:
         try:
             if failed or not ops:
                 if changes:
-                    self._revert(changes)
-                    changes.clear()
-                    ops.clear()
+                    try:
+                        self._revert(changes)
+                    finally:  # the next unit starts empty whatever happened
+                        changes.clear()
+                        ops.clear()
                 return None
             self._ops, self._changes = [], []  # these two go to the store and undo log
             durable = self.store.durable_seq
