@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from itertools import islice
 from types import TracebackType
 from typing import Any
@@ -43,6 +43,8 @@ class MemoryBackend:
         self._undo: deque[tuple[int, list[Change]]] = deque()  # not yet durable
         self._ops: list[Op] = []  # the open unit's operations
         self._changes: list[Change] = []  # and what they replaced
+        self._unit = _Unit(self)  # one for every unit: what a unit holds is above
+        self._reading = _Reading(self.lock, self)
         self.jobs = MemoryJobs(self)
         self.engines = MemoryEngines(self)
         self.idempotency = MemoryIdempotency(self)
@@ -58,10 +60,10 @@ class MemoryBackend:
     # ------------------------------------------------------------- units
 
     def transaction(self) -> _Unit:
-        return _Unit(self)
+        return self._unit
 
-    def read(self) -> _Unit:
-        return _Unit(self)
+    def read(self) -> _Reading:
+        return self._reading
 
     def peek_job(self, job_id: str) -> Job | None:
         return self.state.jobs.get(job_id)
@@ -80,18 +82,21 @@ class MemoryBackend:
 
     def begin(self) -> None:
         self.lock.acquire()
-        self._ops = []
-        self._changes = []
 
     def end(self, failed: bool) -> int | None:
         """Close the open unit (caller holds the lock, released here): undo it when
         ``failed``, else hand it to the store; the sequence to wait for, if any."""
         ops, changes = self._ops, self._changes
-        self._ops, self._changes = [], []
         try:
             if failed or not ops:
-                self._revert(changes)
+                if changes:
+                    try:
+                        self._revert(changes)
+                    finally:  # the next unit starts empty whatever happened
+                        changes.clear()
+                        ops.clear()
                 return None
+            self._ops, self._changes = [], []  # these two go to the store and undo log
             durable = self.store.durable_seq
             while self._undo and self._undo[0][0] <= durable:
                 self._undo.popleft()
@@ -155,8 +160,8 @@ class MemoryBackend:
 
 
 class _Unit:
-    """One unit of work: the backend is the transaction (its repositories work on
-    the tables the unit's lock guards)."""
+    """A unit of work: the backend is the transaction (its repositories work on the
+    tables the unit's lock guards). Holds nothing of its own, so one serves all."""
 
     __slots__ = ("backend",)
 
@@ -182,6 +187,23 @@ class _Tables:
     def __init__(self, backend: MemoryBackend) -> None:
         self.backend = backend
         self.state = backend.state
+
+
+class _Reading:
+    """A unit that only reads: the lock, and the backend's repositories."""
+
+    __slots__ = ("lock", "backend")
+
+    def __init__(self, lock: threading.Lock, backend: MemoryBackend) -> None:
+        self.lock = lock
+        self.backend = backend
+
+    def __enter__(self) -> MemoryBackend:
+        self.lock.acquire()
+        return self.backend
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 class MemoryJobs(_Tables):
@@ -275,8 +297,8 @@ class MemoryEngines(_Tables):
     def delete(self, engine_id: str) -> None:
         self.backend.put("engine", engine_id, None, None)
 
-    def all(self) -> list[Engine]:
-        return list(self.state.engines.values())
+    def all(self) -> Collection[Engine]:
+        return self.state.engines.values()
 
 
 class MemoryIdempotency(_Tables):

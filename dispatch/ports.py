@@ -30,7 +30,7 @@ this with those pure functions, so no rule can forget them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -115,7 +115,8 @@ class EngineRepository(Protocol):
 
     def delete(self, engine_id: str) -> None: ...
 
-    def all(self) -> Sequence[Engine]: ...
+    def all(self) -> Collection[Engine]:
+        """Every engine (not to be changed while iterating)."""
 
 
 class IdempotencyRepository(Protocol):

@@ -10,7 +10,7 @@ from typing import Any
 from dispatch import errors, history, reports
 from dispatch.models import Job
 from dispatch.ports import UnitOfWork
-from dispatch.service_base import Clock, ServicePart, engine_for_update
+from dispatch.service_base import Clock, ServicePart
 from dispatch.settings import Settings
 
 
@@ -69,7 +69,10 @@ class Queries(ServicePart):
 
     def get_engine(self, engine_id: str) -> dict[str, Any]:
         with self.uow.read() as tx:
-            return reports.engine_view(tx, engine_for_update(tx, engine_id))
+            engine = tx.engines.get(engine_id)
+            if engine is None:
+                raise errors.EngineNotFound(engine_id)
+            return reports.engine_view(tx, engine)
 
     # ---------------------------------------------------------------- system
 

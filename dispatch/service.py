@@ -33,6 +33,8 @@ __all__ = ["AssignResult", "Clock", "DispatchService", "Page"]
 class DispatchService:
     def __init__(self, settings: Settings, store: Store | None = None,
                  clock: Clock | None = None, backend: UnitOfWork | None = None) -> None:
+        """``backend`` holds the state; without it, the memory backend over ``store``
+        (a MemoryStore when none is given), loaded from what the store recovers."""
         self.settings = settings
         self.store: Store = store if store is not None else MemoryStore()
         self.clock: Clock = clock or time.time

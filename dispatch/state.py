@@ -1,6 +1,6 @@
 """The in-memory state: jobs, engines and the tables beside them, with every index.
 
-Not thread-safe on its own: the service calls it under its lock. ``put`` and
+Not thread-safe on its own: the memory backend calls it under its lock. ``put`` and
 ``restore`` are the only ways in, so an index can never disagree with its table, and a
 change the store refused can be undone exactly (``put`` returns what it replaced).
 """

@@ -29,6 +29,7 @@ class FlakyStore:
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.refuse_append = False
+        self.appended = 0  # changes appended so far
         self._refused_after: int | None = None
         self.gate: threading.Event | None = None
 
@@ -42,7 +43,9 @@ class FlakyStore:
     def append(self, ops: Sequence[Op]) -> int:
         if self.refuse_append:
             raise PersistenceError("no space left on device (test)")
-        return self.inner.append(ops)
+        seq = self.inner.append(ops)
+        self.appended += 1
+        return seq
 
     def wait_durable(self, seq: int) -> None:
         if self._refused_after is not None and seq > self._refused_after:
@@ -131,7 +134,20 @@ HARNESSES: list[Any] = [MemoryHarness, JournalHarness, PostgresHarness]
 @pytest.fixture(params=HARNESSES, ids=[h.name for h in HARNESSES])
 def harness(request: Any, tmp_path: Path, clock: FakeClock) -> Iterator[Harness]:
     if request.param is PostgresHarness:
-        request.getfixturevalue("postgres")
+        request.getfixturevalue("postgres")  # the session's server, started once
+    harness: Harness = request.param(tmp_path, clock)
+    yield harness
+    harness.close()
+
+
+DURABLE = [h for h in HARNESSES if h.durable]
+
+
+@pytest.fixture(params=DURABLE, ids=[h.name for h in DURABLE])
+def durable_harness(request: Any, tmp_path: Path, clock: FakeClock) -> Iterator[Harness]:
+    """Only the backends that keep their state across a restart."""
+    if request.param is PostgresHarness:
+        request.getfixturevalue("postgres")  # the session's server, started once
     harness: Harness = request.param(tmp_path, clock)
     yield harness
     harness.close()

@@ -135,17 +135,17 @@ class PostgresServer:
 
 
 class RefusingCommits:
-    """What the contract suite's harness calls the store: ``refuse_append`` makes the
-    next commits fail as a lost database would; ``refuse_durable`` makes every later
-    commit fail once ``gate`` opens (units pile up at their commit until then).
-    ``durable_seq`` counts the units that reached their commit."""
+    """What the contract suite's harness calls the store (``tests.backends.FlakyStore``):
+    ``refuse_append`` makes the next commits fail as a lost database would;
+    ``refuse_durable`` makes every later commit fail once ``gate`` opens (units pile up
+    at their commit until then). ``appended`` counts the units that reached their
+    commit unrefused."""
 
     def __init__(self) -> None:
         self.refuse_append = False
         self.gate: threading.Event | None = None
         self.refusing = False
-        self.durable_seq = 0
-        self.inner = self
+        self.appended = 0
         self._lock = threading.Lock()
 
     def refuse_durable(self, gate: threading.Event | None = None) -> None:
@@ -153,10 +153,10 @@ class RefusingCommits:
         self.gate = gate
 
     def at_commit(self) -> None:
-        with self._lock:
-            self.durable_seq += 1
         if self.refuse_append:
             raise psycopg.OperationalError("server closed the connection (test)")
+        with self._lock:
+            self.appended += 1
         if self.refusing:
             if self.gate is not None:
                 self.gate.wait(10)
