@@ -164,6 +164,13 @@ def test_one_idempotency_key_through_two_instances_makes_one_job(
         assert [200] * 7 + [201] == sorted(status for status, _ in got), key
         assert 1 == len({job_id for _, job_id in got}), key
     assert [(20,)] == rows(postgres, "SELECT count(*) FROM jobs")
+    # /metrics shows the worker's pool and how long its units held a connection.
+    session = requests.Session()  # one keep-alive connection: one worker
+    session.get(a.url + "/metrics", timeout=10)  # its counts are read in a unit
+    metrics = session.get(a.url + "/metrics", timeout=10).text
+    assert 'distconv_db_unit_seconds_count{kind="read"}' in metrics
+    for gauge in ("pool_size", "pool_available", "requests_waiting", "connections_lost"):
+        assert f"distconv_db_{gauge} " in metrics
 
 
 def test_kill_9_of_an_instance_loses_nothing_and_its_background_work_moves(
