@@ -58,3 +58,39 @@ def test_each_due_delivery_goes_to_one_instance_until_its_claim_runs_out(
     finally:
         a.close()
         b.close()
+
+
+def test_queue_positions_count_ready_jobs_ahead_however_long_the_bucket(
+        postgres: PostgresServer, clock: FakeClock) -> None:
+    """A position is 1 + the ready jobs of the codec ahead: higher priorities, then
+    those of its own priority created before it (jobs in backoff do not count); in a
+    long bucket it comes from the counts rather than a scan."""
+    postgres.reset()
+    backend = instance(postgres, clock, "a")
+    plain = {**JOB, "callback_url": None}
+    try:
+        now = to_micros(clock())
+        with backend.transaction() as tx:
+            bucket = []
+            for n in range(2600):
+                job = rules.new_job(plain, tx.jobs.allocate_seq(), now, SETTINGS)
+                if n % 100 == 7:  # 26 in backoff, spread over the bucket
+                    job = replace(job, retry_at=now + 60)
+                tx.jobs.put(job)
+                bucket.append(job)
+            for _ in range(10):
+                tx.jobs.put(rules.new_job({**plain, "priority": 1}, tx.jobs.allocate_seq(),
+                                          now, SETTINGS))
+            for _ in range(5):
+                tx.jobs.put(rules.new_job({**plain, "target_codec": "vp9", "priority": 5},
+                                          tx.jobs.allocate_seq(), now, SETTINGS))
+        backend.compact()
+        with backend.read() as tx:
+            for index in (0, 8, 150, 1999, 2001, 2300, 2599):
+                job = bucket[index]
+                ahead = sum(1 for other in bucket[:index] if other.retry_at is None)
+                assert 1 + 10 + ahead == tx.jobs.queue_position(job, now), index
+            # Once the backoff is over, those jobs are in line again.
+            assert 1 + 10 + 2300 == tx.jobs.queue_position(bucket[2300], now + 60)
+    finally:
+        backend.close()

@@ -29,8 +29,9 @@ log = logging.getLogger("dispatch.postgres")
 # Job counts are kept as deltas; folding them keeps a count a sum over a few rows.
 COMPACT_COUNTS = (
     "WITH d AS (DELETE FROM job_counts RETURNING *) "
-    "INSERT INTO job_counts (status, n, time_sum, time_n) "
-    "SELECT status, sum(n), sum(time_sum), sum(time_n) FROM d GROUP BY status"
+    "INSERT INTO job_counts (status, n, time_sum, time_n, target_codec, priority) "
+    "SELECT status, sum(n), sum(time_sum), sum(time_n), target_codec, priority FROM d "
+    "GROUP BY status, target_codec, priority"
 )
 
 

@@ -39,6 +39,7 @@ ROOM_LOCK = 1
 CLAIM_LOCK = 2
 CLAIM_ROUNDS = 4  # fresh candidate lists read when other units hold every one
 DELIVERY_CLAIM_SECONDS = 60.0  # an instance that took a delivery and died: retried after
+POSITION_SCAN = 2000  # index entries counted one by one for a queue position, at most
 
 SELECT_JOB = "SELECT record, seq FROM jobs"
 _ACTIVE = "status IN ('assigned', 'processing')"
@@ -282,17 +283,36 @@ class Jobs(_Repository):
         return job_from_row(row) if row else None
 
     def queue_position(self, job: Job, now: float) -> int:
-        # Two index ranges (higher priorities; the same one, created before), counted
-        # in the index alone: cheap, though it grows with the jobs ahead.
-        ready = ("status = 'pending' AND codec_family = %(family)s AND target_codec = "
-                 "%(codec)s AND (retry_at IS NULL OR retry_at <= %(now)s)")
-        row = self.unit.execute(
-            f"SELECT (SELECT count(*) FROM jobs WHERE {ready} AND priority > %(priority)s)"
-            f" + (SELECT count(*) FROM jobs WHERE {ready} AND priority = %(priority)s"
-            " AND seq < %(seq)s)",
-            {"family": codecs.family(job.target_codec), "codec": job.target_codec,
-             "now": now, "priority": job.priority, "seq": job.seq}).fetchone()
-        return 1 + (int(row[0]) if row else 0)
+        """From the counts by codec and priority, less the jobs in backoff; within
+        the job's own bucket, the jobs created before it are counted in the index
+        when they are few, else the bucket's count less those created since."""
+        unit = self.unit
+        key = {"family": codecs.family(job.target_codec), "codec": job.target_codec,
+               "now": now, "priority": job.priority, "seq": job.seq,
+               "few": POSITION_SCAN}
+        bucket = ("status = 'pending' AND codec_family = %(family)s "
+                  "AND target_codec = %(codec)s AND priority = %(priority)s")
+        ready = "(retry_at IS NULL OR retry_at <= %(now)s)"
+        row = unit.execute(
+            "SELECT coalesce(sum(n) FILTER (WHERE priority > %(priority)s), 0),"
+            " coalesce(sum(n) FILTER (WHERE priority = %(priority)s), 0) FROM job_counts"
+            " WHERE status = 'pending' AND target_codec = %(codec)s", key).fetchone()
+        higher, same = (int(row[0]), int(row[1])) if row else (0, 0)
+        row = unit.execute(
+            "SELECT count(*) FILTER (WHERE priority > %(priority)s),"
+            " count(*) FILTER (WHERE priority = %(priority)s AND seq < %(seq)s)"
+            " FROM jobs WHERE status = 'pending' AND target_codec = %(codec)s"
+            " AND retry_at > %(now)s", key).fetchone()
+        backoff_higher, backoff_before = (int(row[0]), int(row[1])) if row else (0, 0)
+        row = unit.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {bucket} AND {ready}"
+            " AND seq < %(seq)s LIMIT %(few)s) AS before", key).fetchone()
+        before = int(row[0]) if row else 0
+        if before >= POSITION_SCAN:
+            row = unit.execute(f"SELECT count(*) FROM jobs WHERE {bucket} AND seq >= %(seq)s",
+                               key).fetchone()
+            before = same - (int(row[0]) if row else 0) - backoff_before
+        return 1 + higher - backoff_higher + before
 
     def finished_before(self, cutoff: float, limit: int) -> list[Job]:
         rows = self.unit.execute(
