@@ -284,8 +284,9 @@ class Jobs(_Repository):
 
     def queue_position(self, job: Job, now: float) -> int:
         """From the counts by codec and priority, less the jobs in backoff; within
-        the job's own bucket, the jobs created before it are counted in the index
-        when they are few, else the bucket's count less those created since."""
+        the job's own bucket, the bucket's count less the jobs created since it (a
+        short index scan for a recent job), or for a job far from the end, the jobs
+        before it counted in the index."""
         unit = self.unit
         key = {"family": codecs.family(job.target_codec), "codec": job.target_codec,
                "now": now, "priority": job.priority, "seq": job.seq,
@@ -304,14 +305,18 @@ class Jobs(_Repository):
             " FROM jobs WHERE status = 'pending' AND target_codec = %(codec)s"
             " AND retry_at > %(now)s", key).fetchone()
         backoff_higher, backoff_before = (int(row[0]), int(row[1])) if row else (0, 0)
+        # A job just submitted (the usual question) is at its bucket's end: count
+        # what came since; a job near the front: count what came before.
         row = unit.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {bucket} AND {ready}"
-            " AND seq < %(seq)s LIMIT %(few)s) AS before", key).fetchone()
-        before = int(row[0]) if row else 0
-        if before >= POSITION_SCAN:
-            row = unit.execute(f"SELECT count(*) FROM jobs WHERE {bucket} AND seq >= %(seq)s",
-                               key).fetchone()
-            before = same - (int(row[0]) if row else 0) - backoff_before
+            f"SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {bucket} AND seq >= %(seq)s"
+            " LIMIT %(few)s) AS since", key).fetchone()
+        since = int(row[0]) if row else 0
+        if since < POSITION_SCAN:
+            before = same - since - backoff_before
+        else:
+            row = unit.execute(f"SELECT count(*) FROM jobs WHERE {bucket} AND {ready}"
+                               " AND seq < %(seq)s", key).fetchone()
+            before = int(row[0]) if row else 0
         return 1 + higher - backoff_higher + before
 
     def finished_before(self, cutoff: float, limit: int) -> list[Job]:
