@@ -113,6 +113,8 @@ class Lease(threading.Thread):
         if held and self.on_lead is not None:
             try:
                 self.on_lead()
+            except errors.Unavailable as exc:  # said once by the pool already
+                log.debug("background upkeep skipped: %s", exc)
             except Exception:
                 log.exception("background upkeep failed")
 
