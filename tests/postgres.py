@@ -27,6 +27,8 @@ from dispatch.postgres.pool import Pool, conninfo
 from tests.server import free_port
 
 SERVICE_USER = "postgres"
+PASSWORD_ROLE = "dispatch_pw"
+ROLE_PASSWORD = "pw-from-file-0123"
 FALLBACK_USER = "distconv-pg"
 # Tables emptied between tests (the schema stays: migrations run once a session).
 TABLES = ("jobs", "job_counts", "engines", "idempotency", "deliveries", "leases",
@@ -85,9 +87,16 @@ class PostgresServer:
             shutil.chown(self.folder, user)
         self._as_owner(find_bin("initdb"), "-D", str(self.data), "-U", "postgres",
                        "-A", "trust", "--no-sync", "-E", "UTF8", "--locale", "C")
+        # One role that must give its password (the tests of the password settings);
+        # every other connection is trusted.
+        hba = self.data / "pg_hba.conf"
+        self._as_owner("sh", "-c", f"printf 'host all {PASSWORD_ROLE} 127.0.0.1/32 "
+                       f"scram-sha-256\\n' | cat - {hba} > {hba}.new && mv {hba}.new {hba}")
         self.start()
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE dispatch")
+            conn.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD "
+                         f"'{ROLE_PASSWORD}'")
         with psycopg.connect(self.url, autocommit=True) as conn:
             migrate.upgrade(conn)
         return self
@@ -109,6 +118,10 @@ class PostgresServer:
     def running(self) -> bool:
         return self._as_owner(find_bin("pg_ctl"), "-D", str(self.data), "status",
                               check=False).returncode == 0
+
+    def password_url(self) -> str:
+        """The database as the role that needs its password (not in the URL)."""
+        return f"postgresql://{PASSWORD_ROLE}@127.0.0.1:{self.port}/dispatch"
 
     def reset(self) -> None:
         """Empty every table and restart the id sequence: a fresh farm."""

@@ -20,7 +20,7 @@ from dispatch.postgres.copy import Farm, read_database, read_file
 from dispatch.service import DispatchService
 from dispatch.settings import Settings, SettingsError, load_settings
 from tests.conftest import API_KEY, FakeClock
-from tests.postgres import PostgresServer
+from tests.postgres import ROLE_PASSWORD, PostgresServer
 from tests.server import Server
 
 BIN = Path(sys.executable).with_name("dispatch-server")
@@ -213,56 +213,28 @@ def test_bad_database_settings_are_refused(argv: list[str], problem: str) -> Non
         load_settings(["--api-key", API_KEY, *argv], {})
 
 
-def test_the_database_password_never_shows(postgres: PostgresServer, tmp_path: Path,
-                                           make_settings: Callable[..., Any]) -> None:
+def test_the_database_password_comes_from_its_file_and_never_shows(
+        postgres: PostgresServer, tmp_path: Path, make_settings: Callable[..., Any]) -> None:
     settings = make_settings(database_url="postgresql://u:hunter2-secret@h/db")
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
-    secret = tmp_path / "db-password"
-    secret.write_text("pw-from-file-0123\n")
     postgres.reset()
-    server = Server(tmp_path, API_KEY, "--database-url", postgres.url,
+    # Without the password, the role is refused: the start stops with exit status 1.
+    refused = Server(tmp_path, API_KEY, "--database-url", postgres.password_url())
+    refused.start(wait=False)
+    assert refused.proc is not None and 1 == refused.proc.wait(60)
+    assert "password authentication failed" in refused.output() \
+        or "no password supplied" in refused.output()
+    secret = tmp_path / "db-password"
+    secret.write_text(ROLE_PASSWORD + "\n")
+    server = Server(tmp_path, API_KEY, "--database-url", postgres.password_url(),
                     "--database-password-file", str(secret), "--log-level", "DEBUG",
                     "--state-file", str(tmp_path / "ignored.json"))
     try:
         server.start(timeout=60)
         assert 201 == server.request("POST", "/jobs/", json=JOB).status_code
-        output = server.output()
-        assert "pw-from-file-0123" not in output
+        output = server.output() + refused.output()
+        assert ROLE_PASSWORD not in output
         assert "state_file" in output and "is ignored" in output
         assert not (tmp_path / "ignored.json").exists()
     finally:
         server.stop()
-
-
-# ------------------------------------------------------------- restart grace
-
-
-def test_the_restart_grace_starts_when_the_first_instance_starts_after_all_were_down(
-        postgres: PostgresServer, clock: FakeClock, make_settings: Callable[..., Any]) -> None:
-    from dispatch.postgres.wiring import open_service
-
-    postgres.reset()
-    settings = make_settings(database_url=postgres.url, engine_heartbeat_timeout=60.0)
-    first = open_service(settings, clock)
-    first.heartbeat({"engine_id": "e1"})
-    clock.advance(100)
-    # A second instance while the first runs: the farm's grace started with the first.
-    second = open_service(settings, clock)
-    assert first.maintenance.grace_start == second.maintenance.grace_start
-    assert 1 == second.sweep()
-    assert "offline" == second.get_engine("e1")["status"]
-    second.heartbeat({"engine_id": "e1"})
-    first.close()
-    second.close()
-    # Every instance down for an hour (their last signs of life that old).
-    with psycopg.connect(postgres.url) as conn:
-        conn.execute("UPDATE instances SET seen_at = seen_at - interval '1 hour'")
-    clock.advance(3600)
-    third = open_service(settings, clock)
-    assert 0 == third.sweep()  # the engine gets a full timeout from this start
-    assert "idle" == third.get_engine("e1")["status"]
-    clock.advance(59)
-    assert 0 == third.sweep()
-    clock.advance(2)
-    assert 1 == third.sweep()
-    third.close()
