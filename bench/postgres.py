@@ -161,46 +161,37 @@ def main(argv: list[str] | None = None) -> int:
         stored = run.make_jobs(10_000)
         sample = random.Random(1).sample([job.job_id for job in stored], 5_000)
         setups: list[tuple[str, int]] = [("embedded", 0)] + [(f"pg {n}w", n) for n in WORKERS]
-        for scenario, name, params in (("get", "GET /jobs/{id}", {"job_ids": sample}),
-                                       ("submit", "POST /jobs/ (durable)", None),
-                                       ("cycle", "cycle", None)):
+
+        def measure(name: str, setup: str, workers: int, jobs: list[Any], scenario: str,
+                    label: str, params: dict[str, Any] | None = None) -> None:
+            """One server (embedded when ``workers`` is 0) preloaded with ``jobs``;
+            ``label``'s figures first."""
+            if workers == 0:
+                server, db = embedded(work / "embedded", jobs, api_key), None
+            else:
+                load_database(database, jobs)
+                server = Server(work, api_key, "--database-url", database.url,
+                                "--workers", str(workers))
+                db = database
+            try:
+                figures = drive(server, scenario, args, db, params)
+                figures["labels"] = {label: figures["labels"].pop(label),
+                                     **figures["labels"]}
+                record(name, setup, figures)
+            finally:
+                server.stop()
+
+        for scenario, name, label, params in (
+                ("get", "GET /jobs/{id}", "GET /jobs/{id}", {"job_ids": sample}),
+                ("submit", "POST /jobs/ (durable)", "POST /jobs/", None),
+                ("cycle", "cycle", "cycle", None)):
             for setup, workers in setups:
-                if workers == 0:
-                    server = embedded(work / "embedded", stored, api_key)
-                    db = None
-                else:
-                    load_database(database, stored)
-                    server = Server(work, api_key, "--database-url", database.url,
-                                    "--workers", str(workers))
-                    db = database
-                try:
-                    label = {"cycle": "cycle"}.get(scenario)
-                    figures = drive(server, scenario, args, db, params)
-                    if label:  # the composite sample first
-                        figures["labels"] = {label: figures["labels"].pop(label),
-                                             **figures["labels"]}
-                    record(name, setup, figures)
-                finally:
-                    server.stop()
+                measure(name, setup, workers, stored, scenario, label, params)
         for n in (100, 100_000):
             pending = run.make_jobs(n, all_pending=True)
             for setup, workers in (("embedded", 0), ("pg 2w", 2)):
-                if workers == 0:
-                    server = embedded(work / "embedded", pending, api_key)
-                    db = None
-                else:
-                    load_database(database, pending)
-                    server = Server(work, api_key, "--database-url", database.url,
-                                    "--workers", str(workers))
-                    db = database
-                try:
-                    figures = drive(server, "assign", args, db)
-                    figures["labels"] = {"POST /assign_job/":
-                                         figures["labels"].pop("POST /assign_job/"),
-                                         **figures["labels"]}
-                    record(f"assign, {n:,} pending", setup, figures)
-                finally:
-                    server.stop()
+                measure(f"assign, {n:,} pending", setup, workers, pending, "assign",
+                        "POST /assign_job/")
     finally:
         database.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -152,10 +152,8 @@ def heartbeat(client: FlaskClient, auth: dict[str, str]) -> Callable[..., dict[s
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
     """A PostgreSQL server for the session (``tests/postgres.py``), its schema applied."""
-    from tests.postgres import PostgresHarness, PostgresServer
+    from tests.postgres import PostgresServer
 
     server = PostgresServer().init()
-    PostgresHarness.server = server
     yield server
-    PostgresHarness.server = None
     server.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -37,3 +39,15 @@ def norm(body: Json) -> Json:
     precision of their fractions."""
     return {key: (epoch(value) if key in TIME_KEYS and value is not None else value)
             for key, value in body.items()}
+
+
+def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Ask ``condition`` until it answers something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout} s (last seen: {last!r})")

@@ -185,44 +185,6 @@ class FlakyPostgresBackend(PostgresBackend):
         self.flaky.at_commit()
 
 
-class PostgresHarness:
-    """The contract suite's harness (``tests.backends.Harness``) for PostgreSQL: a
-    backend over the session's server, emptied when the test starts; a restart
-    opens a new pool on the same database."""
-
-    name = "postgres"
-    durable = True
-    server: PostgresServer | None = None  # set by the ``postgres`` fixture
-
-    def __init__(self, tmp_path: Path, clock: Callable[[], float]) -> None:
-        assert self.server is not None, "use the postgres fixture"
-        self.tmp_path = tmp_path
-        self.clock = clock
-        self.store = RefusingCommits()
-        self.backend: PostgresBackend | None = None
-        self.server.reset()
-
-    def now(self) -> float:
-        return to_micros(self.clock())
-
-    def open(self) -> PostgresBackend:
-        assert self.server is not None
-        self.backend = FlakyPostgresBackend(Pool(conninfo(self.server.url), 10), self.now,
-                                            self.store)
-        return self.backend
-
-    def restart(self, snapshot: bool = False) -> PostgresBackend:
-        assert self.backend is not None
-        if snapshot:
-            self.backend.snapshot()
-        self.backend.close()
-        return self.open()
-
-    def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-
-
 def open_service(server: PostgresServer, settings: Any, clock: Callable[[], float]) -> Any:
     """A service on the server's database, moved by ``clock``, as the test apps use."""
     from dispatch.service import DispatchService

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import requests
 
+from tests.helpers import poll
 from tests.postgres import PostgresServer
 from tests.server import Server
 
@@ -61,16 +62,6 @@ def instance_of(holder: str, servers: list[Server]) -> Server:
                       Path(f"/proc/{pid}/status").read_text().splitlines()
                       if line.startswith("PPid:")))
     return next(s for s in servers if s.proc is not None and s.proc.pid == parent)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def test_engines_racing_over_two_instances_complete_each_job_once(
@@ -177,7 +168,7 @@ def test_kill_9_of_an_instance_loses_nothing_and_its_background_work_moves(
         farm: Callable[..., Server], postgres: PostgresServer) -> None:
     args = ("--engine-timeout", "2")
     servers = [farm(*args, workers=2), farm(*args, workers=2)]
-    holder = wait_for(lambda: leader(postgres), 10, "an instance leads")
+    holder = poll(lambda: leader(postgres), 10, "an instance leads")
     victim = instance_of(holder, servers)
     survivor = next(s for s in servers if s is not victim)
     acknowledged: list[str] = []
@@ -202,15 +193,15 @@ def test_kill_9_of_an_instance_loses_nothing_and_its_background_work_moves(
     # An engine that falls silent: only a sweep marks it offline.
     assert 200 == survivor.request("POST", "/engines/heartbeat",
                                    json={"engine_id": "silent"}).status_code
-    wait_for(lambda: len(acknowledged) > 50, 20, "load under way")
+    poll(lambda: len(acknowledged) > 50, 20, "load under way")
     victim.kill()
     killed_at = time.monotonic()
-    new_holder = wait_for(lambda: (h := leader(postgres)) and h != holder and h, 10,
+    new_holder = poll(lambda: (h := leader(postgres)) and h != holder and h, 10,
                           "another instance leads")
     took_over = time.monotonic() - killed_at
     assert instance_of(new_holder, servers) is survivor
     assert took_over <= 2.0 + 0.5  # two lease intervals (1 s), and a poll's slack
-    wait_for(lambda: survivor.request("GET", "/engines/silent").json()["status"] == "offline",
+    poll(lambda: survivor.request("GET", "/engines/silent").json()["status"] == "offline",
              10, "the survivor's sweep marks the silent engine offline")
     time.sleep(0.3)
     stop.set()
@@ -249,10 +240,10 @@ def test_postgresql_stopped_and_started_under_load(
     for thread in threads:
         thread.start()
     try:
-        wait_for(lambda: len(acknowledged) > 20, 20, "load under way")
+        poll(lambda: len(acknowledged) > 20, 20, "load under way")
         postgres.stop("fast")
         down_at = time.monotonic()
-        wait_for(lambda: any(s == 503 and t > down_at for t, s, _ in answers), 15,
+        poll(lambda: any(s == 503 and t > down_at for t, s, _ in answers), 15,
                  "503 while the database is down")
         health = requests.get(server.url + "/health", timeout=15)
         assert (503, "unhealthy") == (health.status_code, health.json()["status"])
@@ -261,13 +252,13 @@ def test_postgresql_stopped_and_started_under_load(
     finally:
         postgres.start()
     up_at = time.monotonic()
-    wait_for(lambda: any(s == 201 and t > up_at for t, s, _ in answers), 30,
+    poll(lambda: any(s == 201 and t > up_at for t, s, _ in answers), 30,
              "submissions acknowledged again, without a restart")
     stop.set()
     for thread in threads:
         thread.join(20)
     # Every worker's pool finds the database again by itself (each within seconds).
-    wait_for(lambda: all(requests.get(server.url + "/health", timeout=10).status_code == 200
+    poll(lambda: all(requests.get(server.url + "/health", timeout=10).status_code == 200
                          for _ in range(6)), 10, "/health healthy again on every worker")
     statuses = Counter(status for _, status, _ in answers)
     assert set(statuses) <= {200, 201, 503}, statuses
