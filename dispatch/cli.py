@@ -20,7 +20,8 @@ from dispatch.errors import StateError
 from dispatch.gunicorn_config import options
 from dispatch.journal import JournalStore
 from dispatch.logs import configure_logging
-from dispatch.service import DispatchService, release_free_memory
+from dispatch.process_memory import release_free_memory
+from dispatch.service import DispatchService
 from dispatch.settings import Settings, SettingsError, load_settings
 
 
