@@ -15,13 +15,13 @@ from dispatch.api import engines, jobs, system
 from dispatch.api.errors import register_error_handlers
 from dispatch.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal
 from dispatch.background import Runtime
-from dispatch.journal import JournalStore
 from dispatch.logs import add_secrets, escape_controls
 from dispatch.metrics import Metrics
 from dispatch.persistence import Store
 from dispatch.schemas import ErrorSchema
 from dispatch.service import Clock, DispatchService
 from dispatch.settings import Settings, load_settings
+from dispatch.storage.journal import JournalStore
 
 MAX_BODY = 1024 * 1024
 access_log = logging.getLogger("dispatch.access")

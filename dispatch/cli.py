@@ -18,10 +18,10 @@ from dispatch.app import create_app, make_keyring
 from dispatch.auth import KeyFileError
 from dispatch.errors import StateError
 from dispatch.gunicorn_config import options
-from dispatch.journal import JournalStore
 from dispatch.logs import configure_logging
 from dispatch.service import DispatchService, release_free_memory
 from dispatch.settings import Settings, SettingsError, load_settings
+from dispatch.storage.journal import JournalStore
 
 
 class DispatchApplication(BaseApplication):

@@ -11,8 +11,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from dispatch.app import create_app
-from dispatch.journal import JournalStore
 from dispatch.settings import Settings
+from dispatch.storage.journal import JournalStore
 
 API_KEY = "test-key-0123456789"
 START = 1_704_067_200.0  # 2024-01-01T00:00:00Z

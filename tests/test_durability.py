@@ -17,8 +17,8 @@ import requests
 
 from dispatch.app import create_app
 from dispatch.errors import PersistenceError, StateError
-from dispatch.journal import FileIO, JournalStore
 from dispatch.service import DispatchService
+from dispatch.storage.journal import FileIO, JournalStore
 from tests.conftest import API_KEY, JOB
 from tests.server import Server
 
