@@ -33,15 +33,8 @@ class JournalStore:
         self._snap_seq = 0  # last change covered by the snapshot on disk
         self._lock_fd: int | None = take_lock(self.files)
 
-    @property
-    def observer(self) -> SyncObserver | None:
-        return self._wal.observer
-
-    @observer.setter
-    def observer(self, observer: SyncObserver | None) -> None:
-        self._wal.observer = observer
-
     def _segments(self) -> list[tuple[int, str]]:
+        # A method of its own so that a test can "crash" before segments are deleted.
         return self.files.segments()
 
     # ------------------------------------------------------------- recovery
