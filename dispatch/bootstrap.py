@@ -37,6 +37,7 @@ def _open_journal(settings: Settings, observer: SyncObserver) -> Store:
 
 
 EMBEDDED_JOURNAL = Backend("journal", workers=1, open=_open_journal)
+BACKENDS = (EMBEDDED_JOURNAL,)  # every backend; tests/contract runs against each
 
 
 def choose_backend(settings: Settings) -> Backend:
