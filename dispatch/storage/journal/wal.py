@@ -102,11 +102,12 @@ class WriteAheadLog:
         self._cond = threading.Condition()
         self._fd: int | None = None
         self._seq = 0  # last change appended
-        self._durable = 0  # last change known to be on disk
+        self.durable_seq = 0  # last change known to be on disk
         self._offset = 0  # bytes appended to the journal
         self._durable_offset = 0
         self._syncing = False
-        self._failure: str | None = None
+        # Why changes cannot be written now (None while they can); read without the lock.
+        self.failure: str | None = None
 
     def open(self, length: int, seq: int) -> None:
         """Start appending after recovery: the journal's first ``length`` bytes are
@@ -123,12 +124,12 @@ class WriteAheadLog:
             fsync_dir(self.files.directory)
         self._fd = fd
         self._offset = self._durable_offset = length
-        self._seq = self._durable = seq
+        self._seq = self.durable_seq = seq
 
     def append(self, ops: Sequence[Op]) -> int:
         with self._cond:
-            if self._failure is not None and self._repair() is not None:
-                raise PersistenceError(self._failure)
+            if self.failure is not None and self._repair() is not None:
+                raise PersistenceError(self.failure)
             assert self._fd is not None, "recover() opens the journal"
             seq = self._seq + 1
             line = encode_record(seq, ops)
@@ -138,16 +139,16 @@ class WriteAheadLog:
                     written += self.io.write(self._fd, line[written:])
             except OSError as exc:
                 self._fail(exc)
-                raise PersistenceError(self._failure) from None
+                raise PersistenceError(self.failure) from None
             self._seq = seq
             self._offset += len(line)
             return seq
 
     def wait_durable(self, seq: int) -> None:
         with self._cond:
-            while self._durable < seq:
-                if self._failure is not None:
-                    raise PersistenceError(self._failure)
+            while self.durable_seq < seq:
+                if self.failure is not None:
+                    raise PersistenceError(self.failure)
                 if self._syncing:
                     self._cond.wait()
                     continue
@@ -166,15 +167,15 @@ class WriteAheadLog:
                 self._cond.notify_all()
                 if error is not None:
                     self._fail(error)
-                    raise PersistenceError(self._failure)
-                if target > self._durable:
-                    self._durable, self._durable_offset = target, target_offset
+                    raise PersistenceError(self.failure)
+                if target > self.durable_seq:
+                    self.durable_seq, self._durable_offset = target, target_offset
                 if self.observer is not None:
                     self.observer.observe_sync(time.perf_counter() - started)
 
     def _fail(self, exc: OSError) -> None:
         # Clients see this reason (in 503 bodies and /health): no path in it.
-        self._failure = f"cannot write the journal: {exc.strerror or exc.__class__.__name__}"
+        self.failure = f"cannot write the journal: {exc.strerror or exc.__class__.__name__}"
         log.error("cannot write the journal %s: %s; refusing changes until it can be "
                   "written again", self.files.wal, exc)
         if self.observer is not None:
@@ -184,29 +185,21 @@ class WriteAheadLog:
         """Cut the journal back to its last durable change and check that it takes
         writes again. Caller holds the condition."""
         if self._syncing or self._fd is None:
-            return self._failure
+            return self.failure
         try:
             self.io.truncate(self._fd, self._durable_offset)
             self.io.sync(self._fd)
         except OSError:
-            return self._failure
+            return self.failure
         self._offset = self._durable_offset
-        self._seq = self._durable
+        self._seq = self.durable_seq
         log.warning("the journal %s is writable again", self.files.wal)
-        self._failure = None
+        self.failure = None
         return None
-
-    @property
-    def durable_seq(self) -> int:
-        return self._durable
-
-    @property
-    def failure(self) -> str | None:
-        return self._failure
 
     def check(self) -> str | None:
         with self._cond:
-            if self._failure is None:
+            if self.failure is None:
                 return None
             return self._repair()
 
@@ -215,7 +208,7 @@ class WriteAheadLog:
         ``seq``, the last change in the closed segment. None when nothing was appended
         after change ``covered``, or while the journal has failed."""
         with self._cond:
-            if self._failure is not None or self._seq == covered:
+            if self.failure is not None or self._seq == covered:
                 return None
             while self._syncing:
                 self._cond.wait()
@@ -232,7 +225,7 @@ class WriteAheadLog:
                 return None
             os.close(fd)
             self._fd = new_fd
-            self._durable, self._offset, self._durable_offset = seq, 0, 0
+            self.durable_seq, self._offset, self._durable_offset = seq, 0, 0
             self._cond.notify_all()
             return seq
 
