@@ -361,3 +361,19 @@ def test_server_restart_mid_job_engine_finishes_and_completion_is_recorded(
     assert finished["output_url"] == (engine.output_dir / name).resolve().as_uri()
     assert f"job {job_id}: complete recorded by the server" in engine.output()
     assert engine.proc is not None and engine.proc.poll() is None
+
+
+def test_engine_started_before_the_server_waits_for_it(
+        server: Server, engines: Any, clips: tuple[Path, str]) -> None:
+    """An engine whose server is not up yet keeps trying (it never exits); once the
+    server is up it registers and runs jobs."""
+    _, url = clips
+    assert server.terminate() == 0
+    engine = engines("A", "--codecs", "h264", ready=False)
+    poll(lambda: "heartbeat: server unreachable" in engine.output(), START,
+         "engine trying to reach the server")
+    assert engine.proc is not None and engine.proc.poll() is None
+    server.start()
+    wait_ready(server, engine)
+    job_id = submit(server, f"{url}/small.mp4")
+    assert wait_status(server, job_id, "completed", 30)["assigned_engine"] == "A"

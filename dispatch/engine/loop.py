@@ -243,6 +243,8 @@ class Engine:
                                   int(self.config.max_download_gb * 1e9),
                                   lambda: run.stop_reason is not None)
             duration = probe(self.config.ffprobe, source)
+            if run.stop_reason is not None:
+                raise Interrupted()
             log.info("job %s transcoding: codec %s, duration %s s", run.job_id, run.codec,
                      f"{duration:.1f}" if duration else "unknown")
             ffmpeg = FFmpeg(ffmpeg_command(self.config.ffmpeg, source, encoder, container,
