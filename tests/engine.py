@@ -10,27 +10,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).with_name("dispatch-engine")
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str,
-         interval: float = 0.05) -> Any:
-    """Ask ``condition`` until it answers something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = condition()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last seen: {last!r})")
-        time.sleep(interval)
 
 
 def make_clip(path: Path, seconds: float, size: str = "160x120", source: str = "testsrc",

@@ -26,10 +26,9 @@ from tests.engine import (
     ffprobe,
     file_server,
     make_clip,
-    poll,
     running,
 )
-from tests.helpers import epoch
+from tests.helpers import epoch, poll
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e

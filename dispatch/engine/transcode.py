@@ -34,7 +34,7 @@ STDERR_LINES = 8
 # Stop escalation: "q" on stdin lets ffmpeg close its files; SIGTERM if it does not
 # within QUIT_GRACE; SIGKILL after TERM_GRACE more. Both fit in the 2 s promise.
 QUIT_GRACE = 0.5
-TERM_GRACE = 1.0
+TERM_GRACE = 0.5
 PROBE_TIMEOUT = 60.0
 WORK_PREFIX = "job-"
 PARTIAL_SUFFIX = ".partial"
@@ -215,6 +215,7 @@ class FFmpeg:
         self.started = time.monotonic()
         self.elapsed = 0.0
         self._stopping = threading.Lock()
+        self._stop_requested = False
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             preexec_fn=_PREEXEC,  # noqa: PLW1509 - prctl only, nothing that takes locks
@@ -252,24 +253,29 @@ class FFmpeg:
         status = self.proc.wait()
         self.elapsed = time.monotonic() - self.started
         self._stderr_reader.join(5)
+        with self._stopping:  # not while a stop is writing "q"
+            for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         return status
 
     def stop(self) -> None:
         """Stop ffmpeg within QUIT_GRACE + TERM_GRACE seconds; returns at once (the
         escalation runs on its own thread, so a heartbeat is never held up)."""
-        if not self._stopping.acquire(blocking=False):
-            return  # already stopping
+        if self._stop_requested:
+            return
+        self._stop_requested = True
         threading.Thread(target=self._escalate, daemon=True, name="ffmpeg-stop").start()
 
     def _escalate(self) -> None:
         proc = self.proc
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(b"q")
-            proc.stdin.flush()
-            proc.stdin.close()
-        except (OSError, ValueError):
-            pass
+        with self._stopping:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(b"q")
+                proc.stdin.flush()
+            except (OSError, ValueError):
+                pass  # it has exited, or its pipes are closed already
         for sig, grace in ((signal.SIGTERM, QUIT_GRACE), (signal.SIGKILL, TERM_GRACE)):
             try:
                 proc.wait(grace)
