@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from dispatch.engine.loop import PROGRESS_EVERY
 from tests.conftest import API_KEY
 from tests.engine import (
     Engine,
@@ -246,6 +247,29 @@ def test_cancel_while_transcoding_stops_ffmpeg_within_2s(
     assert "engine_lost" not in events(server, job_id)
     assert f"job {job_id} cancelled: stopped, nothing reported" in engine.output()
     assert engine.proc is not None and engine.proc.poll() is None
+
+
+def test_lost_job_409_stops_ffmpeg_and_reports_nothing(
+        server: Server, engines: Any, clips: tuple[Path, str]) -> None:
+    """An operator removes the engine mid-transcode (its job goes back to the queue):
+    the engine's next progress report answers 409, and it stops ffmpeg within 2 s,
+    removes its temp files and reports no fail for the lost attempt."""
+    _, url = clips
+    engine = engines("A", "--codecs", "h264", "--heartbeat-interval", "5")
+    job_id = submit(server, f"{url}/medium.mp4")
+    ffmpeg = wait_transcoding(server, engine, job_id)
+    assert server.request("DELETE", "/engines/A").status_code == 200
+    # The engine learns of the loss from its next progress report (one a second).
+    poll(lambda: "progress refused" in engine.output(), PROGRESS_EVERY + 2, "a 409")
+    refused_at = time.monotonic()
+    poll(lambda: not running(ffmpeg), 2.0, "ffmpeg stopped")
+    assert time.monotonic() - refused_at <= 2.0
+    poll(lambda: f"job {job_id} lost: stopped, nothing reported" in engine.output(), 5,
+         "the loss logged")
+    assert f"job {job_id}: progress refused (cannot report progress" in engine.output()
+    history = events(server, job_id)
+    assert "released" in history and "failed_attempt" not in history
+    assert f"{job_id}-1" not in " ".join(engine.files()[0] + engine.files()[1])
 
 
 def test_kill_9_mid_job_requeues_and_a_second_engine_completes(

@@ -20,7 +20,7 @@ log = logging.getLogger("dispatch.engine")
 VAAPI_DEVICE = "/dev/dri/renderD128"
 TEST_SOURCE = ("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1")
 # The benchmark: one fixed encode; its wall time is what the server compares.
-BENCH_SOURCE = ("-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=2")
+BENCH_SOURCE = ("-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=1")
 TEST_TIMEOUT = 60.0
 
 
