@@ -35,9 +35,10 @@ from tests.server import Server
 pytestmark = pytest.mark.e2e
 
 START = 30.0  # seconds an engine may take to start (test encodes, benchmark)
-# The "medium" clip takes ~3 s to encode to h264 here, the "long" one ~7 s: long
-# enough to act on a job mid-transcode on any machine, short enough for the suite.
-MEDIUM_SECONDS = 20
+# The "medium" clip takes ~4 s to encode to h264 here, the "long" one ~7 s: long
+# enough to act on a job mid-transcode on any machine, short enough for the suite. The
+# long one where the action itself takes time (a server's graceful stop).
+MEDIUM_SECONDS = 30
 LONG_SECONDS = 45
 
 
@@ -181,7 +182,7 @@ def test_h264_job_completes_with_target_codec_and_duration(
         assert abs(probed["duration"] - ffprobe(folder / "medium.mp4")["duration"]) < 0.2
         assert engine.files() == ([], [name])
         log = engine.output()
-        assert f"job {job_id} completed: codec h264, duration 20.0 s" in log
+        assert f"job {job_id} completed: codec h264, duration {MEDIUM_SECONDS:.1f} s" in log
         assert "speed" in log
 
 
@@ -371,7 +372,7 @@ def test_server_restart_mid_job_engine_finishes_and_completion_is_recorded(
     same state file, the completion is recorded."""
     _, url = clips
     engine = engines("A", "--codecs", "h264")
-    job_id = submit(server, f"{url}/medium.mp4")
+    job_id = submit(server, f"{url}/long.mp4")
     wait_transcoding(server, engine, job_id)
     assert server.terminate() == 0
     name = f"{job_id}-1.mp4"
