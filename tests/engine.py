@@ -134,8 +134,10 @@ class Engine:
 
     def files(self) -> tuple[list[str], list[str]]:
         """Names in the work folder and in the output folder."""
-        return (sorted(p.name for p in self.work_dir.iterdir()),
-                sorted(p.name for p in self.output_dir.iterdir()))
+        def names(folder: Path) -> list[str]:
+            return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+        return names(self.work_dir), names(self.output_dir)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -303,8 +303,9 @@ def test_kill_9_mid_job_requeues_and_a_second_engine_completes(
 
 def test_missing_and_corrupt_sources_fail_with_a_readable_reason(
         server: Server, engines: Any, clips: tuple[Path, str]) -> None:
-    """A 404 source and a file no demuxer reads each end as failed (no retries left)
-    with a one-line reason first; the engine keeps running and its folders are empty."""
+    """A 404 source, a file no demuxer reads and an output folder gone each end as
+    failed (no retries left) with a one-line reason first; the engine keeps running and
+    its work folder is empty."""
     _, url = clips
     engine = engines("A", "--codecs", "h264")
     missing = submit(server, f"{url}/no-such-clip.mp4", max_retries=0)
@@ -319,6 +320,14 @@ def test_missing_and_corrupt_sources_fail_with_a_readable_reason(
     assert engine.files() == ([], [])
     poll(lambda: server.request("GET", "/engines/A").json()["status"] == "idle", 10,
          "engine idle")
+
+    # The engine's own trouble (its output folder removed under it) fails the job,
+    # not the engine.
+    engine.output_dir.rmdir()
+    broken = submit(server, f"{url}/small.mp4", max_retries=0)
+    reason = wait_status(server, broken, "failed", 30)["error_message"]
+    assert reason.startswith("engine error: FileNotFoundError: "), reason
+    assert engine.proc.poll() is None and engine.files()[0] == []
 
 
 # ------------------------------------------------------------------ stopping

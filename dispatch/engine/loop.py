@@ -271,10 +271,13 @@ class Engine:
                 outcome = ("fail", {"error_message": message[:MAX_MESSAGE]})
         except Interrupted:
             pass
-        except OSError as exc:  # the work or output folder failed us
+        except Exception as exc:  # a full disk, a bug: fail this job, keep the engine
             if run.stop_reason is None:
-                log.error("job %s failed: %s", run.job_id, exc)
-                outcome = ("fail", {"error_message": f"engine error: {exc}"[:MAX_MESSAGE]})
+                log.exception("job %s failed: engine error", run.job_id)
+                outcome = ("fail", {"error_message": f"engine error: {exc.__class__.__name__}: "
+                                                     f"{exc}"[:MAX_MESSAGE]})
+            if run.ffmpeg is not None:
+                run.ffmpeg.stop()
         finally:
             remove(download, produced)
         if run.stop_reason == "shutdown":
