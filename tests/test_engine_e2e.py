@@ -387,7 +387,7 @@ def test_server_restart_mid_job_engine_finishes_and_completion_is_recorded(
     name = f"{job_id}-1.mp4"
     poll(lambda: engine.files()[1] == [name], 60, "transcode finished while the server is down")
     poll(lambda: f"server unreachable (POST /jobs/{job_id}/complete); retrying"
-         in engine.output(), 10, "the engine retrying its report")
+         in engine.output(), 60, "the engine retrying its report")
     assert "recorded by the server" not in engine.output().split("retrying")[-1]
     server.start()
     finished = wait_status(server, job_id, "completed", 60)

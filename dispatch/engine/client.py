@@ -16,7 +16,7 @@ from dispatch import __version__
 
 log = logging.getLogger("dispatch.engine")
 
-TIMEOUT = (5.0, 30.0)  # connect, read
+TIMEOUT = (5.0, 15.0)  # connect, read: the server answers in milliseconds
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 
