@@ -57,7 +57,7 @@ ENTRYPOINT ["/app/docker/entrypoint.sh", "dispatch-engine"]
 # ---- server (default target): dispatch-server on 0.0.0.0:8080 ------------------------
 FROM runtime AS server
 COPY --from=build /opt/venv /opt/venv
-COPY docker/entrypoint.sh docker/healthcheck.py /app/docker/
+COPY docker/entrypoint.sh docker/healthcheck.py scripts/backup-state.sh /app/docker/
 # Defaults for the container; any DISTCONV_* variable given to `docker run -e` wins,
 # and variables win over /app/config/server.conf (README "Configuration").
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \

@@ -38,6 +38,8 @@ API_KEY = "docker-test-key-0123456789abcdef"
 KEY_IN_CONTAINER = "/run/secrets/distconv_api_key"
 JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_size": 10}
 DISTCONV_UID = 10001  # the Dockerfile's fixed uid for the distconv user
+# README "Docker", live backup: a consistent copy of /app/data as a tarball on stdout.
+BACKUP = "/app/docker/backup-state.sh /app/data /tmp/backup >&2 && tar -C /tmp/backup -czf - ."
 
 
 def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
@@ -217,6 +219,13 @@ def test_server_container_keeps_jobs_on_its_volume(
     wait_healthy(first)
     assert api(port, "GET", f"/jobs/{job['job_id']}").json() == job
 
+    # A live backup taken as README "Docker" takes it; restored at the end.
+    backup = tmp_path / "backup.tar.gz"
+    with open(backup, "wb") as out:
+        subprocess.run(["docker", "run", "--rm", "--network", "none", "--volumes-from", first,
+                        "--entrypoint", "sh", SERVER_IMAGE, "-c", BACKUP], stdout=out,
+                       timeout=60, check=True)
+
     stop_started = time.monotonic()
     docker("stop", first)
     stop_seconds = time.monotonic() - stop_started
@@ -239,6 +248,17 @@ def test_server_container_keeps_jobs_on_its_volume(
     full = api(port, "POST", "/jobs/", json=JOB)
     assert full.status_code == 503
     assert full.json()["error"]["code"] == "queue_full"
+    docker("stop", second)
+
+    # The backup restored into a fresh volume serves the job too.
+    restored = containers.volume()
+    with open(backup, "rb") as source:
+        subprocess.run(["docker", "run", "--rm", "-i", "--network", "none", "--volume",
+                        f"{restored}:/app/data", "--entrypoint", "tar", SERVER_IMAGE,
+                        "-C", "/app/data", "-xzf", "-"], stdin=source, timeout=60, check=True)
+    third = run_server(containers, restored, port, key_file)
+    wait_healthy(third)
+    assert api(port, "GET", f"/jobs/{job['job_id']}").json() == job
 
 
 def test_a_bad_setting_stops_the_container_with_its_reason(
