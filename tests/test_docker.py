@@ -70,10 +70,17 @@ def docker_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         return
     if os.geteuid() != 0 or shutil.which("dockerd") is None:
         pytest.fail("no Docker daemon answers and this user cannot start dockerd")
-    log_path = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    root = tmp_path_factory.mktemp("dockerd")
+    command = ["dockerd", "--iptables=false", "--bridge=none"]
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        # DOCKER_HOST names a socket nobody serves: a daemon of its own there, beside
+        # the machine's (how this fixture is tried on a machine that has a daemon).
+        command += ["--host", host, "--data-root", str(root / "data"),
+                    "--exec-root", str(root / "exec"), "--pidfile", str(root / "pid")]
+    log_path = root / "dockerd.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(["dockerd", "--iptables=false", "--bridge=none"],
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: process.poll() is not None or daemon_answers(), 60,
                    "dockerd to answer", interval=0.5)
@@ -386,7 +393,7 @@ def compose(command: list[str], *args: str, port: int = 8080, timeout: float = 3
     return done.stdout
 
 
-def test_compose_config_accepts_the_file(docker_daemon: None, tmp_path: Path) -> None:
+def test_compose_config_accepts_the_file(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(REPO / "docker-compose.yml", project / "docker-compose.yml")
