@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
@@ -38,15 +37,3 @@ def norm(body: Json) -> Json:
     precision of their fractions."""
     return {key: (epoch(value) if key in TIME_KEYS and value is not None else value)
             for key, value in body.items()}
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll predicate until it returns something true (returned), or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)

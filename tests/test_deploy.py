@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -24,7 +25,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatch import __version__
 from dispatch.app import MAX_BODY
 from dispatch.gunicorn_config import GRACEFUL_TIMEOUT
-from tests.helpers import wait_until
 from tests.server import Server, free_port
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +43,17 @@ JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_s
 # so the server's log tells the real client from the proxy.
 CLIENT_ADDRESS = "127.0.0.2"
 SPOOFED = "203.0.113.7"
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
