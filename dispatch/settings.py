@@ -239,12 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trusted-proxies": "number of reverse proxies in front whose X-Forwarded-For "
         "is trusted (default 0: none)",
     }
-    for option in _OPTIONS:
-        if option.flag:
-            parser.add_argument(
-                option.flag, dest=option.field, default=None, metavar="VALUE",
-                help=helps.get(option.flag),
-            )
+    add_flags(parser, _OPTIONS, helps)
     return parser
 
 
@@ -275,17 +270,47 @@ def load_settings(
     """Resolve settings from flags, environment and config file; raise SettingsError."""
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args([] if argv is None else list(argv))
-
     config_path = args.config or environ.get("DISTCONV_CONFIG") or None
+    resolved = resolve_options(_OPTIONS, args, environ, config_path)
+    api_key = resolved.pop("api_key", None)
+    if not api_key:
+        raise SettingsError(
+            "no API key: set DISTCONV_API_KEY, pass --api-key or --api-key-file, "
+            "or put api_key = ... in the config file (generate one with: openssl rand -hex 32)"
+        )
+    if resolved.get("webhook_allowed_hosts") and not resolved.get("webhook_secret"):
+        raise SettingsError(
+            "webhook_allowed_hosts is set but webhook_secret is not: callbacks must be "
+            "signed (set DISTCONV_WEBHOOK_SECRET or webhook_secret in the config file)"
+        )
+    return Settings(api_key=api_key, config_file=config_path, **resolved)
+
+
+def add_flags(parser: argparse.ArgumentParser, options: Sequence[_Option],
+              helps: Mapping[str, str]) -> None:
+    """One ``--flag VALUE`` per option that has a flag."""
+    for option in options:
+        if option.flag:
+            parser.add_argument(
+                option.flag, dest=option.field, default=None, metavar="VALUE",
+                help=helps.get(option.flag),
+            )
+
+
+def resolve_options(options: Sequence[_Option], args: argparse.Namespace,
+                    environ: Mapping[str, str], config_path: str | None) -> dict[str, Any]:
+    """The converted value of every option given somewhere (flag > variable > file),
+    keyed by field; ``api_key`` holds the key read from ``api_key_file`` when that
+    was given at a higher level than ``api_key`` itself."""
     file_values = _read_config_file(config_path) if config_path else {}
-    known_keys = {key: option for option in _OPTIONS for key in option.keys}
+    known_keys = {key: option for option in options for key in option.keys}
     for key in file_values:
         if key not in known_keys:
             raise SettingsError(f"unknown key {key!r} in config file {config_path}")
 
     resolved: dict[str, Any] = {}
     level: dict[str, int] = {}
-    for option in _OPTIONS:
+    for option in options:
         candidates: list[tuple[int, str, str]] = []
         flag_value = getattr(args, option.field, None) if option.flag else None
         if flag_value is not None:
@@ -305,21 +330,11 @@ def load_settings(
             raise SettingsError(f"invalid value for {source}: {exc}") from None
         level[option.field] = source_level
 
-    api_key = resolved.pop("api_key", None)
     key_file = resolved.pop("api_key_file", None)
-    if key_file is not None and (api_key is None or level["api_key_file"] > level["api_key"]):
-        api_key = _read_key_file(key_file)
-    if not api_key:
-        raise SettingsError(
-            "no API key: set DISTCONV_API_KEY, pass --api-key or --api-key-file, "
-            "or put api_key = ... in the config file (generate one with: openssl rand -hex 32)"
-        )
-    if resolved.get("webhook_allowed_hosts") and not resolved.get("webhook_secret"):
-        raise SettingsError(
-            "webhook_allowed_hosts is set but webhook_secret is not: callbacks must be "
-            "signed (set DISTCONV_WEBHOOK_SECRET or webhook_secret in the config file)"
-        )
-    return Settings(api_key=api_key, config_file=config_path, **resolved)
+    if key_file is not None and ("api_key" not in resolved
+                                 or level["api_key_file"] > level["api_key"]):
+        resolved["api_key"] = _read_key_file(key_file)
+    return resolved
 
 
 def _read_key_file(path: str) -> str:

@@ -15,6 +15,7 @@ check_all() {
     need mmdebstrap mmdebstrap            # docker/base-image.sh: a base image without a registry
     need docker-compose docker-compose    # tests/test_docker.py checks docker-compose.yml
     need curl curl                        # tests/test_docker.py submits a job as a user would
+    need ffmpeg ffmpeg                    # dispatch-engine and its tests (ffprobe too)
 }
 
 check_all

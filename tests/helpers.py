@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -37,3 +39,17 @@ def norm(body: Json) -> Json:
     precision of their fractions."""
     return {key: (epoch(value) if key in TIME_KEYS and value is not None else value)
             for key, value in body.items()}
+
+
+def poll(condition: Callable[[], Any], timeout: float, what: str,
+         interval: float = 0.05) -> Any:
+    """Ask ``condition`` until it answers something truthy and return that; fail
+    after ``timeout`` seconds, naming ``what`` and the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = condition()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last seen: {last!r})")
+        time.sleep(interval)

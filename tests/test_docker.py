@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import wait_until
+from tests.helpers import poll as wait_until
 from tests.server import free_port
 
 pytestmark = pytest.mark.docker
