@@ -6,8 +6,9 @@ It is reached on DISTCONV_PORT (default 8080) at DISTCONV_HOST, or at 127.0.0.1 
 that is a wildcard address.
 
 ``healthcheck.py engine``: the server this engine works for lists it as not offline,
-i.e. its heartbeats arrive (``GET /engines/{id}`` with the engine's key). Server URL,
-key and engine id come from the same DISTCONV_* variables the engine reads.
+i.e. its heartbeats arrive (``GET /engines/{id}`` with the engine's key). An engine-role
+key may not read engines (403): then the check is that the server answers ``/health``.
+Server URL, key and engine id come from the same DISTCONV_* variables the engine reads.
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def server_url() -> str:
+def health_url() -> str:
     host = os.environ.get("DISTCONV_HOST", "").strip()
     host = "127.0.0.1" if host in WILDCARDS else host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     port = os.environ.get("DISTCONV_PORT", "").strip() or "8080"
     return f"http://{host}:{port}/health"
+
+
+def _server() -> str:
+    return (os.environ.get("DISTCONV_SERVER", "").strip() or "http://127.0.0.1:8080").rstrip("/")
 
 
 def _api_key() -> str:
@@ -51,17 +56,19 @@ def _api_key() -> str:
 
 
 def engine_url() -> str:
-    server = os.environ.get("DISTCONV_SERVER", "").strip() or "http://127.0.0.1:8080"
     engine_id = os.environ.get("DISTCONV_ENGINE_ID", "").strip() or socket.gethostname()
-    return f"{server.rstrip('/')}/engines/{urllib.parse.quote(engine_id, safe='')}"
+    return f"{_server()}/engines/{urllib.parse.quote(engine_id, safe='')}"
 
 
 def check(role: str) -> str | None:
     """None when healthy, else the reason."""
     if role == "server":
-        status, body = _get(server_url())
+        status, body = _get(health_url())
         return None if status == 200 else f"/health answered {status}: {body[:200]!r}"
     status, body = _get(engine_url(), {"X-API-Key": _api_key()})
+    if status == 403:
+        status, body = _get(f"{_server()}/health")
+        return None if status == 200 else f"the server's /health answered {status}"
     if status != 200:
         return f"the server answered {status} for this engine: {body[:200]!r}"
     engine_status = json.loads(body).get("status")

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 SERVER_IMAGE = "distconv-test/dispatch-server:pytest"
 ENGINE_IMAGE = "distconv-test/dispatch-engine:pytest"
 API_KEY = "docker-test-key-0123456789abcdef"
+ENGINE_KEY = "docker-engine-key-0123456789abcdef"
 KEY_IN_CONTAINER = "/run/secrets/distconv_api_key"
 JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_size": 10}
 DISTCONV_UID = 10001  # the Dockerfile's fixed uid for the distconv user
@@ -315,20 +316,27 @@ def test_engine_image_transcodes_a_clip_against_the_server_container(
     output.mkdir()
     output.chmod(0o777)
 
-    port = free_port()
-    server = run_server(containers, containers.volume(), port, key_file)
-    wait_healthy(server)
+    # Least privilege: the engine holds an engine key bound to its id, not the admin key
+    # (its health check then only sees that the server answers).
     engine_id = "docker-engine-1"
+    engine_key = tmp_path / "engine_key"
+    engine_key.write_text(ENGINE_KEY + "\n")
+    engine_key.chmod(0o644)
+    port = free_port()
+    server = run_server(containers, containers.volume(), port, key_file,
+                        "--env", f"DISTCONV_ENGINE_KEYS={ENGINE_KEY}@{engine_id}")
+    wait_healthy(server)
     engine = containers.run(
         ENGINE_IMAGE, "--codecs", "h264", "--heartbeat-interval", "1",
         options=("--env", f"DISTCONV_ENGINE_ID={engine_id}",
                  "--env", f"DISTCONV_SERVER=http://127.0.0.1:{port}",
                  "--env", f"DISTCONV_API_KEY_FILE={KEY_IN_CONTAINER}",
-                 "--volume", f"{key_file}:{KEY_IN_CONTAINER}:ro",
+                 "--volume", f"{engine_key}:{KEY_IN_CONTAINER}:ro",
                  "--volume", f"{output}:/app/output"))
     wait_healthy(engine, timeout=90)
-    listed = api(port, "GET", f"/engines/{engine_id}").json()
-    assert listed["supported_codecs"] == ["h264"]
+    wait_until(lambda: api(port, "GET", f"/engines/{engine_id}").ok, 60,
+               "the engine's first heartbeat")
+    assert api(port, "GET", f"/engines/{engine_id}").json()["supported_codecs"] == ["h264"]
 
     job = api(port, "POST", "/jobs/", json={
         "source_url": f"http://127.0.0.1:{source_port}/clip.avi",
