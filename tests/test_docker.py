@@ -264,9 +264,12 @@ def test_server_container_keeps_jobs_on_its_volume(
         subprocess.run(["docker", "run", "--rm", "-i", "--network", "none", "--volume",
                         f"{restored}:/app/data", "--entrypoint", "tar", SERVER_IMAGE,
                         "-C", "/app/data", "-xzf", "-"], stdin=source, timeout=60, check=True)
-    third = run_server(containers, restored, port, key_file)
+    third = run_server(containers, restored, port, key_file,
+                       "--env", "DISTCONV_LOG_FILE=/app/logs/server.log")
     wait_healthy(third)
     assert api(port, "GET", f"/jobs/{job['job_id']}").json() == job
+    # Logs into the logs volume when asked to, as README "Docker" says.
+    assert f"GET /jobs/{job['job_id']}" in docker("exec", third, "cat", "/app/logs/server.log")
 
 
 def test_a_bad_setting_stops_the_container_with_its_reason(
