@@ -22,6 +22,7 @@ from dispatch.persistence import Store
 from dispatch.schemas import ErrorSchema
 from dispatch.service import Clock, DispatchService
 from dispatch.settings import Settings, load_settings
+from dispatch.ui import views as ui
 
 MAX_BODY = 1024 * 1024
 access_log = logging.getLogger("dispatch.access")
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     for blueprint in (jobs.blp, engines.blp, system.blp):
         api.register_blueprint(blueprint)
     _document_common_errors(api)
+    ui.init_app(app, settings)  # the dashboard, /ui/ (outside the OpenAPI document)
     register_error_handlers(app)
     _instrument(app, metrics)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from itertools import islice
 from sys import intern
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -43,6 +43,7 @@ log = logging.getLogger("dispatch.service")
 events = logging.getLogger("dispatch.events")
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 QUEUE_FULL_RETRY_AFTER = 5  # seconds; a hint, the queue drains at the farm's pace
 
 
@@ -363,6 +364,23 @@ class DispatchService:
         self._durable(commit)
         return new
 
+    def set_priority(self, job_id: str, priority: int) -> Job:
+        """Change the priority of a job that has not finished; it takes effect at its
+        next assignment (its place in the queue, if pending)."""
+        with self._lock:
+            job = self.get_job(job_id)
+            if job.status in FINISHED_STATUSES:
+                raise errors.InvalidTransition(
+                    f"cannot change the priority of job {job_id!r}: it is already {job.status}"
+                )
+            if priority == job.priority:
+                return job
+            new = replace(job, priority=priority, updated_at=self._now())
+            commit = self._commit(jobs=[new])
+        self._durable(commit)
+        events.info("job priority %d -> %d", job.priority, priority, extra={"job_id": job_id})
+        return new
+
     # --------------------------------------------------------------- engines
 
     def heartbeat(self, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -630,6 +648,13 @@ class DispatchService:
             log.info("purged %d finished jobs older than %g s", len(old), retention)
 
     # ---------------------------------------------------------------- system
+
+    def read(self, query: Callable[[State, float], T]) -> T:
+        """Run a read-only ``query(state, now)`` under the lock: how report modules
+        (the dashboard's) read the tables without a method here for each question.
+        The query must not change the state and should be quick: it holds the lock."""
+        with self._lock:
+            return query(self._state, self._now())
 
     def counts(self) -> dict[str, int]:
         with self._lock:
