@@ -11,6 +11,7 @@ check_all() {
     missing=()
     need /usr/sbin/nginx nginx            # tests/test_deploy.py runs its own nginx on loopback
     need systemd-analyze systemd          # to verify the unit files
+    need /usr/bin/chromium chromium       # tests/test_ui_browser.py drives it with Playwright
 }
 
 check_all

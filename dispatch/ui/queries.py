@@ -9,9 +9,12 @@ read from the sorted indexes: their cost does not grow with the number of jobs.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
+
+import orjson
 
 from dispatch import codecs, reports
 from dispatch.models import Engine, Job
@@ -36,16 +39,16 @@ class JobFilter:
     def indexed(self) -> bool:
         return not (self.codec or self.engine or self.text)
 
-    def matcher(self) -> Any:
+    def matcher(self, history: Mapping[str, bytes]) -> Callable[[Job], bool]:
         """A predicate for the filters the indexes cannot answer."""
         family = codecs.family(self.codec) if self.codec else None
-        engine = self.engine or None
+        ran_on = _ran_on(self.engine, history) if self.engine else None
         text = self.text.casefold() or None
 
         def matches(job: Job) -> bool:
             if family is not None and codecs.family(job.target_codec) != family:
                 return False
-            if engine is not None and job.assigned_engine != engine:
+            if ran_on is not None and not ran_on(job):
                 return False
             if text is not None and not (
                 text in job.job_id.casefold() or text in job.source_url.casefold()
@@ -61,6 +64,17 @@ class JobFilter:
         return {key: value for key, value in (("status", self.status), ("codec", self.codec),
                                               ("engine", self.engine), ("q", self.text))
                 if value}
+
+
+def _ran_on(engine_id: str, history: Mapping[str, bytes]) -> Callable[[Job], bool]:
+    """Jobs the engine holds or held: a failed or released job no longer names its
+    engine, its history does (searched as bytes, without decoding it)."""
+    quoted = orjson.dumps(engine_id)
+
+    def ran_on(job: Job) -> bool:
+        return job.assigned_engine == engine_id or quoted in history.get(job.job_id, b"")
+
+    return ran_on
 
 
 @dataclass(frozen=True)
@@ -94,11 +108,14 @@ def find_jobs(service: DispatchService, where: JobFilter, offset: int = 0,
 
 def matching_jobs(service: DispatchService, where: JobFilter) -> list[Job]:
     """Every job the filter matches, newest first."""
-    table: list[Job] = service.read(lambda state, _now: list(_table(state, where.status)))
+    table, history = service.read(
+        lambda state, _now: (list(_table(state, where.status)), state.history))
     if where.indexed:
         table.reverse()
         return table
-    matches = where.matcher()
+    # The history table is read outside the lock: one dict lookup at a time (atomic),
+    # and its values are immutable bytes.
+    matches = where.matcher(history)
     return [job for job in reversed(table) if matches(job)]
 
 
@@ -170,9 +187,9 @@ def engine(service: DispatchService, engine_id: str) -> EngineRow | None:
 
 def recent_jobs(service: DispatchService, engine_id: str,
                 limit: int = RECENT_JOBS) -> list[Job]:
-    """The engine's latest jobs, newest first: those it holds now, then the finished
-    ones it ran (found by scanning back from the newest job, outside the lock)."""
-    table: list[Job] = service.read(lambda state, _now: list(state.ordered))
-    ran = (job for job in reversed(table) if job.assigned_engine == engine_id)
-    return list(islice(ran, limit))
+    """The latest jobs the engine holds or held, newest first (found by scanning back
+    from the newest job, outside the lock)."""
+    table, history = service.read(lambda state, _now: (list(state.ordered), state.history))
+    ran_on = _ran_on(engine_id, history)
+    return list(islice((job for job in reversed(table) if ran_on(job)), limit))
 
