@@ -43,7 +43,7 @@ class JobFilter:
         """A predicate for the filters the indexes cannot answer."""
         family = codecs.family(self.codec) if self.codec else None
         ran_on = _ran_on(self.engine, history) if self.engine else None
-        text = self.text.casefold() or None
+        text = self.text.lower() or None
 
         def matches(job: Job) -> bool:
             if family is not None and codecs.family(job.target_codec) != family:
@@ -51,8 +51,8 @@ class JobFilter:
             if ran_on is not None and not ran_on(job):
                 return False
             if text is not None and not (
-                text in job.job_id.casefold() or text in job.source_url.casefold()
-                or (job.error_message is not None and text in job.error_message.casefold())
+                text in job.job_id.lower() or text in job.source_url.lower()
+                or (job.error_message is not None and text in job.error_message.lower())
             ):
                 return False
             return True
