@@ -16,6 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.server import Server
+from tests.test_deploy import NGINX, Nginx
 
 CHROMIUM = Path("/usr/bin/chromium")
 ADMIN = "browser-admin-key-0123456789"
@@ -245,3 +246,42 @@ def test_screenshots_of_every_page_at_laptop_and_phone_width(
     login.get_by_role("button", name="Sign out").click()
     login.wait_for_url(re.compile(r".*/ui/login$"))
     shot(login, "login-phone")
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Nginx]]:
+    """A server behind the shipped nginx site (on a port of its own, not 80)."""
+    assert Path(NGINX).exists(), "run scripts/test-deps.sh first"
+    server = Server(tmp_path_factory.mktemp("ui-proxied"), ADMIN, "--trusted-proxies", "1")
+    nginx = Nginx(tmp_path_factory.mktemp("ui-nginx"), server.port)
+    server.start()
+    try:
+        nginx.start()
+        yield server, nginx
+    finally:
+        nginx.stop()
+        server.stop()
+
+
+def test_sign_in_and_act_through_nginx(browser: Browser,
+                                       proxied: tuple[Server, Nginx]) -> None:
+    server, nginx = proxied
+    api(server, "POST", "/engines/heartbeat", json={"engine_id": "behind-proxy"})
+    context = browser.new_context(viewport=SIZES["laptop"])  # type: ignore[arg-type]
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(nginx.url + "/ui/engines/behind-proxy")
+        page.get_by_label("API key").fill(ADMIN)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(nginx.url + "/ui/engines/behind-proxy")
+        cookie = next(c for c in context.cookies() if c["name"] == "distconv_ui")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+        assert not cookie["secure"]  # plain http to nginx here; https makes it Secure
+        page.get_by_role("button", name="Drain engine").click()
+        page.get_by_role("button", name="Yes, drain engine").click()
+        page.wait_for_url(nginx.url + "/ui/engines/behind-proxy")
+        assert "is draining" in page.locator(".messages").inner_text()
+        assert api(server, "GET", "/engines/behind-proxy")["status"] == "draining"
+    finally:
+        context.close()
