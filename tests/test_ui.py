@@ -225,6 +225,28 @@ def test_configured_secret_signs_sessions(make_app: Callable[..., Flask],
     assert not Path(settings.state_file + ".ui-secret").exists()
 
 
+def test_secret_settings_flag_variable_file_and_length(tmp_path: Path) -> None:
+    from dispatch.settings import SettingsError, load_settings
+
+    secret_file = tmp_path / "ui-secret"
+    secret_file.write_text("f" * 40 + "\n")
+    env = {"DISTCONV_API_KEY": API_KEY}
+    assert load_settings(["--ui-secret-file", str(secret_file)], env).ui_secret == "f" * 40
+    assert load_settings([], {**env, "DISTCONV_UI_SECRET_FILE": str(secret_file)}
+                         ).ui_secret == "f" * 40
+    assert load_settings([], {**env, "DISTCONV_UI_SECRET": "e" * 32}).ui_secret == "e" * 32
+    assert load_settings([], {**env, "DISTCONV_UI_SESSION_LIFETIME": "600"}
+                         ).ui_session_lifetime == 600
+    assert "e" * 32 not in repr(load_settings([], {**env, "DISTCONV_UI_SECRET": "e" * 32}))
+    with pytest.raises(SettingsError, match="DISTCONV_UI_SECRET.*at least 32"):
+        load_settings([], {**env, "DISTCONV_UI_SECRET": "short"})
+    secret_file.write_text("short")
+    with pytest.raises(SettingsError, match="dashboard secret file .*at least 32"):
+        load_settings(["--ui-secret-file", str(secret_file)], env)
+    with pytest.raises(SettingsError, match="cannot read dashboard secret file"):
+        load_settings(["--ui-secret-file", str(tmp_path / "missing")], env)
+
+
 def test_removing_a_key_ends_its_sessions(make_app: Callable[..., Flask],
                                           make_settings: Callable[..., Settings],
                                           tmp_path: Path) -> None:
@@ -657,7 +679,7 @@ def test_bulk_retry_by_filter_confirms_the_count_and_reports_failures(
     assert admin.post("/ui/jobs/bulk", form, token=False).status_code == 403
     ask = admin.post("/ui/jobs/bulk", form, confirm=False)
     assert "4 jobs match codec=vp9; retry applies to 3 of them" in visible(ask)
-    assert "Yes, retry job (3)" in buttons(ask)
+    assert "Yes, retry 3 jobs" in buttons(ask)
     assert all(api_job(client, auth, j)["status"] == "cancelled" for j in vp9)
     done = admin.post("/ui/jobs/bulk", form)
     assert done.status_code == 303 and done.headers["Location"] == "/ui/jobs?codec=vp9"

@@ -250,8 +250,10 @@ def jobs_bulk() -> Any:
     verb = {"cancel": "cancelled", "retry": "retried"}[action.name]
     flash(f"{result.changed} jobs {verb}; {result.skipped} skipped (their status does not "
           f"allow it); {len(result.failed)} failed.", "ok" if not result.failed else "error")
-    for job_id, message in result.failed[:20]:
+    for job_id, message in result.failed[:10]:  # the messages travel in the cookie
         flash(f"{job_id}: {message}", "error")
+    if len(result.failed) > 10:
+        flash(f"... and {len(result.failed) - 10} more; the log names each one.", "error")
     if len(matching) > BULK_MAX:
         flash(f"Only the first {BULK_MAX} of {len(matching)} matching jobs were handled; "
               "run the action again for the rest.", "error")
