@@ -333,6 +333,14 @@ def test_overview_counts_queue_engines_and_last_hour_chart(
     assert "<svg" in text(page)
 
 
+def test_overview_counts_a_job_in_backoff_as_pending(admin: Browser, client: FlaskClient,
+                                                      auth: dict[str, str]) -> None:
+    job_id = run_job(client, auth, target_codec="av1", priority=-3)
+    client.post(f"/jobs/{job_id}/fail", json={"error_message": "flaky"}, headers=auth)
+    assert api_job(client, auth, job_id)["waiting_reason"]["code"] == "backoff"
+    assert "av1 -3 1" in visible(admin.get("/ui/"))
+
+
 def make_jobs_for_filters(client: FlaskClient, auth: dict[str, str]) -> dict[str, str]:
     ids = {}
     ids["h264"] = client.post("/jobs/", json={**JOB, "source_url": "http://media/cats.mp4"},
