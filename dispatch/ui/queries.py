@@ -42,12 +42,18 @@ class JobFilter:
     def matcher(self, history: Mapping[str, bytes]) -> Callable[[Job], bool]:
         """A predicate for the filters the indexes cannot answer."""
         family = codecs.family(self.codec) if self.codec else None
+        in_family: dict[str, bool] = {}  # per codec name: a farm has a handful
         ran_on = _ran_on(self.engine, history) if self.engine else None
         text = self.text.lower() or None
 
         def matches(job: Job) -> bool:
-            if family is not None and codecs.family(job.target_codec) != family:
-                return False
+            if family is not None:
+                codec = job.target_codec
+                found = in_family.get(codec)
+                if found is None:
+                    found = in_family[codec] = codecs.family(codec) == family
+                if not found:
+                    return False
             if ran_on is not None and not ran_on(job):
                 return False
             if text is not None and not (
