@@ -1,9 +1,9 @@
 """gunicorn settings and hooks, shared by ``dispatch-server`` and ``gunicorn.conf.py``.
 
-One worker process, concurrency from threads: all state lives in that process (two
-workers would each hold a different copy of the queue). No ``max_requests`` (it would
-restart the worker, and with it the state), no ``preload_app`` (background threads
-must start after the fork).
+As many worker processes as the backend allows (the embedded journal: one, since all
+state lives in that process and two workers would each hold a different copy of the
+queue), concurrency from threads. No ``max_requests`` (it would restart the worker, and
+with it the state), no ``preload_app`` (background threads must start after the fork).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import signal
 from typing import Any
 
+from dispatch.bootstrap import choose_backend
 from dispatch.logs import add_secrets
 from dispatch.settings import Settings
 
@@ -29,7 +30,7 @@ def options(settings: Settings) -> dict[str, Any]:
         host = f"[{host}]"
     opts: dict[str, Any] = {
         "bind": [f"{host}:{settings.port}"],
-        "workers": 1,
+        "workers": choose_backend(settings).workers,
         "worker_class": "gthread",
         "threads": settings.thread_pool_size,
         "graceful_timeout": GRACEFUL_TIMEOUT,

@@ -212,3 +212,21 @@ def choose_job(
     # A slow engine: every candidate of the best priority is a large job that an
     # active fast engine can take.
     return None
+
+
+def pick_job(index: PendingIndex, engine: Engine, engines: Iterable[Engine],
+             capabilities: Iterable[str] | None, now: float, policy: Policy) -> Job | None:
+    """``choose_job`` with the engine's speed judged against the live engines (those
+    online and not draining), the others' ability to take a large job included."""
+    live = [e for e in engines if not e.offline and e.drain is None]
+    speed = engine_speed(engine, live)
+    fast = [e for e in live if e is not engine and engine_speed(e, live) == "fast"] \
+        if speed == "slow" else []
+
+    def fast_can_take(job: Job) -> bool:
+        return any(
+            (not e.supported_codecs or job.target_codec in e.supported_codecs)
+            and fits(job, e) for e in fast
+        )
+
+    return choose_job(index, engine, capabilities, now, policy, speed, fast_can_take)

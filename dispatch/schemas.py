@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 from flask import current_app
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
 
+from dispatch.callbacks import callback_problem
 from dispatch.models import ENGINE_ID, ENGINE_STATUSES, JOB_STATUSES
-from dispatch.webhooks import callback_problem
 
 MAX_URL = 2048
 MAX_TEXT = 4096

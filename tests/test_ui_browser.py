@@ -272,6 +272,7 @@ def test_sign_in_and_act_through_nginx(browser: Browser,
         page = context.new_page()
         page.set_default_timeout(WAIT_MS)
         page.goto(nginx.url + "/ui/engines/behind-proxy")
+        assert page.url.startswith(nginx.url + "/ui/login"), (page.url, page.content()[:500])
         page.get_by_label("API key").fill(ADMIN)
         page.get_by_role("button", name="Sign in").click()
         page.wait_for_url(nginx.url + "/ui/engines/behind-proxy")

@@ -28,11 +28,12 @@ from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 
 from dispatch import errors
+from dispatch.job_search import JobFilter
 from dispatch.models import JOB_STATUSES
 from dispatch.schemas import PrioritySchema
 from dispatch.service import DispatchService
 from dispatch.settings import Settings
-from dispatch.ui import present, queries, security
+from dispatch.ui import present, security
 from dispatch.ui.actions import (
     BULK_MAX,
     ENGINE_ACTIONS,
@@ -45,6 +46,9 @@ from dispatch.ui.actions import (
 
 REFRESH_MS = 2000
 MAX_FILTER = 256
+PAGE_SIZE = 50
+RECENT_JOBS = 20  # on an engine's page
+CHART_MINUTES = 60  # the overview's chart
 LIVE_HEADER = "X-Live-Fragment"
 
 blp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates",
@@ -180,7 +184,7 @@ def logout() -> ResponseReturnValue:
 
 @blp.route("/")
 def overview() -> Any:
-    data = queries.overview(_service())
+    data = _service().overview(CHART_MINUTES)
     per_minute = data["per_minute"]
     return _page("ui/overview.html", "ui/_overview_live.html", data=data,
                  completed_bars=present.bars(per_minute["completed"]),
@@ -191,7 +195,7 @@ def overview() -> Any:
 
 # ---------------------------------------------------------------------- jobs
 
-def _filter() -> queries.JobFilter:
+def _filter() -> JobFilter:
     source = request.values
     status = source.get("status", "").strip()
     if status and status not in JOB_STATUSES:
@@ -202,7 +206,7 @@ def _filter() -> queries.JobFilter:
     for name, value in values.items():
         if len(value) > MAX_FILTER:
             raise Refused(400, f"The {name} filter is longer than {MAX_FILTER} characters.")
-    return queries.JobFilter(status=status, **values)
+    return JobFilter(status=status, **values)
 
 
 def _offset() -> int:
@@ -216,16 +220,16 @@ def _offset() -> int:
 def jobs() -> Any:
     where = _filter()
     offset = _offset()
-    page = queries.find_jobs(_service(), where, offset)
+    page = _service().search_jobs(where, offset, PAGE_SIZE)
     base = where.args()
 
     def link(new_offset: int) -> str:
         args = {**base, "offset": str(new_offset)} if new_offset else base
         return url_for("ui.jobs") + ("?" + urlencode(args) if args else "")
 
-    newer = link(max(0, offset - page.limit)) if offset > 0 else None
-    older = link(offset + page.limit) if offset + page.limit < page.total else None
-    return _page("ui/jobs.html", "ui/_jobs_live.html", page=page, where=where,
+    newer = link(max(0, offset - PAGE_SIZE)) if offset > 0 else None
+    older = link(offset + PAGE_SIZE) if offset + PAGE_SIZE < page.total else None
+    return _page("ui/jobs.html", "ui/_jobs_live.html", page=page, offset=offset, where=where,
                  statuses=JOB_STATUSES, newer=newer, older=older, nav="jobs",
                  bulk_actions=JOB_ACTIONS.values())
 
@@ -237,14 +241,15 @@ def jobs_bulk() -> Any:
     if action is None:
         raise Refused(400, "Unknown bulk action; choose retry or cancel.")
     where = _filter()
-    matching = queries.matching_jobs(_service(), where)
-    applicable = sum(1 for job in matching[:BULK_MAX] if action.applies(job))
+    found = _service().search_jobs(where, 0, BULK_MAX)
+    matching, matched = found.jobs, found.total
+    applicable = sum(1 for job in matching if action.applies(job))
     description = ", ".join(f"{key}={value}" for key, value in where.args().items()) \
         or "all jobs"
     back = url_for("ui.jobs") + ("?" + urlencode(where.args()) if where.args() else "")
     if not _confirmed():
         return _confirm(f"{action.button.split()[0]} every job matching the filter?", action,
-                        description, back, bulk=True, matched=len(matching), applicable=applicable,
+                        description, back, bulk=True, matched=matched, applicable=applicable,
                         limit=BULK_MAX)
     result = bulk(_service(), who, action, matching, description)
     verb = {"cancel": "cancelled", "retry": "retried"}[action.name]
@@ -254,8 +259,8 @@ def jobs_bulk() -> Any:
         flash(f"{job_id}: {message}", "error")
     if len(result.failed) > 10:
         flash(f"... and {len(result.failed) - 10} more; the log names each one.", "error")
-    if len(matching) > BULK_MAX:
-        flash(f"Only the first {BULK_MAX} of {len(matching)} matching jobs were handled; "
+    if matched > BULK_MAX:
+        flash(f"Only the first {BULK_MAX} of {matched} matching jobs were handled; "
               "run the action again for the rest.", "error")
     return redirect(back, 303)
 
@@ -324,18 +329,18 @@ def _first(messages: Any) -> str:
 def engines() -> Any:
     _admin_or_403_for_reading()
     return _page("ui/engines.html", "ui/_engines_live.html",
-                 rows=queries.engines(_service()), nav="engines")
+                 rows=_service().engine_rows(), nav="engines")
 
 
 @blp.route("/engines/<engine_id>")
 def engine(engine_id: str) -> Any:
     _admin_or_403_for_reading()
     service = _service()
-    row = queries.engine(service, engine_id)
+    row = service.engine_row(engine_id)
     if row is None:
         raise errors.EngineNotFound(engine_id)
     return _page("ui/engine.html", "ui/_engine_live.html", row=row,
-                 recent=queries.recent_jobs(service, engine_id),
+                 recent=service.recent_jobs(engine_id, RECENT_JOBS),
                  actions=ENGINE_ACTIONS.values(), nav="engines")
 
 
@@ -353,7 +358,7 @@ def engine_action(engine_id: str, name: str) -> Any:
     action = ENGINE_ACTIONS.get(name)
     if action is None:
         raise Refused(404, f"No engine action {name!r}.")
-    if queries.engine(service, engine_id) is None:
+    if service.engine_row(engine_id) is None:
         raise errors.EngineNotFound(engine_id)
     if not _confirmed():
         return _confirm(f"{action.button} {engine_id}?", action, engine_id,
