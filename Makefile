@@ -47,6 +47,7 @@ test: lint test-deps
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/dashboard.py
 
 # Lay the server out under PREFIX (default /opt/distconv/server); see README "Deployment".
 install:

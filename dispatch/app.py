@@ -20,6 +20,7 @@ from dispatch.metrics import Metrics
 from dispatch.schemas import ErrorSchema
 from dispatch.service import DispatchService
 from dispatch.settings import Settings
+from dispatch.ui import views as ui
 
 MAX_BODY = 1024 * 1024
 access_log = logging.getLogger("dispatch.access")
@@ -68,6 +69,7 @@ def create_app(settings: Settings, service: DispatchService, metrics: Metrics) -
     for blueprint in (jobs.blp, engines.blp, system.blp):
         api.register_blueprint(blueprint)
     _document_common_errors(api)
+    ui.init_app(app, settings)  # the dashboard, /ui/ (outside the OpenAPI document)
     register_error_handlers(app)
     _instrument(app, metrics)
     return app

@@ -16,6 +16,7 @@ Every presented key is compared with every configured key in constant time.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import threading
@@ -110,6 +111,16 @@ class KeyRing:
     def secrets(self) -> list[str]:
         return [key.secret.decode() for key in self._keys]
 
+    def by_fingerprint(self, fingerprint: str) -> Principal | None:
+        """The principal of the key whose fingerprint this is, while it is still
+        accepted (a dashboard session ends when its key is removed)."""
+        found: Principal | None = None
+        for key in self._keys:
+            if hmac.compare_digest(fingerprint, key_fingerprint(key.secret.decode())) \
+                    and found is None:
+                found = key.principal
+        return found
+
     def identify(self, presented: str | None) -> Principal | None:
         if not presented:
             return None
@@ -120,6 +131,12 @@ class KeyRing:
             if hmac.compare_digest(candidate, key.secret) and found is None:
                 found = key.principal
         return found
+
+
+def key_fingerprint(key: str) -> str:
+    """A key's name for logs and sessions, not the key: the first 12 hex digits of its
+    SHA-256 (``printf %s KEY | sha256sum | cut -c1-12``)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 auth = HTTPTokenAuth(header="X-API-Key")

@@ -96,6 +96,16 @@ class PendingIndex:
             if not buckets:
                 del self._ready[job.target_codec]
 
+    def counts(self) -> dict[tuple[str, int], int]:
+        """Pending jobs per (codec, priority), those in backoff included: from the
+        buckets' sizes, without visiting the ready jobs."""
+        counts = {(codec, priority): len(bucket) for codec, buckets in self._ready.items()
+                  for priority, bucket in buckets.items()}
+        for _, _, job in self._waiting:
+            key = (job.target_codec, job.priority)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def promote(self, now: float) -> None:
         """Move jobs whose backoff has ended into their buckets."""
         while self._waiting and self._waiting[0][0] <= now:

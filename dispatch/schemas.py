@@ -71,6 +71,10 @@ def _engine_id(**kwargs: Any) -> fields.String:
     )
 
 
+def _priority(**kwargs: Any) -> fields.Integer:
+    return StrictInteger(validate=validate.Range(min=-100, max=100), **kwargs)
+
+
 # ----------------------------------------------------------------- requests
 
 class JobSubmitSchema(StrictSchema):
@@ -78,7 +82,7 @@ class JobSubmitSchema(StrictSchema):
     target_codec = _text(64, required=True)
     job_size = FiniteFloat(required=True, validate=validate.Range(min=0))
     max_retries = StrictInteger(validate=validate.Range(min=0, max=100))
-    priority = StrictInteger(validate=validate.Range(min=-100, max=100))
+    priority = _priority()
     callback_url = fields.String(
         validate=validate.Length(min=1, max=MAX_URL),
         metadata={"description": "http(s) URL POSTed the job, signed, when it completes, "
@@ -115,6 +119,11 @@ class IdempotencyHeaderSchema(Schema):
         metadata={"description": "Repeat a submission safely: the same key with the same "
                   "body within 24 h returns the original job (200) instead of a new one"},
     )
+
+
+class PrioritySchema(StrictSchema):
+    priority = _priority(required=True, metadata={
+        "description": "-100..100; higher runs first (with aging, see Scheduling)"})
 
 
 class JobListQuerySchema(StrictSchema):
@@ -223,7 +232,7 @@ class JobEventSchema(Schema):
     event = fields.String(required=True, validate=validate.OneOf((
         "submitted", "assigned", "processing", "progress", "completed", "cancelled",
         "failed_attempt", "engine_lost", "stalled", "requeued", "failed", "released",
-        "retried")))
+        "retried", "priority")))
     engine_id = fields.String(required=True, allow_none=True)
     attempt = fields.Integer(required=True)
     detail = fields.String(required=True, allow_none=True)

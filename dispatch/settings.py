@@ -20,7 +20,8 @@ from dispatch.models import ENGINE_ID
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
 MIN_KEY_LENGTH = 16
-SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret"})
+MIN_SECRET_LENGTH = 32
+SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret", "ui_secret"})
 
 
 class SettingsError(Exception):
@@ -61,6 +62,10 @@ class Settings:
     webhook_timeout: float = 5.0
     webhook_retry_for: float = 3600.0
     idempotency_ttl: float = 86400.0
+    # The dashboard's session-signing secret (or a file holding it); when neither is
+    # set, one is generated once and kept beside the state file (dispatch.ui.secret).
+    ui_secret: str | None = None
+    ui_session_lifetime: float = 43200.0  # seconds a dashboard sign-in lasts
     config_file: str | None = None
 
     def __repr__(self) -> str:
@@ -69,7 +74,7 @@ class Settings:
             f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in SECRET
         )
         return (f"Settings(api_key='***', client_keys=***, engine_keys=***, "
-                f"webhook_secret=***, {shown})")
+                f"webhook_secret=***, ui_secret=***, {shown})")
 
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -137,6 +142,14 @@ def _engine_key_list(text: str) -> tuple[str, ...]:
             raise ValueError("KEY@ENGINE_ID needs an engine id of 1-128 letters, "
                              "digits and ._:-")
     return items
+
+
+def _secret(text: str) -> str:
+    value = text.strip()
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must have at least {MIN_SECRET_LENGTH} characters "
+                         "(generate one with: openssl rand -hex 32)")
+    return value
 
 
 def _host_list(text: str) -> tuple[str, ...]:
@@ -207,6 +220,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("idempotency_ttl", _float(1), None, None, ("idempotency_ttl",)),
     _Option("job_stall_timeout", _float(0), None, "DISTCONV_JOB_STALL_TIMEOUT",
             ("job_stall_timeout",)),
+    _Option("ui_secret", _secret, None, "DISTCONV_UI_SECRET", ("ui_secret",)),
+    _Option("ui_secret_file", _text, "--ui-secret-file", "DISTCONV_UI_SECRET_FILE",
+            ("ui_secret_file",)),
+    _Option("ui_session_lifetime", _float(60), None, "DISTCONV_UI_SESSION_LIFETIME",
+            ("ui_session_lifetime",)),
 )
 
 # Levels of precedence; a higher number wins.
@@ -236,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine-timeout": "seconds without heartbeat before an engine is offline (default 180)",
         "--threads": "worker threads (default 8)",
         "--keys-file": "file of role keys, 'ROLE KEY [ENGINE_ID]' a line; reread on SIGUSR1",
+        "--ui-secret-file": "file holding the dashboard's session-signing secret "
+        "(default: generated once beside the state file)",
         "--trusted-proxies": "number of reverse proxies in front whose X-Forwarded-For "
         "is trusted (default 0: none)",
     }
@@ -262,6 +282,13 @@ def _read_config_file(path: str) -> dict[str, str]:
     for section in parser.sections():
         values.update(parser.items(section))
     return values
+
+
+# (file option, value option, what the file holds, its converter)
+_FROM_FILE = (
+    ("api_key_file", "api_key", "API key", str),
+    ("ui_secret_file", "ui_secret", "dashboard secret", _secret),
+)
 
 
 def load_settings(
@@ -300,8 +327,8 @@ def add_flags(parser: argparse.ArgumentParser, options: Sequence[_Option],
 def resolve_options(options: Sequence[_Option], args: argparse.Namespace,
                     environ: Mapping[str, str], config_path: str | None) -> dict[str, Any]:
     """The converted value of every option given somewhere (flag > variable > file),
-    keyed by field; ``api_key`` holds the key read from ``api_key_file`` when that
-    was given at a higher level than ``api_key`` itself."""
+    keyed by field; a value with a ``*_file`` option (``_FROM_FILE``) holds what that
+    file says when the file was given at a higher level than the value itself."""
     file_values = _read_config_file(config_path) if config_path else {}
     known_keys = {key: option for option in options for key in option.keys}
     for key in file_values:
@@ -330,19 +357,24 @@ def resolve_options(options: Sequence[_Option], args: argparse.Namespace,
             raise SettingsError(f"invalid value for {source}: {exc}") from None
         level[option.field] = source_level
 
-    key_file = resolved.pop("api_key_file", None)
-    if key_file is not None and ("api_key" not in resolved
-                                 or level["api_key_file"] > level["api_key"]):
-        resolved["api_key"] = _read_key_file(key_file)
+    # A value may come from a file named by its *_file option, which wins when given
+    # at a higher level than the value itself.
+    for file_field, field, what, convert in _FROM_FILE:
+        path = resolved.pop(file_field, None)
+        if path is not None and (field not in resolved or level[file_field] > level[field]):
+            try:
+                resolved[field] = convert(_read_key_file(path, what))
+            except ValueError as exc:
+                raise SettingsError(f"{what} file {path}: {exc}") from None
     return resolved
 
 
-def _read_key_file(path: str) -> str:
+def _read_key_file(path: str, what: str = "API key") -> str:
     try:
         with open(path, encoding="utf-8") as handle:
             key = handle.read().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"cannot read API key file {path}: {exc.__class__.__name__}") from None
+        raise SettingsError(f"cannot read {what} file {path}: {exc.__class__.__name__}") from None
     if not key:
-        raise SettingsError(f"API key file {path} is empty")
+        raise SettingsError(f"{what} file {path} is empty")
     return key

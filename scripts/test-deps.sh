@@ -16,6 +16,7 @@ check_all() {
     need docker-compose docker-compose    # tests/test_docker.py checks docker-compose.yml
     need curl curl                        # tests/test_docker.py submits a job as a user would
     need ffmpeg ffmpeg                    # dispatch-engine and its tests (ffprobe too)
+    need /usr/bin/chromium chromium       # tests/test_ui_browser.py drives it with Playwright
 }
 
 check_all

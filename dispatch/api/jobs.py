@@ -22,6 +22,7 @@ from dispatch.schemas import (
     JobPageSchema,
     JobSchema,
     JobSubmitSchema,
+    PrioritySchema,
     ProgressSchema,
 )
 from dispatch.service import DispatchService
@@ -170,3 +171,15 @@ def fail(data: dict[str, Any], job_id: str) -> Response:
 def retry(job_id: str) -> Response:
     """Send a failed or cancelled job back to the queue."""
     return _job_response(_service().retry_job(job_id))
+
+
+@blp.route("/<job_id>/priority", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=JOB_WRITERS)
+@blp.arguments(PrioritySchema())
+@blp.response(200, JobSchema, description="The job with its new priority")
+@blp.alt_response(404, schema=ErrorSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="Already finished")
+def set_priority(data: dict[str, Any], job_id: str) -> Response:
+    """Change the priority of a job that has not finished (a `priority` event in its
+    history); a pending job moves to its new place in the queue."""
+    return _job_response(_service().set_priority(job_id, data["priority"]))
