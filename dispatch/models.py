@@ -192,6 +192,7 @@ class Engine:
     jobs_failed: int = 0
     offline: bool = False
     drain: str | None = None  # "api" (operator) or "engine" (announced by the engine)
+    telemetry: dict[str, Any] | None = None  # the last heartbeat's other fields, as sent
 
     def to_record(self) -> dict[str, Any]:
         """The state-file form (``status`` and ``current_jobs`` are derived on load)."""
@@ -212,6 +213,7 @@ class Engine:
             "last_heartbeat": format_time(self.last_heartbeat),
             "status": "offline" if self.offline else "idle",
             "drain": self.drain,
+            "telemetry": self.telemetry,
         }
 
     @classmethod
@@ -239,4 +241,5 @@ class Engine:
             jobs_failed=int(data.get("jobs_failed") or 0),
             offline=data.get("status") == "offline",
             drain=data.get("drain") if data.get("drain") in ("api", "engine") else None,
+            telemetry=data.get("telemetry") or None,
         )

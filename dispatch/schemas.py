@@ -12,8 +12,19 @@ import math
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from flask import current_app
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+)
 
 from dispatch.models import ENGINE_ID, ENGINE_STATUSES, JOB_STATUSES
 from dispatch.webhooks import callback_problem
@@ -50,6 +61,50 @@ class StrictInteger(fields.Integer):
         if isinstance(value, bool):
             raise ValidationError("Not a valid integer.")
         return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false``: ``1`` and ``0`` are numbers, not booleans
+    (marshmallow takes them, and ``1 in {True}`` holds in Python)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+# A JSON list of strings written as a string, as the original engine's early versions
+# send ``local_job_queue`` ("[]"); each id 1-256 characters, no control characters.
+_JSON_ID = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]){1,256}"'
+_WS = r"[ \t\n\r]*"
+JSON_ID_LIST = rf"^{_WS}\[{_WS}(?:{_JSON_ID}(?:{_WS},{_WS}{_JSON_ID})*)?{_WS}\]{_WS}$"
+MAX_QUEUE = 10000
+
+
+class JobIdList(fields.Field):
+    """Job ids as a JSON list, or as a string holding a JSON list of strings. A plain
+    field, so that the OpenAPI document shows both forms (``oneOf``) and no ``type``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"oneOf": [
+            {"type": "array", "maxItems": MAX_QUEUE,
+             "items": {"type": "string", "minLength": 1, "maxLength": 256}},
+            {"type": "string", "pattern": JSON_ID_LIST,
+             "description": "the same list written as a JSON string (earlier engines)"},
+        ]}, **kwargs)
+        self._list = fields.List(_text(256), validate=validate.Length(max=MAX_QUEUE))
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any,
+                     **kwargs: Any) -> list[str]:
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise ValidationError(
+                    "Not a list, nor a string holding a JSON list.") from None
+            if not isinstance(value, list):
+                raise ValidationError("Not a list, nor a string holding a JSON list.")
+        return self._list.deserialize(value)
 
 
 def _check_url(value: str) -> None:
@@ -141,19 +196,37 @@ class FailSchema(StrictSchema):
     attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
 
+MAX_TELEMETRY = 16 * 1024  # bytes of JSON: what one engine's extra fields may take
+
+
 class HeartbeatSchema(Schema):
+    """The fields the server uses are typed strictly; any other field is telemetry,
+    kept as sent (``telemetry`` in the loaded data), up to ``MAX_TELEMETRY`` bytes."""
+
     class Meta:
-        unknown = EXCLUDE  # engines send telemetry we do not use
+        unknown = INCLUDE
 
     engine_id = _engine_id(required=True)
     engine_type = _text(128)
     supported_codecs = fields.List(_text(64), validate=validate.Length(max=MAX_LIST))
     status = fields.String(validate=validate.OneOf(("idle", "busy", "draining")))
     storage_capacity_gb = FiniteFloat(validate=validate.Range(min=0))
-    streaming_support = fields.Boolean(truthy={True}, falsy={False})
+    streaming_support = StrictBoolean()
     hostname = _text(255)
     benchmark_time = FiniteFloat(validate=validate.Range(min=0))
-    local_job_queue = fields.List(_text(256), validate=validate.Length(max=10000))
+    local_job_queue = JobIdList()
+
+    @post_load
+    def _telemetry(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        extra = {key: data.pop(key) for key in list(data) if key not in self.fields}
+        if extra:
+            size = len(orjson.dumps(extra))
+            if size > MAX_TELEMETRY:
+                raise ValidationError(
+                    f"telemetry (the fields the server does not use) takes {size} bytes "
+                    f"of JSON, more than {MAX_TELEMETRY}", "_schema")
+        data["telemetry"] = extra or None
+        return data
 
 
 class BenchmarkSchema(StrictSchema):
@@ -257,6 +330,10 @@ class EngineSchema(Schema):
     jobs_failed = fields.Integer(required=True)
     registered_at = fields.String(required=True, metadata={"format": "date-time"})
     last_heartbeat = fields.String(required=True, metadata={"format": "date-time"})
+    telemetry = fields.Dict(
+        keys=fields.String(), required=True, allow_none=True,
+        metadata={"description": "The last heartbeat's fields the server does not use "
+                  "(encoders, cpu_temperature, ...), as the engine sent them"})
 
 
 class HeartbeatAnswerSchema(EngineSchema):

@@ -34,7 +34,7 @@ from dispatch.models import (
     to_micros,
 )
 from dispatch.persistence import MemoryStore, Op, SnapshotData, Store
-from dispatch.scheduler import Policy, choose_job, engine_speed, fits
+from dispatch.scheduler import Policy, can_run, choose_job, engine_speed
 from dispatch.settings import Settings
 from dispatch.state import State
 from dispatch.webhooks import backoff, callback_problem
@@ -378,7 +378,7 @@ class DispatchService:
             elif reported in ("idle", "busy") and engine.drain == "engine":
                 changes["drain"] = None  # the engine ends a drain it announced itself
             for key in ("engine_type", "hostname", "storage_capacity_gb",
-                        "streaming_support"):
+                        "streaming_support", "telemetry"):
                 if key in data:
                     changes[key] = data[key]
             for key in ("supported_codecs", "local_job_queue"):
@@ -490,10 +490,7 @@ class DispatchService:
                 if speed == "slow" else []
 
             def fast_can_take(job: Job) -> bool:
-                return any(
-                    (not e.supported_codecs or job.target_codec in e.supported_codecs)
-                    and fits(job, e) for e in fast
-                )
+                return any(can_run(job, e) for e in fast)
 
             job = choose_job(self._state.pending, engine, capabilities, now, self._policy,
                              speed, fast_can_take)

@@ -33,7 +33,10 @@ def _service() -> DispatchService:
 @blp.response(200, HeartbeatAnswerSchema, description="The engine as the server sees it, "
               "with the jobs it must stop and whether it is draining")
 def heartbeat(data: dict[str, Any]) -> Response:
-    """Register an engine (first call) or refresh it; unknown telemetry is ignored.
+    """Register an engine (first call) or refresh it.
+
+    Fields the server does not use are telemetry, kept as sent (`telemetry` in the
+    answer, up to 16 KiB); `local_job_queue` may also be a string holding a JSON list.
 
     `status` is advice: `draining` asks for no new jobs until the engine reports
     `idle` or `busy` again."""
