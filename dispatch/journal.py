@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from dispatch import cpp_layout
 from dispatch.errors import PersistenceError, StateError
 from dispatch.persistence import Op, RecoveredState, SnapshotData
 
@@ -277,6 +278,12 @@ class JournalStore:
             raise StateError(
                 f"state file {self.path} has no 'jobs' and 'engines' objects; {_WHAT_TO_DO}"
             )
+        if cpp_layout.is_original(data):
+            try:
+                jobs, engines = cpp_layout.convert(jobs, engines)
+            except cpp_layout.RecordError as exc:
+                raise StateError(f"state file {self.path}, written by the C++ server: "
+                                 f"{exc}; {_WHAT_TO_DO}") from None
         version = data.get("version", 1)
         if not isinstance(version, int) or version > STATE_VERSION:
             raise StateError(

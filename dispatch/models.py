@@ -86,11 +86,15 @@ class Job:
     attempt: int = 0
     progress_at: float | None = None  # when progress last changed (stall detection)
     callback_url: str | None = None
+    # Fields of a record written by the C++ server that this server does not use
+    # (``metadata``...), written back as they were; None for every other job.
+    extra: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The API form: the record's keys with RFC 3339 times."""
         body = self.to_record()
         del body["progress_at"]
+        body.pop("extra", None)
         for key in _TIME_KEYS:
             body[key] = format_time(body[key])
         return body
@@ -101,7 +105,7 @@ class Job:
         faster than RFC 3339 strings and leave no temporary strings behind, which
         keeps a large queue's resident memory close to its live size; the C++
         server's string times load as well."""
-        return {
+        record = {
             "job_id": self.job_id,
             "source_url": self.source_url,
             "target_codec": self.target_codec,
@@ -123,10 +127,14 @@ class Job:
             "callback_url": self.callback_url,
             "progress_at": self.progress_at,
         }
+        if self.extra is not None:
+            record["extra"] = self.extra
+        return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], seq: int) -> Job:
-        """Load a job from the state file; tolerant of the C++ server's sparser records.
+        """Load a job from the state file; tolerant of sparser records (the C++
+        server's, once ``dispatch.cpp_layout`` has read them as ours).
 
         Strings repeated across jobs (status, codec, engine) are shared, not copied
         per job: a queue of 100,000 jobs holds a handful of them."""
@@ -147,6 +155,7 @@ class Job:
                 _time(data["retry_at"]), _time(data["assigned_at"]),
                 _time(data["completed_at"]), data["attempt"],
                 _time(data["progress_at"]), data.get("callback_url"),
+                data.get("extra"),
             )
         created = parse_time(data.get("created_at")) or 0.0
         return cls(
@@ -171,6 +180,7 @@ class Job:
             attempt=int(data.get("attempt") or 0),
             progress_at=parse_time(data.get("progress_at")),
             callback_url=data.get("callback_url") or None,
+            extra=data.get("extra") or None,
         )
 
 
