@@ -47,7 +47,8 @@ class RecordError(ValueError):
 
     def __init__(self, kind: str, key: str, field: str, problem: str) -> None:
         self.kind, self.key, self.field = kind, key, field
-        super().__init__(f"{kind} {key!r}: {field} {problem}")
+        self.problem = f"{field} {problem}"
+        super().__init__(f"{kind} {key!r}: {self.problem}")
 
 
 def is_original(document: Mapping[str, Any]) -> bool:

@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dispatch-server",
         description="DistConv dispatch server: the job coordinator of a transcoding farm.",
         epilog="Every flag can also be set by a DISTCONV_* environment variable or in "
-        "the config file; flags win over variables, variables over the file.",
+        "the config file; flags win over variables, variables over the file. "
+        "'dispatch-server import-cpp --help': bring over the C++ server's SQLite state.",
     )
     parser.add_argument("--version", action="version", version=f"dispatch-server {__version__}")
     parser.add_argument("--config", metavar="FILE", help="INI-style config file (DISTCONV_CONFIG)")
@@ -273,8 +274,15 @@ def load_settings(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Resolve settings from flags, environment and config file; raise SettingsError."""
+    return settings_from_args(build_parser().parse_args([] if argv is None else list(argv)),
+                              environ)
+
+
+def settings_from_args(args: argparse.Namespace,
+                       environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags already parsed by ``build_parser`` (or a parser that has it
+    as a parent, as a subcommand's does), the environment and the config file."""
     environ = os.environ if environ is None else environ
-    args = build_parser().parse_args([] if argv is None else list(argv))
 
     config_path = args.config or environ.get("DISTCONV_CONFIG") or None
     file_values = _read_config_file(config_path) if config_path else {}
