@@ -19,8 +19,15 @@ JOB_STATUSES = ("pending", "assigned", "processing", "completed", "failed", "can
 ACTIVE_STATUSES = frozenset({"assigned", "processing"})
 FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 ENGINE_STATUSES = ("idle", "busy", "draining", "offline")
-# Engine ids: what the API, the key file and the engine_keys setting accept.
-ENGINE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Engine ids: what the API, the key file and the engine_keys setting accept. The
+# names of the fixed routes beside /engines/{engine_id} are not engine ids, so that
+# those routes and an engine's own never answer for each other.
+RESERVED_ENGINE_IDS = ("heartbeat", "benchmark_result")
+ENGINE_ID = re.compile(
+    rf"^(?!(?:{'|'.join(RESERVED_ENGINE_IDS)})$)[A-Za-z0-9._:-]{{1,128}}$")
+ENGINE_ID_RULE = "1-128 letters, digits or ._:-, and not heartbeat or benchmark_result"
+# Job ids are any text, but /jobs/batch is its own route.
+RESERVED_JOB_IDS = ("batch",)
 _STATUSES = {status: status for status in JOB_STATUSES}
 _TIME_KEYS = ("retry_at", "created_at", "updated_at", "assigned_at", "completed_at")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from flask import current_app
@@ -26,7 +25,8 @@ from marshmallow import (
     validates,
 )
 
-from dispatch.models import ENGINE_ID, ENGINE_STATUSES, JOB_STATUSES
+from dispatch.models import ENGINE_ID, ENGINE_ID_RULE, ENGINE_STATUSES, JOB_STATUSES
+from dispatch.urls import SOURCE_URL, SOURCE_URL_RULE
 from dispatch.webhooks import callback_problem
 
 MAX_URL = 2048
@@ -108,11 +108,8 @@ class JobIdList(fields.Field):
 
 
 def _check_url(value: str) -> None:
-    parts = urlsplit(value)
-    if not parts.scheme or not (parts.netloc or (parts.scheme == "file" and parts.path)):
-        raise ValidationError("Must be an absolute URL with a scheme and a host (or file:///path).")
-    if any(ch.isspace() for ch in value):
-        raise ValidationError("Must not contain whitespace.")
+    if not SOURCE_URL.match(value):
+        raise ValidationError(f"Must be {SOURCE_URL_RULE}.")
 
 
 def _text(maximum: int = MAX_TEXT, **kwargs: Any) -> fields.String:
@@ -121,7 +118,7 @@ def _text(maximum: int = MAX_TEXT, **kwargs: Any) -> fields.String:
 
 def _engine_id(**kwargs: Any) -> fields.String:
     return fields.String(
-        validate=validate.Regexp(ENGINE_ID, error="Must be 1-128 letters, digits or ._:-"),
+        validate=validate.Regexp(ENGINE_ID, error=f"Must be {ENGINE_ID_RULE}."),
         **kwargs,
     )
 
@@ -129,7 +126,8 @@ def _engine_id(**kwargs: Any) -> fields.String:
 # ----------------------------------------------------------------- requests
 
 class JobSubmitSchema(StrictSchema):
-    source_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
+    source_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL),
+                               metadata={"pattern": SOURCE_URL.pattern})
     target_codec = _text(64, required=True)
     job_size = FiniteFloat(required=True, validate=validate.Range(min=0))
     max_retries = StrictInteger(validate=validate.Range(min=0, max=100))

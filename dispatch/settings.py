@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from dispatch import __version__
-from dispatch.models import ENGINE_ID
+from dispatch.models import ENGINE_ID, ENGINE_ID_RULE
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
@@ -134,8 +134,7 @@ def _engine_key_list(text: str) -> tuple[str, ...]:
         if len(key) < MIN_KEY_LENGTH:
             raise ValueError(f"keys must have at least {MIN_KEY_LENGTH} characters")
         if at and not ENGINE_ID.match(engine_id):
-            raise ValueError("KEY@ENGINE_ID needs an engine id of 1-128 letters, "
-                             "digits and ._:-")
+            raise ValueError(f"KEY@ENGINE_ID needs an engine id of {ENGINE_ID_RULE}")
     return items
 
 

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from dispatch.urls import callback_pattern
+
 if TYPE_CHECKING:
     from dispatch.service import DispatchService
 
@@ -37,18 +39,26 @@ USER_AGENT = "distconv-dispatch-webhook"
 
 def callback_problem(url: str, allowed_hosts: tuple[str, ...]) -> str | None:
     """Why ``url`` may not be called back, or None when it may."""
-    if not allowed_hosts:
+    pattern = callback_pattern(allowed_hosts)
+    if pattern is None:
         return "callbacks are disabled on this server (no webhook_allowed_hosts)"
+    if pattern.match(url):
+        return None
+    # Not the published form: say why as precisely as the URL allows.
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http or https URL with a host"
     if parts.username or parts.password:
         return "must not carry credentials"
     host = parts.hostname.lower()
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    try:
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "has an invalid port"
     if host not in allowed_hosts and netloc not in allowed_hosts:
         return f"host {host!r} is not in webhook_allowed_hosts"
-    return None
+    return ("must be http(s)://HOST[:PORT][/PATH] with a host in webhook_allowed_hosts, "
+            "without whitespace")
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
