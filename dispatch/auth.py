@@ -72,7 +72,7 @@ def parse_key_file(text: str, source: str) -> list[tuple[str, Principal]]:
             raise KeyFileError(f"{source} line {number}: keys must have at least "
                                f"{MIN_KEY_LENGTH} characters")
         engine_id = parts[2] if len(parts) == 3 else None
-        if engine_id is not None and not ENGINE_ID.match(engine_id):
+        if engine_id is not None and not ENGINE_ID.fullmatch(engine_id):
             raise KeyFileError(f"{source} line {number}: invalid engine id (must be "
                                f"{ENGINE_ID_RULE})")
         keys.append((parts[1], Principal(role, engine_id)))

@@ -108,7 +108,7 @@ class JobIdList(fields.Field):
 
 
 def _check_url(value: str) -> None:
-    if not SOURCE_URL.match(value):
+    if not SOURCE_URL.fullmatch(value):
         raise ValidationError(f"Must be {SOURCE_URL_RULE}.")
 
 
@@ -116,11 +116,15 @@ def _text(maximum: int = MAX_TEXT, **kwargs: Any) -> fields.String:
     return fields.String(validate=validate.Length(min=1, max=maximum), **kwargs)
 
 
+def _check_engine_id(value: str) -> None:
+    # fullmatch: "$" alone lets a trailing newline through.
+    if not ENGINE_ID.fullmatch(value):
+        raise ValidationError(f"Must be {ENGINE_ID_RULE}.")
+
+
 def _engine_id(**kwargs: Any) -> fields.String:
-    return fields.String(
-        validate=validate.Regexp(ENGINE_ID, error=f"Must be {ENGINE_ID_RULE}."),
-        **kwargs,
-    )
+    return fields.String(validate=_check_engine_id, metadata={"pattern": ENGINE_ID.pattern},
+                         **kwargs)
 
 
 # ----------------------------------------------------------------- requests

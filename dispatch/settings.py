@@ -133,7 +133,7 @@ def _engine_key_list(text: str) -> tuple[str, ...]:
         key, at, engine_id = item.partition("@")
         if len(key) < MIN_KEY_LENGTH:
             raise ValueError(f"keys must have at least {MIN_KEY_LENGTH} characters")
-        if at and not ENGINE_ID.match(engine_id):
+        if at and not ENGINE_ID.fullmatch(engine_id):
             raise ValueError(f"KEY@ENGINE_ID needs an engine id of {ENGINE_ID_RULE}")
     return items
 

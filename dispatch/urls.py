@@ -1,8 +1,9 @@
 """The URL forms the server accepts, as regular expressions: the same pattern checks a
-request and is published in the OpenAPI document, so the two cannot disagree.
+request (with ``fullmatch``: in Python, ``$`` also matches before a final newline) and
+is published in the OpenAPI document, so the two cannot disagree.
 
 - ``source_url``: an absolute URL with a scheme and a host (``scheme://host...``), or
-  a ``file:`` URL with a path; no whitespace anywhere.
+  a ``file:`` URL with a path; no control character or space of any kind.
 - ``callback_url``: ``http`` or ``https``, a host listed in ``webhook_allowed_hosts``
   (any letter case), a port only where the listed entry has none or the same one, and
   no credentials. With no host listed, no callback URL is accepted.
@@ -13,8 +14,13 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+# Not in a URL: controls, space and every Unicode space, listed rather than written
+# "\s", which Python and ECMAScript (the OpenAPI pattern's dialect) define differently.
+_BLANKS = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_CHAR = f"[^{_BLANKS}]"
+_HOST_CHAR = f"[^/?#{_BLANKS}]"
 SOURCE_URL = re.compile(
-    r"^(?:[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#]+(?:[/?#]\S*)?|[Ff][Ii][Ll][Ee]:/\S+)$")
+    rf"^(?:[A-Za-z][A-Za-z0-9+.-]*://{_HOST_CHAR}+(?:[/?#]{_CHAR}*)?|[Ff][Ii][Ll][Ee]:/{_CHAR}+)$")
 SOURCE_URL_RULE = ("an absolute URL with a scheme and a host (or file:///path), "
                    "without whitespace")
 
@@ -42,4 +48,4 @@ def callback_pattern(allowed_hosts: tuple[str, ...]) -> re.Pattern[str] | None:
             netlocs.append(f"{_caseless(host)}:0*{int(port)}")  # this port only
         else:
             netlocs.append(f"{_caseless(entry)}(?::(?:{_PORT})?)?")
-    return re.compile(rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:{'|'.join(netlocs)})(?:[/?#][^\s]*)?$")
+    return re.compile(rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:{'|'.join(netlocs)})(?:[/?#]{_CHAR}*)?$")

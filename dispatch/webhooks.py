@@ -42,7 +42,7 @@ def callback_problem(url: str, allowed_hosts: tuple[str, ...]) -> str | None:
     pattern = callback_pattern(allowed_hosts)
     if pattern is None:
         return "callbacks are disabled on this server (no webhook_allowed_hosts)"
-    if pattern.match(url):
+    if pattern.fullmatch(url):
         return None
     # Not the published form: say why as precisely as the URL allows.
     parts = urlsplit(url)
