@@ -163,6 +163,7 @@ class JournalStore:
         self._failure: str | None = None
         self._snap_seq = 0  # last change covered by the snapshot on disk
         self._lock_fd = self._take_lock()
+        self._folder = os.stat(self.directory)  # to notice it replaced under us
 
     # ------------------------------------------------------------ ownership
 
@@ -420,6 +421,8 @@ class JournalStore:
             if self._failure is not None and self._repair() is not None:
                 raise PersistenceError(self._failure)
             assert self._fd is not None, "recover() opens the journal"
+            if self._lost():
+                raise PersistenceError(self._failure)
             seq = self._seq + 1
             line = encode_record(seq, ops)
             try:
@@ -454,6 +457,9 @@ class JournalStore:
                     self._cond.acquire()
                 self._syncing = False
                 self._cond.notify_all()
+                if error is None and self._lost():
+                    # Synced into a file that no longer has a name: not durable.
+                    raise PersistenceError(self._failure)
                 if error is not None:
                     self._fail(error)
                     raise PersistenceError(self._failure)
@@ -470,10 +476,38 @@ class JournalStore:
         if self.observer is not None:
             self.observer.observe_failure()
 
+    def _lost(self) -> bool:
+        """Whether the open journal is no longer the file at its path (the state
+        folder, or the journal, was removed or replaced under the server); if so, the
+        store fails. Caller holds the condition."""
+        assert self._fd is not None
+        try:
+            if not os.path.samestat(os.stat(self.directory), self._folder):
+                problem = "replaced"
+            else:
+                named = os.stat(self.wal_path)
+                problem = None if os.path.samestat(named, os.fstat(self._fd)) else "replaced"
+        except FileNotFoundError:
+            problem = "removed"
+        except OSError as exc:
+            problem = f"unreachable ({exc.strerror})"
+        if problem is None:
+            return False
+        # Clients see this reason (in 503 bodies and /health): no path in it.
+        failure = (f"the state folder or its journal was {problem} under the running "
+                   "server; put it back or restart the server")
+        if failure != self._failure:
+            self._failure = failure
+            log.error("the journal %s was %s under the running server; refusing changes "
+                      "until it is back", self.wal_path, problem)
+            if self.observer is not None:
+                self.observer.observe_failure()
+        return True
+
     def _repair(self) -> str | None:
         """Cut the journal back to its last durable change and check that it takes
         writes again. Caller holds the condition."""
-        if self._syncing or self._fd is None:
+        if self._syncing or self._fd is None or self._lost():
             return self._failure
         try:
             self.io.truncate(self._fd, self._durable_offset)
@@ -497,7 +531,8 @@ class JournalStore:
     def check(self) -> str | None:
         with self._cond:
             if self._failure is None:
-                return None
+                if self._fd is None or self._syncing or not self._lost():
+                    return None
             return self._repair()
 
     # ------------------------------------------------------------- snapshots
