@@ -481,6 +481,7 @@ class JournalStore:
         folder, or the journal, was removed or replaced under the server); if so, the
         store fails. Caller holds the condition."""
         assert self._fd is not None
+        problem: str | None
         try:
             if not os.path.samestat(os.stat(self.directory), self._folder):
                 problem = "replaced"
