@@ -9,7 +9,8 @@ that every response still loads through its schema.
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, cast
 
 import orjson
 from flask import current_app
@@ -116,14 +117,18 @@ def _text(maximum: int = MAX_TEXT, **kwargs: Any) -> fields.String:
     return fields.String(validate=validate.Length(min=1, max=maximum), **kwargs)
 
 
-def _check_engine_id(value: str) -> None:
-    # fullmatch: "$" alone lets a trailing newline through.
-    if not ENGINE_ID.fullmatch(value):
-        raise ValidationError(f"Must be {ENGINE_ID_RULE}.")
+class FullRegexp(validate.Regexp):
+    """The whole value matches (``Regexp`` uses ``match``, and ``$`` lets a final
+    newline through)."""
+
+    def __call__(self, value: str) -> str:  # type: ignore[override]
+        if cast("re.Pattern[str]", self.regex).fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
 
 
 def _engine_id(**kwargs: Any) -> fields.String:
-    return fields.String(validate=_check_engine_id, metadata={"pattern": ENGINE_ID.pattern},
+    return fields.String(validate=FullRegexp(ENGINE_ID, error=f"Must be {ENGINE_ID_RULE}."),
                          **kwargs)
 
 
