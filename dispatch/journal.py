@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from dispatch import cpp_layout
+from dispatch import cpp_layout, folder_watch
 from dispatch.errors import PersistenceError, StateError
 from dispatch.persistence import Op, RecoveredState, SnapshotData
 
@@ -481,17 +481,7 @@ class JournalStore:
         folder, or the journal, was removed or replaced under the server); if so, the
         store fails. Caller holds the condition."""
         assert self._fd is not None
-        problem: str | None
-        try:
-            if not os.path.samestat(os.stat(self.directory), self._folder):
-                problem = "replaced"
-            else:
-                named = os.stat(self.wal_path)
-                problem = None if os.path.samestat(named, os.fstat(self._fd)) else "replaced"
-        except FileNotFoundError:
-            problem = "removed"
-        except OSError as exc:
-            problem = f"unreachable ({exc.strerror})"
+        problem = folder_watch.lost(self.directory, self._folder, self.wal_path, self._fd)
         if problem is None:
             return False
         # Clients see this reason (in 503 bodies and /health): no path in it.
