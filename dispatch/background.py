@@ -51,7 +51,7 @@ class Runtime:
             Periodic("sweeper", sweep_every, service.sweep),
             Periodic("purge", settings.cleanup_interval, self._purge),
         ]
-        self.sender = Sender(service)
+        self.sender = Sender(service.maintenance, settings, service.clock)
         self.threads.append(self.sender)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -79,5 +79,5 @@ class Runtime:
             self.service.snapshot()
         except Exception:
             log.exception("final snapshot failed; the journal still holds every change")
-        self.service.store.close()
+        self.service.close()
         log.info("state saved, shut down")

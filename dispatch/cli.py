@@ -17,24 +17,23 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from dispatch import cpp_import
-from dispatch.app import create_app, make_keyring
+from dispatch.app import make_keyring
 from dispatch.auth import KeyFileError
+from dispatch.bootstrap import Server, build_app, open_server
 from dispatch.errors import StateError
 from dispatch.gunicorn_config import options
-from dispatch.journal import JournalStore
 from dispatch.logs import configure_logging
-from dispatch.service import DispatchService, release_free_memory
-from dispatch.settings import Settings, SettingsError, load_settings
+from dispatch.process_memory import release_free_memory
+from dispatch.settings import SettingsError, load_settings
 
 
 class DispatchApplication(BaseApplication):
-    """gunicorn's custom-application API: our settings, our app, one worker."""
+    """gunicorn's custom-application API: our settings, our app, as many workers as
+    the backend allows."""
 
-    def __init__(self, settings: Settings, store: JournalStore,
-                 service: DispatchService) -> None:
-        self.settings = settings
-        self.store = store
-        self.service: DispatchService | None = service
+    def __init__(self, server: Server) -> None:
+        self.settings = server.settings
+        self.server = server
         super().__init__()
 
     def load_config(self) -> None:
@@ -44,15 +43,15 @@ class DispatchApplication(BaseApplication):
 
     def load(self) -> Any:
         configure_logging(self.settings)
-        return create_app(self.settings, store=self.store, service=self.service)
+        return build_app(self.server)
 
     def release_loaded_state(self) -> None:
         """In this (master) process, once the first worker has forked: the worker
         owns the state now. A worker that replaces a dead one reads the files, which
         hold every change the dead one made, so the master keeps no copy."""
-        if self.service is None:
+        if self.server.service is None:
             return
-        self.service = None
+        self.server.service = None
         gc.unfreeze()
         gc.collect()
         release_free_memory()
@@ -88,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings, rotate=False)
     try:
-        store = JournalStore(settings.state_file)
-        application = DispatchApplication(settings, store, DispatchService(settings, store))
+        application = DispatchApplication(open_server(settings))
     except StateError as exc:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 1

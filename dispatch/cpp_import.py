@@ -32,11 +32,10 @@ from urllib.parse import quote
 import orjson
 
 from dispatch import cpp_layout
+from dispatch.bootstrap import open_server
 from dispatch.errors import StateError
-from dispatch.journal import JournalStore
 from dispatch.models import Engine, Job
-from dispatch.persistence import Op
-from dispatch.service import DispatchService
+from dispatch.persistence import Op, Store
 from dispatch.settings import SettingsError, build_parser, settings_from_args
 
 # Rows written per journal record: bounded records, whatever the database's size.
@@ -143,7 +142,7 @@ def convert(rows: Iterator[tuple[str, str, Any]], existing_jobs: set[str],
     return report
 
 
-def _write(store: JournalStore, report: Report) -> None:
+def _write(store: Store, report: Report) -> None:
     ops: list[Op] = [("engine", r["engine_id"], r) for r in report.engines]
     ops += [("job", r["job_id"], r) for r in report.jobs]
     for start in range(0, len(ops), CHUNK):
@@ -161,11 +160,11 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
         return 2
     state_file = settings.state_file
     try:
-        store = JournalStore(state_file)
-        service = DispatchService(settings, store)
+        server = open_server(settings)  # the backend the server itself would open
     except StateError as exc:
         print(f"dispatch-server import-cpp: {exc}", file=err)
         return 1
+    store, service = server.store, server.loaded_service()
     try:
         held = service.counts()
         if sum(held.values()) and not settings_args.merge:
@@ -176,6 +175,7 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
         existing_jobs = {job.job_id for job in service.list_jobs(None, 10**9, 0).jobs}
         existing_engines = {e["engine_id"] for e in service.list_engines()}
         del service
+        server.service = None
         try:
             report = convert(read_rows(settings_args.paths), existing_jobs, existing_engines)
         except SourceError as exc:
@@ -185,11 +185,11 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
     finally:
         store.close()
     # Load what was written, as the server will, and save it as a snapshot.
-    store = JournalStore(state_file)
+    server = open_server(settings)
     try:
-        DispatchService(settings, store).snapshot()
+        server.loaded_service().snapshot()
     finally:
-        store.close()
+        server.store.close()
     for kind, key, reason in report.skipped:
         print(f"skipped {kind} {key!r}: {reason}", file=out)
     print(f"imported {len(report.jobs)} jobs and {len(report.engines)} engines into "

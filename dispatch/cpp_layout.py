@@ -133,22 +133,3 @@ def engine_record(raw: Mapping[str, Any], key: str | None = None) -> dict[str, A
         record["telemetry"] = unknown
     return record
 
-
-def convert(jobs: Mapping[str, Any], engines: Mapping[str, Any]
-            ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Both tables of an original state file, keyed by our ids. Raises RecordError."""
-    converted_jobs: dict[str, Any] = {}
-    for key, raw in jobs.items():
-        record = job_record(_object("job", key, raw), key)
-        converted_jobs[record["job_id"]] = record
-    converted_engines: dict[str, Any] = {}
-    for key, raw in engines.items():
-        record = engine_record(_object("engine", key, raw), key)
-        converted_engines[record["engine_id"]] = record
-    return converted_jobs, converted_engines
-
-
-def _object(kind: str, key: str, raw: Any) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise RecordError(kind, key, "record", "is not a JSON object")
-    return raw

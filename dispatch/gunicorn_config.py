@@ -1,9 +1,9 @@
 """gunicorn settings and hooks, shared by ``dispatch-server`` and ``gunicorn.conf.py``.
 
-One worker process, concurrency from threads: all state lives in that process (two
-workers would each hold a different copy of the queue). No ``max_requests`` (it would
-restart the worker, and with it the state), no ``preload_app`` (background threads
-must start after the fork).
+As many worker processes as the backend allows (the embedded journal: one, since all
+state lives in that process and two workers would each hold a different copy of the
+queue), concurrency from threads. No ``max_requests`` (it would restart the worker, and
+with it the state), no ``preload_app`` (background threads must start after the fork).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import Any
 
+from dispatch.bootstrap import choose_backend
 from dispatch.logs import GunicornLogger, add_secrets
 from dispatch.ready import ready_line
 from dispatch.settings import Settings
@@ -31,7 +32,7 @@ def options(settings: Settings) -> dict[str, Any]:
         host = f"[{host}]"
     opts: dict[str, Any] = {
         "bind": [f"{host}:{settings.port}"],
-        "workers": 1,
+        "workers": choose_backend(settings).workers,
         "worker_class": "gthread",
         "threads": settings.thread_pool_size,
         "graceful_timeout": GRACEFUL_TIMEOUT,
@@ -58,7 +59,7 @@ def post_worker_init(worker: Any) -> None:
     reopening log files as gunicorn does (so logrotate's USR1 works as well); then
     the ready line, on stderr whatever the log level."""
     app = worker.wsgi
-    print(ready_line(app.extensions["dispatch"], [s.sock for s in worker.sockets]),
+    print(ready_line(app.extensions["dispatch.server"], [s.sock for s in worker.sockets]),
           file=sys.stderr, flush=True)
     ring = app.extensions["dispatch.keys"]
     reopen = worker.handle_usr1

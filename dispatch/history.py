@@ -8,7 +8,7 @@ JSON byte string (a few hundred bytes), not a list of objects.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -16,14 +16,22 @@ from dispatch.models import ACTIVE_STATUSES, FINISHED_STATUSES, Job, format_time
 
 MAX_EVENTS = 100
 MILESTONES = (25.0, 50.0, 75.0)
-ENGINE_LOST_PREFIX = "engine "
-STALLED_PREFIX = "stalled:"
+
+# Why an attempt ended without the job completing: said by the rule that ends it (an
+# engine's own report, the stall check, the liveness sweep), never read from the
+# error text, which an engine writes as it likes.
+FailureKind = Literal["failed_attempt", "stalled", "engine_lost"]
+FAILED_ATTEMPT: FailureKind = "failed_attempt"
+STALLED: FailureKind = "stalled"
+ENGINE_LOST: FailureKind = "engine_lost"
 
 Event = list[Any]
 
 
-def transition_events(old: Job | None, new: Job | None, now: float) -> list[Event]:
-    """The events of one job change, oldest first."""
+def transition_events(old: Job | None, new: Job | None, now: float,
+                      failure: FailureKind | None = None) -> list[Event]:
+    """The events of one job change, oldest first. ``failure`` is the kind of a
+    failed attempt (a plain failure when not given)."""
     if new is None:
         return []
     if old is None:
@@ -45,11 +53,7 @@ def transition_events(old: Job | None, new: Job | None, now: float) -> list[Even
     if new.status == "cancelled":
         return [[now, "cancelled", engine, attempt, None]]
     if old.status in ACTIVE_STATUSES and new.retries == old.retries + 1:
-        reason = new.error_message or ""
-        kind = ("stalled" if reason.startswith(STALLED_PREFIX)
-                else "engine_lost" if reason.startswith(ENGINE_LOST_PREFIX)
-                else "failed_attempt")
-        events = [[now, kind, engine, attempt, reason]]
+        events = [[now, failure or FAILED_ATTEMPT, engine, attempt, new.error_message or ""]]
         if new.status == "pending":
             events.append([now, "requeued", None, attempt,
                            f"retry {new.retries} of {new.max_retries} "
@@ -73,8 +77,7 @@ def _milestone(before: float | None, after: float | None) -> bool:
 
 def append(history: bytes | None, events: list[Event]) -> list[Event]:
     """The job's history with ``events`` added, bounded."""
-    existing: list[Event] = orjson.loads(history) if history else []
-    combined = existing + events
+    combined = decode(history) + events
     if len(combined) > MAX_EVENTS:
         combined = combined[:1] + combined[-(MAX_EVENTS - 1):]
     return combined
@@ -84,12 +87,14 @@ def encode(events: list[Event]) -> bytes:
     return orjson.dumps(events)
 
 
-def view(history: bytes | None) -> list[dict[str, Any]]:
+def decode(history: bytes | None) -> list[Event]:
+    return orjson.loads(history) if history else []
+
+
+def view(events: list[Event]) -> list[dict[str, Any]]:
     """The API form of a job's history."""
-    if not history:
-        return []
     return [
         {"time": format_time(time), "event": event, "engine_id": engine, "attempt": attempt,
          "detail": detail}
-        for time, event, engine, attempt, detail in orjson.loads(history)
+        for time, event, engine, attempt, detail in events
     ]

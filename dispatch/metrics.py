@@ -38,7 +38,7 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "distconv_persistence_healthy",
             "1 while changes can be persisted, 0 otherwise",
-            value=0 if self._service.store.failure else 1,
+            value=0 if self._service.uow.failure else 1,
         )
 
 

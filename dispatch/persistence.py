@@ -6,7 +6,7 @@ deliveries), ``record`` the entry's full new JSON form, or ``None`` when it is
 deleted. Full post-images make replay idempotent: applying a change twice leaves the
 same state as applying it once.
 
-The service calls ``append`` under its lock (so changes reach the store in the order
+The memory backend calls ``append`` under its lock (so changes reach the store in the order
 they were applied) and ``wait_durable`` after releasing it, so that one fsync can serve
 every request waiting at that moment (group commit).
 """

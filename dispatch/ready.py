@@ -8,8 +8,7 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from dispatch.journal import JournalStore
-from dispatch.service import DispatchService
+from dispatch.bootstrap import Server
 
 
 def url(address: Any, family: int) -> str:
@@ -22,16 +21,11 @@ def url(address: Any, family: int) -> str:
     return f"http://{host}:{port}"
 
 
-def state_description(service: DispatchService) -> str:
-    store = service.store
-    if isinstance(store, JournalStore):
-        return f"state file {store.path}"
-    return f"state backend {type(store).__name__}"
-
-
-def ready_line(service: DispatchService, listeners: Iterable[socket.socket]) -> str:
+def ready_line(server: Server, listeners: Iterable[socket.socket]) -> str:
     urls = ", ".join(url(sock.getsockname(), sock.family) for sock in listeners)
+    service = server.loaded_service()
     jobs = sum(service.counts().values())
     engines = sum(service.engine_counts().values())
     return (f"dispatch-server ready: serving {urls or '(no socket)'}, "
-            f"{state_description(service)}, {jobs} jobs and {engines} engines loaded")
+            f"{server.backend.describe(server.settings)}, {jobs} jobs and {engines} "
+            "engines loaded")

@@ -1,30 +1,27 @@
 """What the service reports about its state: a job's waiting reason and webhook
-state, an engine's view, statistics. Pure functions of the state; the service calls
-them under its lock."""
+state, an engine's view, statistics. Functions of what a unit of work reads (the
+``ports``); the service calls them inside one, so each report sees one state."""
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any
 
-from dispatch.codecs import families, family
+from dispatch.codecs import family
 from dispatch.models import Engine, Job, format_time
-from dispatch.scheduler import fits
+from dispatch.ports import Transaction
+from dispatch.scheduler import fits, takes_codec
 from dispatch.settings import Settings
-from dispatch.state import State
 
 
-def waiting_reason(state: State, settings: Settings, job: Job, now: float) -> dict[str, Any]:
+def waiting_reason(tx: Transaction, settings: Settings, job: Job, now: float) -> dict[str, Any]:
     """Why a pending job waits: the first reason that holds."""
-    state.pending.promote(now)  # jobs whose backoff ended are in line again
     if job.retry_at is not None and job.retry_at > now:
         return _reason("backoff", f"in backoff after a failed attempt until "
                        f"{format_time(job.retry_at)}")
-    live = [e for e in state.engines.values() if not e.offline]
+    live = [e for e in tx.engines.all() if not e.offline]
     codec = _codec_name(job.target_codec)
-    wanted = family(job.target_codec)
-    able = [e for e in live if not e.supported_codecs or wanted in families(e.supported_codecs)]
+    able = [e for e in live if takes_codec(job, e)]
     if not able:
         return _reason("no_engine_for_codec", f"no active engine supports codec {codec}")
     roomy = [e for e in able if fits(job, e)]
@@ -33,11 +30,11 @@ def waiting_reason(state: State, settings: Settings, job: Job, now: float) -> di
                        f"has storage for {job.job_size:g} MB")
     if all(e.drain is not None for e in roomy):
         return _reason("engines_draining", "every engine that could take it is draining")
-    active = state.active_count()
+    active = tx.jobs.active_count()
     if active >= settings.max_concurrent_jobs:
         return _reason("concurrency_limit", f"{active} jobs are running, the limit "
                        "(max_concurrent_jobs); it starts when one finishes")
-    position = state.pending.position(job)
+    position = tx.jobs.queue_position(job, now)
     return _reason("queued", f"number {position} in line for codec {codec}", position)
 
 
@@ -52,14 +49,14 @@ def _reason(code: str, message: str, position: int | None = None) -> dict[str, A
     return {"code": code, "message": message, "position": position}
 
 
-def engine_view(state: State, engine: Engine) -> dict[str, Any]:
+def engine_view(tx: Transaction, engine: Engine) -> dict[str, Any]:
     """An engine's API form: its record plus what the server derives."""
     record = engine.to_record()
     del record["benchmark_count"]
     del record["drain"]
-    held = list(state.held.get(engine.engine_id, ()))
-    record["current_jobs"] = held
-    record["status"] = state.engine_status(engine)
+    held = tx.jobs.held_by(engine.engine_id)
+    record["current_jobs"] = list(held)
+    record["status"] = engine_status(engine, bool(held))
     return record
 
 
@@ -75,14 +72,11 @@ def delivery_view(delivery: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def stats(state: State, now: float) -> dict[str, Any]:
+def stats(tx: Transaction, now: float) -> dict[str, Any]:
     """Counts of jobs and engines, and throughput over the last hour."""
-    engines = engine_counts(state)
-    jobs: dict[str, int] = {"total": len(state.jobs), **job_counts(state)}
-    completions = state.completions
-    last_hour = len(completions) - bisect_left(completions, now - 3600)
-    time_count = state.job_time_count
-    avg = state.job_time_sum / time_count if time_count else 0.0
+    engines = engine_counts(tx)
+    jobs: dict[str, int] = {"total": tx.jobs.total(), **tx.jobs.counts()}
+    last_hour, avg = tx.jobs.completion_stats(now - 3600)
     finished = jobs["completed"] + jobs["failed"]
     return {
         "jobs": jobs,
@@ -99,12 +93,16 @@ def stats(state: State, now: float) -> dict[str, Any]:
     }
 
 
-def job_counts(state: State) -> dict[str, int]:
-    return {status: len(table) for status, table in state.by_status.items()}
+def engine_status(engine: Engine, holds_jobs: bool) -> str:
+    if engine.offline:
+        return "offline"
+    if engine.drain is not None:
+        return "draining"
+    return "busy" if holds_jobs else "idle"
 
 
-def engine_counts(state: State) -> dict[str, int]:
+def engine_counts(tx: Transaction) -> dict[str, int]:
     counts = {"idle": 0, "busy": 0, "draining": 0, "offline": 0}
-    for engine in state.engines.values():
-        counts[state.engine_status(engine)] += 1
+    for engine in tx.engines.all():
+        counts[engine_status(engine, tx.jobs.holds_any(engine.engine_id))] += 1
     return counts

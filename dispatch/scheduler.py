@@ -43,11 +43,15 @@ def _seq(job: Job) -> int:
     return job.seq
 
 
-def can_run(job: Job, engine: Engine) -> bool:
-    """The engine registered the job's codec family (or no codecs: any), and the job
-    fits its storage."""
+def takes_codec(job: Job, engine: Engine) -> bool:
+    """The engine registered the job's codec family (or no codecs: any)."""
     codecs = engine.supported_codecs
-    return (not codecs or family(job.target_codec) in families(codecs)) and fits(job, engine)
+    return not codecs or family(job.target_codec) in families(codecs)
+
+
+def can_run(job: Job, engine: Engine) -> bool:
+    """The engine takes the job's codec, and the job fits its storage."""
+    return takes_codec(job, engine) and fits(job, engine)
 
 
 def fits(job: Job, engine: Engine) -> bool:
@@ -212,3 +216,18 @@ def choose_job(
     # A slow engine: every candidate of the best priority is a large job that an
     # active fast engine can take.
     return None
+
+
+def pick_job(index: PendingIndex, engine: Engine, engines: Iterable[Engine],
+             capabilities: Iterable[str] | None, now: float, policy: Policy) -> Job | None:
+    """``choose_job`` with the engine's speed judged against the live engines (those
+    online and not draining), the others' ability to take a large job included."""
+    live = [e for e in engines if not e.offline and e.drain is None]
+    speed = engine_speed(engine, live)
+    fast = [e for e in live if e is not engine and engine_speed(e, live) == "fast"] \
+        if speed == "slow" else []
+
+    def fast_can_take(job: Job) -> bool:
+        return any(can_run(job, e) for e in fast)
+
+    return choose_job(index, engine, capabilities, now, policy, speed, fast_can_take)

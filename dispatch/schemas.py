@@ -26,9 +26,9 @@ from marshmallow import (
     validates,
 )
 
+from dispatch.callbacks import callback_problem
 from dispatch.models import ENGINE_ID, ENGINE_ID_RULE, ENGINE_STATUSES, JOB_STATUSES
 from dispatch.urls import SOURCE_URL, SOURCE_URL_RULE
-from dispatch.webhooks import callback_problem
 
 MAX_URL = 2048
 MAX_TEXT = 4096

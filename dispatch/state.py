@@ -1,6 +1,6 @@
 """The in-memory state: jobs, engines and the tables beside them, with every index.
 
-Not thread-safe on its own: the service calls it under its lock. ``put`` and
+Not thread-safe on its own: the memory backend calls it under its lock. ``put`` and
 ``restore`` are the only ways in, so an index can never disagree with its table, and a
 change the store refused can be undone exactly (``put`` returns what it replaced).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from sortedcontainers import SortedKeyList, SortedList
 
-from dispatch import errors, history
+from dispatch import callbacks, errors, history
 from dispatch.models import ACTIVE_STATUSES, FINISHED_STATUSES, JOB_STATUSES, Engine, Job
 from dispatch.persistence import RecoveredState
 from dispatch.scheduler import PendingIndex
@@ -189,8 +189,8 @@ class State:
             self.engines[engine_id] = new
 
 
-    def derived(self, job_id: str, old: Job | None,
-                new: Job | None) -> list[tuple[str, str, Any]]:
+    def derived(self, job_id: str, old: Job | None, new: Job | None,
+                failure: history.FailureKind | None = None) -> list[tuple[str, str, Any]]:
         """The table entries a job change implies: its history events and, when it
         has just finished with a callback URL, its webhook delivery."""
         derived: list[tuple[str, str, Any]] = []
@@ -201,20 +201,15 @@ class State:
                 derived.append(("delivery", job_id, None))
             return derived
         now = new.updated_at  # the job's own time of this change
-        events = history.transition_events(old, new, now)
+        events = history.transition_events(old, new, now, failure)
         if events:
             derived.append(("events", job_id,
                             history.append(self.history.get(job_id), events)))
         finished_now = new.status in FINISHED_STATUSES and (
             old is None or old.status not in FINISHED_STATUSES)
         if finished_now and new.callback_url:
-            previous = self.deliveries.get(job_id)
-            derived.append(("delivery", job_id, {
-                "job_id": job_id, "url": new.callback_url, "state": "pending",
-                "event": new.status, "attempts": 0, "first_at": now, "next_at": now,
-                "last_error": None, "delivered_at": None, "payload": new.to_dict(),
-                "generation": (previous["generation"] + 1) if previous else 1,
-            }))
+            derived.append(("delivery", job_id,
+                            callbacks.new_delivery(new, now, self.deliveries.get(job_id))))
         return derived
 
     def put_table(self, kind: str, key: str, value: Any) -> Any:
@@ -260,10 +255,3 @@ class State:
         else:
             self.put_table(kind, key, old)
 
-
-    def engine_status(self, engine: Engine) -> str:
-        if engine.offline:
-            return "offline"
-        if engine.drain is not None:
-            return "draining"
-        return "busy" if engine.engine_id in self.held else "idle"

@@ -22,52 +22,29 @@ import logging
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
-from dispatch.urls import callback_pattern
-
-if TYPE_CHECKING:
-    from dispatch.service import DispatchService
+from dispatch.settings import Settings
 
 log = logging.getLogger("dispatch.webhooks")
 
-BACKOFF_CAP = 300.0
 USER_AGENT = "distconv-dispatch-webhook"
 
 
-def callback_problem(url: str, allowed_hosts: tuple[str, ...]) -> str | None:
-    """Why ``url`` may not be called back, or None when it may."""
-    pattern = callback_pattern(allowed_hosts)
-    if pattern is None:
-        return "callbacks are disabled on this server (no webhook_allowed_hosts)"
-    if pattern.fullmatch(url):
-        return None
-    # Not the published form: say why as precisely as the URL allows.
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be an http or https URL with a host"
-    if parts.username or parts.password:
-        return "must not carry credentials"
-    host = parts.hostname.lower()
-    try:
-        netloc = f"{host}:{parts.port}" if parts.port else host
-    except ValueError:
-        return "has an invalid port"
-    if host not in allowed_hosts and netloc not in allowed_hosts:
-        return f"host {host!r} is not in webhook_allowed_hosts"
-    return ("must be http(s)://HOST[:PORT][/PATH] with a host in webhook_allowed_hosts, "
-            "without whitespace")
+class Outbox(Protocol):
+    """What the sender needs from the service: the due deliveries, and a place to
+    note each attempt's outcome (``maintenance.Maintenance`` is one)."""
+
+    def due_deliveries(self) -> list[dict[str, Any]]: ...
+
+    def record_delivery(self, job_id: str, generation: int, error: str | None) -> None: ...
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
-
-
-def backoff(attempts: int) -> float:
-    return min(2.0 ** max(0, attempts - 1), BACKOFF_CAP)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -97,10 +74,12 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str 
 class Sender(threading.Thread):
     """Delivers due webhooks on a few threads of its own."""
 
-    def __init__(self, service: DispatchService, interval: float = 0.5,
-                 workers: int = 4) -> None:
+    def __init__(self, outbox: Outbox, settings: Settings, clock: Callable[[], float],
+                 interval: float = 0.5, workers: int = 4) -> None:
         super().__init__(name="webhooks", daemon=True)
-        self.service = service
+        self.outbox = outbox
+        self.settings = settings
+        self.clock = clock
         self.interval = interval
         self.stopped = threading.Event()
         self.wake = threading.Event()
@@ -119,7 +98,7 @@ class Sender(threading.Thread):
 
     def run_once(self, wait: bool = False) -> int:
         """Start every due delivery not already under way; return how many."""
-        due = self.service.due_deliveries()
+        due = self.outbox.due_deliveries()
         futures = []
         for delivery in due:
             with self._lock:
@@ -133,10 +112,10 @@ class Sender(threading.Thread):
         return len(futures)
 
     def _deliver(self, delivery: dict[str, Any]) -> None:
-        settings = self.service.settings
+        settings = self.settings
         try:
             body = delivery["body"]
-            timestamp = int(self.service.clock())
+            timestamp = int(self.clock())
             attempt = delivery["attempts"] + 1
             headers = {
                 "X-DistConv-Timestamp": str(timestamp),
@@ -146,7 +125,7 @@ class Sender(threading.Thread):
                                        f".{attempt}",
             }
             error = post(delivery["url"], body, headers, settings.webhook_timeout)
-            self.service.record_delivery(delivery["job_id"], delivery["generation"], error)
+            self.outbox.record_delivery(delivery["job_id"], delivery["generation"], error)
         finally:
             with self._lock:
                 self._in_flight.discard(delivery["job_id"])

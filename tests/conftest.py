@@ -10,8 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from dispatch.app import create_app
-from dispatch.journal import JournalStore
+from dispatch.bootstrap import build_app, open_server
 from dispatch.settings import Settings
 
 API_KEY = "test-key-0123456789"
@@ -54,12 +53,12 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def make_app(clock: FakeClock) -> Iterator[Callable[..., Flask]]:
-    """Build apps on a real journal in tmp_path; every one is shut down afterwards."""
+    """Build apps as the server does (on a real journal in tmp_path, unless a test
+    passes its own store); every one is shut down afterwards."""
     apps: list[Flask] = []
 
     def make(settings: Settings, store: Any = None) -> Flask:
-        store = store if store is not None else JournalStore(settings.state_file)
-        app = create_app(settings, clock=clock, store=store, background=False)
+        app = build_app(open_server(settings, clock=clock, store=store), background=False)
         apps.append(app)
         return app
 

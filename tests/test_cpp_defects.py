@@ -16,8 +16,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from dispatch.journal import FileIO, JournalStore
 from dispatch.settings import Settings, SettingsError, load_settings
+from dispatch.storage.journal import FileIO, JournalStore
 from tests.conftest import API_KEY, JOB
 from tests.server import Server
 

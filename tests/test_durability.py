@@ -15,10 +15,11 @@ import orjson
 import pytest
 import requests
 
-from dispatch.app import create_app
+from dispatch.bootstrap import build_app, open_server
 from dispatch.errors import PersistenceError, StateError
-from dispatch.journal import FileIO, JournalStore
+from dispatch.memory_backend import MemoryBackend
 from dispatch.service import DispatchService
+from dispatch.storage.journal import FileIO, JournalStore
 from tests.conftest import API_KEY, JOB
 from tests.server import Server
 
@@ -254,7 +255,7 @@ def test_failing_disk_answers_503_and_memory_never_runs_ahead(
     settings = make_settings()
     io = FailingIO()
     store = JournalStore(settings.state_file, io=io)
-    app = create_app(settings, clock=clock, store=store, background=False)
+    app = build_app(open_server(settings, clock=clock, store=store), background=False)
     client = app.test_client()
     headers = {"X-API-Key": API_KEY}
     first = client.post("/jobs/", json=_job(1), headers=headers).get_json()
@@ -294,11 +295,15 @@ def test_failed_fsync_undoes_every_change_it_covered(make_settings: Any) -> None
     service = DispatchService(settings, JournalStore(settings.state_file, io=io))
     service.heartbeat({"engine_id": "e1"})
     before_jobs = service.counts()
-    with service._lock:  # two changes appended, neither durable yet
-        job_seq = service._commit(jobs=[_pending_job(service)])
+    backend = service.uow
+    assert isinstance(backend, MemoryBackend)
+    backend.begin()  # a unit appended to the journal, not yet durable
+    backend.jobs.put(_pending_job(service))
+    job_seq = backend.end(failed=False)
+    assert job_seq is not None
     io.broken = "sync"
     with pytest.raises(Exception) as raised:
-        service._durable(job_seq)
+        backend.wait_durable(job_seq)
     assert "could not be saved" in str(raised.value)
     assert before_jobs == service.counts()
     assert [] == service.list_jobs(None, 10, 0).jobs
@@ -349,10 +354,12 @@ def test_crash_inside_the_snapshot_sequence_loses_and_duplicates_nothing(
     settings = make_settings()
     service = _service(settings)
     ids = [service.submit_job(_job(n)).job_id for n in range(5)]
-    with service._lock:
+    backend = service.uow
+    assert isinstance(backend, MemoryBackend)
+    with backend.lock:
         seq = service.store.begin_snapshot()
-        jobs = list(service._state.ordered)
-        engines = list(service._state.engines.values())
+        jobs = list(backend.state.ordered)
+        engines = list(backend.state.engines.values())
     assert seq is not None
     after = service.submit_job(_job(99)).job_id  # lands in the new journal
     if crash_after == "snapshot":

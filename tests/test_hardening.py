@@ -29,8 +29,8 @@ from werkzeug.test import TestResponse
 from dispatch.api.common import MAX_DEPTH
 from dispatch.app import MAX_BODY
 from dispatch.auth import KeyRing
-from dispatch.journal import FileIO, JournalStore
 from dispatch.settings import Settings
+from dispatch.storage.journal import FileIO, JournalStore
 from tests.conftest import API_KEY, JOB
 from tests.server import Server
 

@@ -231,6 +231,38 @@ def test_a_stalled_job_is_an_event(farm_with: Callable[..., tuple[Flask, Farm]])
     ] == farm.events(job_id)
 
 
+def test_an_engine_reason_that_reads_like_a_server_one_is_a_plain_failure(
+        farm: Farm, app: Flask, make_app: Callable[..., Flask], settings: Settings,
+        clock: FakeClock) -> None:
+    """The kind of a failed attempt comes from who ended it, not from its text: an
+    engine reporting "engine overheated" or "stalled: ..." is a ``failed_attempt``,
+    also after a restart."""
+    farm.engine("e1")
+    job_id = farm.submit()
+    farm.assign("e1")
+    first = farm.fail(job_id, "engine overheated")
+    farm.tick(10)  # past the backoff
+    farm.assign("e1")
+    second = farm.fail(job_id, "stalled: the source stopped sending")
+    story = [
+        ("submitted", 0, None),
+        ("assigned", 1, None),
+        ("failed_attempt", 1, "engine overheated"),
+        ("requeued", 1, f"retry 1 of 3 after {first['retry_at']}"),
+        ("assigned", 2, None),
+        ("failed_attempt", 2, "stalled: the source stopped sending"),
+        ("requeued", 2, f"retry 2 of 3 after {second['retry_at']}"),
+    ]
+
+    def told(farm: Farm) -> list[tuple[str, int, str | None]]:
+        return [(e["event"], e["attempt"], e["detail"]) for e in farm.events(job_id)]
+
+    assert story == told(farm)
+
+    app.extensions["dispatch.runtime"].shutdown()
+    assert story == told(Farm(make_app(settings).test_client(), clock))
+
+
 def test_cancel_retry_and_release_are_events(farm: Farm, client: FlaskClient,
                                              auth: dict[str, str]) -> None:
     """Cancelling (a pending or a held job), retrying a cancelled job, and removing the

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from dispatch.journal import JournalStore
 from dispatch.service import DispatchService
+from dispatch.storage.journal import JournalStore
 
 JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_size": 10.0}
 

@@ -1,0 +1,181 @@
+"""What the service needs from the state, whatever holds it: the ports a backend
+implements. The service's rules are written against these and nothing else.
+
+A backend offers a ``UnitOfWork``. ``transaction()`` opens a unit in which the
+repositories read and change state; leaving the block without an exception commits
+the unit and returns only once it is durable; an exception (or a failed commit,
+raised as ``errors.Unavailable``) leaves no trace of it. ``read()`` opens a unit that
+only reads, for reports that must see one consistent state.
+
+Every rule that reads and then writes is one port operation a shared database can
+make atomic; the memory backend gets that for free by running each unit under one
+lock:
+
+- ``get_for_update`` (holder checks, status transitions): a row lock, held until the
+  unit ends, so two reports on the same job apply one after the other;
+- ``JobRepository.reserve_room`` (queue room): a conditional update of a counter;
+- ``JobRepository.claim_next`` (choosing a job, the concurrency limit): the chosen
+  pending row locked so no other unit claims it (``FOR UPDATE SKIP LOCKED``), the
+  count of active jobs checked in the same statement;
+- ``IdempotencyRepository.claim`` (idempotent submission): a unique key;
+- ``JobRepository.allocate_seq`` (job ids): a sequence, never handed out twice.
+
+Derived records: putting a job records the history events its transition implies
+(``history.transition_events``) and, when the job has just finished with a callback
+URL, its webhook delivery (``callbacks.new_delivery``), in the same unit. Backends do
+this with those pure functions, so no rule can forget them.
+
+``tests/contract/`` checks every behaviour described here against each backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from dispatch.history import Event, FailureKind
+from dispatch.models import Engine, Job
+from dispatch.scheduler import Policy
+
+
+class JobRepository(Protocol):
+    def get(self, job_id: str) -> Job | None:
+        """The job as it is now (no lock)."""
+
+    def get_for_update(self, job_id: str) -> Job | None:
+        """The job, locked against other units until this one ends."""
+
+    def put(self, job: Job, failure: FailureKind | None = None) -> None:
+        """Store ``job`` (new or changed), with the history and delivery it implies;
+        ``failure`` says what kind of failed attempt the change records."""
+
+    def delete(self, job_id: str) -> None:
+        """Remove the job with its history and delivery."""
+
+    def allocate_seq(self) -> int:
+        """A new creation sequence number; never handed out again, even when the
+        unit is undone."""
+
+    def reserve_room(self, count: int, limit: int) -> int | None:
+        """Make room for ``count`` more pending jobs if the queue then holds at most
+        ``limit``: None when it does (the room is this unit's), else how many wait."""
+
+    def claim_next(self, engine: Engine, capabilities: Iterable[str] | None, now: float,
+                   policy: Policy, max_active: int) -> Job | None:
+        """The pending job ``engine`` should get now (``scheduler.pick_job``), locked
+        for this unit; None when nothing suits it or ``max_active`` jobs are active.
+        Two units never claim the same job."""
+
+    def held_by(self, engine_id: str) -> Sequence[str]:
+        """Ids of the active jobs the engine holds."""
+
+    def holds_any(self, engine_id: str) -> bool:
+        """Whether the engine holds an active job."""
+
+    def held(self) -> Iterable[Job]:
+        """Every active job that an engine holds."""
+
+    def active_count(self) -> int:
+        """How many jobs are assigned or processing."""
+
+    def page(self, status: str | None, offset: int, limit: int) -> tuple[list[Job], int]:
+        """Jobs (of one status, or all) in creation order, and how many there are."""
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs there are of each status."""
+
+    def total(self) -> int:
+        """How many jobs there are."""
+
+    def oldest_pending(self) -> Job | None:
+        """The pending job created first."""
+
+    def queue_position(self, job: Job, now: float) -> int:
+        """1 + how many ready pending jobs of its codec are ahead of ``job``."""
+
+    def finished_before(self, cutoff: float, limit: int) -> list[Job]:
+        """Up to ``limit`` finished jobs that finished before ``cutoff``, oldest first."""
+
+    def completion_stats(self, since: float) -> tuple[int, float]:
+        """How many jobs completed at or after ``since``, and the mean time from
+        assignment to completion over every completed job (0 when none)."""
+
+    def history(self, job_id: str) -> list[Event]:
+        """The job's history events, oldest first."""
+
+
+class EngineRepository(Protocol):
+    def get(self, engine_id: str) -> Engine | None: ...
+
+    def get_for_update(self, engine_id: str) -> Engine | None:
+        """The engine, locked against other units until this one ends."""
+
+    def put(self, engine: Engine) -> None: ...
+
+    def delete(self, engine_id: str) -> None: ...
+
+    def all(self) -> Collection[Engine]:
+        """Every engine (not to be changed while iterating)."""
+
+
+class IdempotencyRepository(Protocol):
+    def claim(self, key: str, now: float, ttl: float) -> dict[str, Any] | None:
+        """The live entry (recorded less than ``ttl`` seconds ago) under ``key``, or
+        None: then the key is this unit's until it ends, to ``record``."""
+
+    def record(self, key: str, fingerprint: str, job_id: str, now: float) -> None: ...
+
+    def expired(self, cutoff: float, limit: int) -> list[str]:
+        """Up to ``limit`` keys recorded at or before ``cutoff``, oldest first."""
+
+    def delete(self, key: str) -> None: ...
+
+
+class DeliveryRepository(Protocol):
+    def get(self, job_id: str) -> dict[str, Any] | None: ...
+
+    def get_for_update(self, job_id: str) -> dict[str, Any] | None: ...
+
+    def put(self, job_id: str, delivery: dict[str, Any]) -> None: ...
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        """Pending deliveries whose next attempt is due at ``now``."""
+
+
+class Transaction(Protocol):
+    @property
+    def jobs(self) -> JobRepository: ...
+
+    @property
+    def engines(self) -> EngineRepository: ...
+
+    @property
+    def idempotency(self) -> IdempotencyRepository: ...
+
+    @property
+    def deliveries(self) -> DeliveryRepository: ...
+
+
+class UnitOfWork(Protocol):
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A unit that commits (durably) on leaving the block, or leaves no trace."""
+
+    def read(self) -> AbstractContextManager[Transaction]:
+        """A unit that only reads one consistent state."""
+
+    def peek_job(self, job_id: str) -> Job | None:
+        """One job as it is now, outside any unit (the cheapest read)."""
+
+    def snapshot(self) -> bool:
+        """Compact what is persisted, if the backend keeps a log; whether it did."""
+
+    @property
+    def failure(self) -> str | None:
+        """Why changes cannot be persisted right now, or None when they can."""
+
+    def check(self) -> str | None:
+        """Try to recover from a failure; return the failure that remains, if any."""
+
+    def close(self) -> None:
+        """Release files, locks and connections."""

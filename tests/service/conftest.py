@@ -1,0 +1,28 @@
+"""The service's rule tests: DispatchService on each backend, no Flask, a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from dispatch.service import DispatchService
+from dispatch.settings import Settings
+from tests.backends import Harness, durable_harness, harness
+from tests.conftest import API_KEY
+
+__all__ = ["durable_harness", "harness", "make_service"]
+
+
+@pytest.fixture
+def make_service(harness: Harness) -> Callable[..., DispatchService]:
+    """A service on the harness's backend, with settings ``overrides``."""
+
+    def make(**overrides: Any) -> DispatchService:
+        settings = Settings(api_key=API_KEY, **overrides)
+        backend = harness.open()
+        assert harness.store is not None
+        return DispatchService(settings, harness.store, harness.clock, backend=backend)
+
+    return make
