@@ -13,7 +13,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dispatch import __version__
 from dispatch.api import engines, jobs, system
+from dispatch.api.converters import register_converters, route_label
 from dispatch.api.errors import register_error_handlers
+from dispatch.api.openapi import document_settings
 from dispatch.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal
 from dispatch.logs import add_secrets, escape_controls
 from dispatch.metrics import Metrics
@@ -66,9 +68,11 @@ def create_app(settings: Settings, service: DispatchService, metrics: Metrics) -
     app.extensions["dispatch.keys"] = make_keyring(settings)
 
     api = _Api(app)
+    register_converters(app, api)
     for blueprint in (jobs.blp, engines.blp, system.blp):
         api.register_blueprint(blueprint)
     _document_common_errors(api)
+    document_settings(api, settings)
     ui.init_app(app, settings)  # the dashboard, /ui/ (outside the OpenAPI document)
     register_error_handlers(app)
     _instrument(app, metrics)
@@ -124,7 +128,7 @@ def _instrument(app: Flask, metrics: Metrics) -> None:
     def _observe(response: Response) -> Response:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         rule = request.url_rule
-        endpoint = rule.rule if rule is not None else "unmatched"
+        endpoint = route_label(rule.rule) if rule is not None else "unmatched"
         metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-store"

@@ -28,7 +28,7 @@ from flask import Response, current_app
 from flask_httpauth import HTTPTokenAuth
 
 from dispatch.api.errors import error_response
-from dispatch.models import ENGINE_ID
+from dispatch.models import ENGINE_ID, ENGINE_ID_RULE
 from dispatch.settings import MIN_KEY_LENGTH
 
 log = logging.getLogger("dispatch.auth")
@@ -73,8 +73,9 @@ def parse_key_file(text: str, source: str) -> list[tuple[str, Principal]]:
             raise KeyFileError(f"{source} line {number}: keys must have at least "
                                f"{MIN_KEY_LENGTH} characters")
         engine_id = parts[2] if len(parts) == 3 else None
-        if engine_id is not None and not ENGINE_ID.match(engine_id):
-            raise KeyFileError(f"{source} line {number}: invalid engine id")
+        if engine_id is not None and not ENGINE_ID.fullmatch(engine_id):
+            raise KeyFileError(f"{source} line {number}: invalid engine id (must be "
+                               f"{ENGINE_ID_RULE})")
         keys.append((parts[1], Principal(role, engine_id)))
     return keys
 

@@ -7,6 +7,7 @@ and how many server processes may share it, which gunicorn's worker count follow
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,13 +31,20 @@ class Backend:
     # Opens the state the settings name, telling ``observer`` of syncs and failures;
     # raises StateError when it cannot be used.
     open: Callable[[Settings, SyncObserver], Store]
+    # Where the state is, as the ready line names it.
+    describe: Callable[[Settings], str]
 
 
 def _open_journal(settings: Settings, observer: SyncObserver) -> Store:
     return JournalStore(settings.state_file, observer=observer)
 
 
-EMBEDDED_JOURNAL = Backend("journal", workers=1, open=_open_journal)
+def _describe_journal(settings: Settings) -> str:
+    return f"state file {os.path.abspath(settings.state_file)}"
+
+
+EMBEDDED_JOURNAL = Backend("journal", workers=1, open=_open_journal,
+                           describe=_describe_journal)
 BACKENDS = (EMBEDDED_JOURNAL,)  # every backend; tests/contract runs against each
 
 
@@ -85,6 +93,7 @@ def build_app(server: Server, *, background: bool = True) -> Flask:
     (started unless ``background`` is False; tests drive it by hand)."""
     service = server.loaded_service()
     app = create_app(server.settings, service, server.metrics)
+    app.extensions["dispatch.server"] = server  # for the ready line (``dispatch.ready``)
     runtime = Runtime(service)
     app.extensions["dispatch.runtime"] = runtime
     if background:

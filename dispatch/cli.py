@@ -2,6 +2,8 @@
 
 Exit status: 0 after a clean stop (SIGTERM), 1 when the state file cannot be used
 (damaged, or owned by another process), 2 for bad settings.
+
+``dispatch-server import-cpp ...`` is the one subcommand (``dispatch.cpp_import``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
+from dispatch import cpp_import
 from dispatch.app import make_keyring
 from dispatch.auth import KeyFileError
 from dispatch.bootstrap import Server, build_app, open_server
@@ -69,8 +72,11 @@ class _Arbiter(Arbiter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["import-cpp"]:
+        return cpp_import.main(argv[1:])
     try:
-        settings = load_settings(sys.argv[1:] if argv is None else argv)
+        settings = load_settings(argv)
     except SettingsError as exc:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 2

@@ -230,7 +230,7 @@ class Commands(ServicePart):
             elif reported in ("idle", "busy") and engine.drain == "engine":
                 changes["drain"] = None  # the engine ends a drain it announced itself
             for key in ("engine_type", "hostname", "storage_capacity_gb",
-                        "streaming_support"):
+                        "streaming_support", "telemetry"):
                 if key in data:
                     changes[key] = data[key]
             for key in ("supported_codecs", "local_job_queue"):

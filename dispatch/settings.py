@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from dispatch import __version__
-from dispatch.models import ENGINE_ID
+from dispatch.models import ENGINE_ID, ENGINE_ID_RULE
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
@@ -138,9 +138,8 @@ def _engine_key_list(text: str) -> tuple[str, ...]:
         key, at, engine_id = item.partition("@")
         if len(key) < MIN_KEY_LENGTH:
             raise ValueError(f"keys must have at least {MIN_KEY_LENGTH} characters")
-        if at and not ENGINE_ID.match(engine_id):
-            raise ValueError("KEY@ENGINE_ID needs an engine id of 1-128 letters, "
-                             "digits and ._:-")
+        if at and not ENGINE_ID.fullmatch(engine_id):
+            raise ValueError(f"KEY@ENGINE_ID needs an engine id of {ENGINE_ID_RULE}")
     return items
 
 
@@ -237,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dispatch-server",
         description="DistConv dispatch server: the job coordinator of a transcoding farm.",
         epilog="Every flag can also be set by a DISTCONV_* environment variable or in "
-        "the config file; flags win over variables, variables over the file.",
+        "the config file; flags win over variables, variables over the file. "
+        "'dispatch-server import-cpp --help': bring over the C++ server's SQLite state.",
     )
     parser.add_argument("--version", action="version", version=f"dispatch-server {__version__}")
     parser.add_argument("--config", metavar="FILE", help="INI-style config file (DISTCONV_CONFIG)")
@@ -295,8 +295,15 @@ def load_settings(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Resolve settings from flags, environment and config file; raise SettingsError."""
+    return settings_from_args(build_parser().parse_args([] if argv is None else list(argv)),
+                              environ)
+
+
+def settings_from_args(args: argparse.Namespace,
+                       environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags already parsed by ``build_parser`` (or a parser that has it
+    as a parent, as a subcommand's does), the environment and the config file."""
     environ = os.environ if environ is None else environ
-    args = build_parser().parse_args([] if argv is None else list(argv))
     config_path = args.config or environ.get("DISTCONV_CONFIG") or None
     resolved = resolve_options(_OPTIONS, args, environ, config_path)
     api_key = resolved.pop("api_key", None)

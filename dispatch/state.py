@@ -45,7 +45,10 @@ def _id_sort_key(record: Mapping[str, Any]) -> tuple[int, int, str]:
     try:
         return (int(head), int(tail), job_id)
     except ValueError:
-        return (0, 0, job_id)
+        # Other ids (the C++ benchmark layout's "job_0"): creation time first.
+        created = record.get("created_at")
+        micros = int(created * 1_000_000) if isinstance(created, (int, float)) else 0
+        return (micros, 0, job_id)
 
 
 class State:

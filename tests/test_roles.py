@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from dispatch import cli
+from dispatch.api.converters import route_label
 from dispatch.app import make_keyring
 from dispatch.auth import KeyFileError
 from dispatch.settings import Settings, SettingsError, load_settings
@@ -154,7 +155,7 @@ def test_the_table_names_every_endpoint(app: Flask) -> None:
     """A new endpoint cannot slip past the role table: every routed (method, rule) of
     the app is in it, and nothing in it is unrouted."""
     routed = {
-        (method, rule.rule)
+        (method, route_label(rule.rule))
         for rule in app.url_map.iter_rules()
         if rule.endpoint not in NOT_IN_TABLE and not rule.endpoint.startswith(DASHBOARD)
         for method in rule.methods - {"HEAD", "OPTIONS"}

@@ -278,6 +278,28 @@ def test_claim_next_takes_the_best_job_within_the_limit(harness: Harness) -> Non
     assert claim(backend, "e1", now, max_active=3) is not None
 
 
+def test_claim_next_matches_codec_families(harness: Harness) -> None:
+    """Issue #13: a job and an engine match by codec family (``dispatch.codecs``), the
+    job keeping the name it was submitted with; a name outside the table only itself."""
+    backend = harness.open()
+    now = harness.now()
+    with backend.transaction() as tx:
+        tx.engines.put(engine("hevc", supported_codecs=("hevc",)))
+        tx.engines.put(engine("odd", supported_codecs=("H264X",)))
+        x265 = submit(tx, now, target_codec="libx265")
+        h265 = submit(tx, now, target_codec="h265")
+        odd = submit(tx, now, target_codec="h264x")
+    with backend.read() as tx:
+        assert 2 == tx.jobs.queue_position(h265, now)  # one queue for the family
+        assert 1 == tx.jobs.queue_position(odd, now)
+    first, second = claim(backend, "hevc", now), claim(backend, "hevc", now)
+    assert first is not None and second is not None
+    assert [(x265.job_id, "libx265"), (h265.job_id, "h265")] == [
+        (first.job_id, first.target_codec), (second.job_id, second.target_codec)]
+    assert claim(backend, "hevc", now) is None
+    assert claim(backend, "odd", now) is None  # "h264x" is not "H264X"
+
+
 def test_racing_claims_never_share_a_job(harness: Harness) -> None:
     backend = harness.open()
     now = harness.now()

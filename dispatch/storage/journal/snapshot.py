@@ -9,7 +9,9 @@ Layouts the reader takes:
 - any single JSON object: the C++ server's file (no ``version``; jobs and engines keyed
   by id) or an older one of ours. Read whole.
 
-Every job and engine read, in either layout, becomes ours in ``our_record``.
+Every job and engine read, in either layout, becomes ours in ``our_record``; the C++
+server's records through ``dispatch.cpp_layout`` (millisecond times, ``id``/``codec``,
+``""`` as none, unknown fields kept).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from dispatch import cpp_layout
 from dispatch.errors import StateError
 from dispatch.persistence import SnapshotData
 from dispatch.storage.journal.files import WHAT_TO_DO, StateFiles, fsync_dir
@@ -44,12 +47,20 @@ class Snapshot:
 # ------------------------------------------------------------------ reading
 
 
-def our_record(kind: str, key: str, record: Any, path: str) -> dict[str, Any]:
+def our_record(kind: str, key: str, record: Any, path: str,
+               original: bool = False) -> dict[str, Any]:
     """A job or engine of the snapshot as this server's record: the one place where a
     record read from the file, in any layout, becomes ours (the key names it when the
-    record does not)."""
+    record does not). ``original``: the file is the C++ server's."""
     if not isinstance(record, dict):
         raise StateError(f"state file {path}: {kind} {key!r} is not an object; {WHAT_TO_DO}")
+    if original:
+        convert = cpp_layout.job_record if kind == "job" else cpp_layout.engine_record
+        try:
+            return convert(record, key)
+        except cpp_layout.RecordError as exc:
+            raise StateError(f"state file {path}, written by the C++ server: {exc}; "
+                             f"{WHAT_TO_DO}") from None
     record.setdefault(f"{kind}_id", key)
     return record
 
@@ -158,9 +169,15 @@ def _checked(data: dict[str, Any], jobs: Any, engines: Any, tables: Any,
         isinstance(table, dict) for table in tables.values()
     ):
         raise StateError(f"state file {path} has a damaged header; {WHAT_TO_DO}")
+    original = cpp_layout.is_original(data)
     for kind, table in (("job", jobs), ("engine", engines)):
         for key, record in table.items():
-            table[key] = our_record(kind, key, record, path)
+            table[key] = our_record(kind, key, record, path, original)
+        if original:
+            # Keyed by the id the record names (the C++ layout's "id"), as ours are.
+            records = list(table.values())
+            table.clear()
+            table.update((record[f"{kind}_id"], record) for record in records)
     return Snapshot(jobs, engines, tables, seq)
 
 

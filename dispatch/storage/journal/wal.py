@@ -5,7 +5,8 @@ A record is one line, ``"<crc32 as 8 hex digits> <json>\\n"``, the JSON being
 ``{"seq": n, "ops": [[kind, key, record-or-null], ...]}``. A change is appended under the
 service lock and made durable by ``wait_durable`` outside it: the first waiter fsyncs
 for everyone whose change is already written (group commit). Every write to the journal
-is made here.
+is made here, and none is acknowledged once the state folder or the journal was removed
+or replaced under the server (``dispatch.folder_watch``): the log fails until it is back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from dispatch import folder_watch
 from dispatch.errors import PersistenceError, StateError
 from dispatch.persistence import Op
 from dispatch.storage.journal.files import WHAT_TO_DO, StateFiles, fsync_dir
@@ -108,6 +110,7 @@ class WriteAheadLog:
         self._syncing = False
         # Why changes cannot be written now (None while they can); read without the lock.
         self.failure: str | None = None
+        self._folder = os.stat(files.directory)  # to notice it replaced under us
 
     def open(self, length: int, seq: int) -> None:
         """Start appending after recovery: the journal's first ``length`` bytes are
@@ -131,6 +134,8 @@ class WriteAheadLog:
             if self.failure is not None and self._repair() is not None:
                 raise PersistenceError(self.failure)
             assert self._fd is not None, "recover() opens the journal"
+            if self._lost():
+                raise PersistenceError(self.failure)
             seq = self._seq + 1
             line = encode_record(seq, ops)
             try:
@@ -165,6 +170,9 @@ class WriteAheadLog:
                     self._cond.acquire()
                 self._syncing = False
                 self._cond.notify_all()
+                if error is None and self._lost():
+                    # Synced into a file that no longer has a name: not durable.
+                    raise PersistenceError(self.failure)
                 if error is not None:
                     self._fail(error)
                     raise PersistenceError(self.failure)
@@ -181,10 +189,30 @@ class WriteAheadLog:
         if self.observer is not None:
             self.observer.observe_failure()
 
+    def _lost(self) -> bool:
+        """Whether the open journal is no longer the file at its path (the state
+        folder, or the journal, was removed or replaced under the server); if so, the
+        log fails. Caller holds the condition."""
+        assert self._fd is not None
+        problem = folder_watch.lost(self.files.directory, self._folder, self.files.wal,
+                                    self._fd)
+        if problem is None:
+            return False
+        # Clients see this reason (in 503 bodies and /health): no path in it.
+        failure = (f"the state folder or its journal was {problem} under the running "
+                   "server; put it back or restart the server")
+        if failure != self.failure:
+            self.failure = failure
+            log.error("the journal %s was %s under the running server; refusing changes "
+                      "until it is back", self.files.wal, problem)
+            if self.observer is not None:
+                self.observer.observe_failure()
+        return True
+
     def _repair(self) -> str | None:
         """Cut the journal back to its last durable change and check that it takes
         writes again. Caller holds the condition."""
-        if self._syncing or self._fd is None:
+        if self._syncing or self._fd is None or self._lost():
             return self.failure
         try:
             self.io.truncate(self._fd, self._durable_offset)
@@ -200,7 +228,8 @@ class WriteAheadLog:
     def check(self) -> str | None:
         with self._cond:
             if self.failure is None:
-                return None
+                if self._fd is None or self._syncing or not self._lost():
+                    return None
             return self._repair()
 
     def rotate(self, covered: int) -> int | None:
