@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 STATE  ?= server_state.json
 
-.PHONY: run test test-deps lint bench install clean
+.PHONY: run engine test test-deps lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: $(VENV)/.installed
 	  exec $(BIN)/dispatch-server --host $(HOST) --port $(PORT) --state-file $(STATE); \
 	fi
 
+# A transcoding engine for the server of `make run` (same DISTCONV_API_KEY); more
+# settings as DISTCONV_* variables or ENGINE_ARGS (README "Run a farm").
+engine: $(VENV)/.installed
+	exec $(BIN)/dispatch-engine --server http://$(HOST):$(PORT) $(ENGINE_ARGS)
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy dispatch
@@ -42,6 +47,8 @@ test: lint test-deps
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/postgres.py
+	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/dashboard.py
 
 # Lay the server out under PREFIX (default /opt/distconv/server); see README "Deployment".
 install:

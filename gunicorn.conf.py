@@ -1,7 +1,7 @@
 """gunicorn config for ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-The same settings ``dispatch-server`` uses (one worker, gthread, threads from the
-DistConv settings); prefer ``dispatch-server``, which also refuses a damaged or
+The same settings ``dispatch-server`` uses (the backend's workers, gthread, threads
+from the DistConv settings); prefer ``dispatch-server``, which also refuses a damaged or
 already-owned state file with exit status 1 before gunicorn starts.
 """
 
@@ -12,7 +12,7 @@ _settings = load_settings([])
 _options = options(_settings)
 
 bind = _options["bind"]
-workers = _options["workers"]  # state lives in one process: never more than one
+workers = _options["workers"]  # as the backend allows: one for the embedded journal
 worker_class = _options["worker_class"]
 threads = _options["threads"]
 graceful_timeout = _options["graceful_timeout"]
@@ -22,6 +22,7 @@ preload_app = _options["preload_app"]
 max_requests = _options["max_requests"]
 accesslog = _options["accesslog"]
 errorlog = _options["errorlog"]
+logger_class = _options["logger_class"]
 loglevel = _options["loglevel"]
 proc_name = _options["proc_name"]
 control_socket_disable = _options["control_socket_disable"]

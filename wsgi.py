@@ -1,5 +1,5 @@
 """WSGI entry point: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
 
-from dispatch.app import create_app
+from dispatch.bootstrap import wsgi_app
 
-app = create_app()
+app = wsgi_app()

@@ -174,6 +174,15 @@ def sc_assign(ctx: Ctx) -> Scenario:
                                 _job_body(ctx, data.get("target_codec") or codecs[0]))
 
 
+def sc_page(ctx: Ctx) -> Scenario:
+    """A dashboard page (params: path, and the session cookie that signs it in)."""
+    path = ctx.params["path"]
+    request = ctx.req("GET", path).replace(
+        b"\r\n\r\n", f"\r\nCookie: {ctx.params['cookie']}\r\n\r\n".encode(), 1)
+    while True:
+        yield f"GET {path}", request
+
+
 SCENARIOS: dict[str, Callable[[Ctx], Scenario]] = {
     "submit": sc_submit,
     "get": sc_get,
@@ -182,6 +191,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Scenario]] = {
     "heartbeat": sc_heartbeat,
     "cycle": sc_cycle,
     "assign": sc_assign,
+    "page": sc_page,
 }
 
 

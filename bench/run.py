@@ -38,9 +38,9 @@ sys.path.insert(0, str(BENCH))
 
 import loadgen  # noqa: E402
 
-from dispatch.journal import write_lines  # noqa: E402
 from dispatch.models import Job  # noqa: E402
 from dispatch.persistence import SnapshotData  # noqa: E402
+from dispatch.storage.journal.snapshot import write_lines  # noqa: E402
 
 SERVER_BIN = Path(sys.executable).with_name("dispatch-server")
 CODECS = loadgen.CODECS
@@ -522,9 +522,9 @@ class Bench:
         are changes; its CPU time competes with the request threads for the GIL."""
         folder = self.cache.fresh_dir(n)
         try:
-            from dispatch.journal import JournalStore
             from dispatch.service import DispatchService
             from dispatch.settings import Settings
+            from dispatch.storage.journal import JournalStore
 
             settings = Settings(api_key=self.api_key,
                                 state_file=str(folder / "server_state.json"),

@@ -1,5 +1,6 @@
-"""The composition root: ``create_app`` wires settings, logging, persistence, service,
-auth, metrics, blueprints and error handlers, and nothing else does."""
+"""The HTTP side of the server: ``create_app`` wires a built service into Flask
+(blueprints, error handlers, auth, request metrics) and nothing else. The service and
+its backend are built by ``dispatch.bootstrap``."""
 
 from __future__ import annotations
 
@@ -12,16 +13,16 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dispatch import __version__
 from dispatch.api import engines, jobs, system
+from dispatch.api.converters import register_converters, route_label
 from dispatch.api.errors import register_error_handlers
+from dispatch.api.openapi import document_settings
 from dispatch.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal
-from dispatch.background import Runtime
-from dispatch.journal import JournalStore
 from dispatch.logs import add_secrets, escape_controls
 from dispatch.metrics import Metrics
-from dispatch.persistence import Store
 from dispatch.schemas import ErrorSchema
-from dispatch.service import Clock, DispatchService
-from dispatch.settings import Settings, load_settings
+from dispatch.service import DispatchService
+from dispatch.settings import Settings
+from dispatch.ui import views as ui
 
 MAX_BODY = 1024 * 1024
 access_log = logging.getLogger("dispatch.access")
@@ -35,30 +36,9 @@ class _Api(Api):
         pass
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
-               store: Store | None = None, service: DispatchService | None = None,
-               background: bool = True, metrics: Metrics | None = None) -> Flask:
-    """Build the WSGI app.
-
-    Without ``settings`` they are read from the environment (and ``DISTCONV_CONFIG``),
-    as ``gunicorn wsgi:app`` needs; without ``store`` the state file's journal is used.
-    ``service`` is a service already loaded from ``store`` (the CLI loads it before
-    gunicorn forks, to refuse a bad state file with exit status 1).
-    """
-    if settings is None:
-        settings = load_settings([])
-    metrics = metrics or Metrics()
-    if service is None and settings.database_url:
-        # The state lives in PostgreSQL, shared with every other instance.
-        from dispatch.postgres.wiring import open_service
-
-        service = open_service(settings, clock, metrics.registry)
-    if store is None:
-        store = service.store if service is not None else JournalStore(settings.state_file)
-    if isinstance(store, JournalStore):
-        store.observer = metrics
-    if service is None:
-        service = DispatchService(settings, store, clock)
+def create_app(settings: Settings, service: DispatchService, metrics: Metrics) -> Flask:
+    """The WSGI app over ``service``; ``metrics`` counts its requests and reads the
+    service's counts at scrape time."""
     metrics.watch(service)
 
     app = Flask("dispatch")
@@ -88,16 +68,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     app.extensions["dispatch.keys"] = make_keyring(settings)
 
     api = _Api(app)
+    register_converters(app, api)
     for blueprint in (jobs.blp, engines.blp, system.blp):
         api.register_blueprint(blueprint)
     _document_common_errors(api)
+    document_settings(api, settings)
+    ui.init_app(app, settings)  # the dashboard, /ui/ (outside the OpenAPI document)
     register_error_handlers(app)
     _instrument(app, metrics)
-
-    runtime = Runtime(service)
-    app.extensions["dispatch.runtime"] = runtime
-    if background:
-        runtime.start()
     return app
 
 
@@ -150,7 +128,7 @@ def _instrument(app: Flask, metrics: Metrics) -> None:
     def _observe(response: Response) -> Response:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         rule = request.url_rule
-        endpoint = rule.rule if rule is not None else "unmatched"
+        endpoint = route_label(rule.rule) if rule is not None else "unmatched"
         metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-store"

@@ -16,6 +16,7 @@ Every presented key is compared with every configured key in constant time.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import threading
@@ -27,7 +28,7 @@ from flask import Response, current_app
 from flask_httpauth import HTTPTokenAuth
 
 from dispatch.api.errors import error_response
-from dispatch.models import ENGINE_ID
+from dispatch.models import ENGINE_ID, ENGINE_ID_RULE
 from dispatch.settings import MIN_KEY_LENGTH
 
 log = logging.getLogger("dispatch.auth")
@@ -72,8 +73,9 @@ def parse_key_file(text: str, source: str) -> list[tuple[str, Principal]]:
             raise KeyFileError(f"{source} line {number}: keys must have at least "
                                f"{MIN_KEY_LENGTH} characters")
         engine_id = parts[2] if len(parts) == 3 else None
-        if engine_id is not None and not ENGINE_ID.match(engine_id):
-            raise KeyFileError(f"{source} line {number}: invalid engine id")
+        if engine_id is not None and not ENGINE_ID.fullmatch(engine_id):
+            raise KeyFileError(f"{source} line {number}: invalid engine id (must be "
+                               f"{ENGINE_ID_RULE})")
         keys.append((parts[1], Principal(role, engine_id)))
     return keys
 
@@ -110,6 +112,16 @@ class KeyRing:
     def secrets(self) -> list[str]:
         return [key.secret.decode() for key in self._keys]
 
+    def by_fingerprint(self, fingerprint: str) -> Principal | None:
+        """The principal of the key whose fingerprint this is, while it is still
+        accepted (a dashboard session ends when its key is removed)."""
+        found: Principal | None = None
+        for key in self._keys:
+            if hmac.compare_digest(fingerprint, key_fingerprint(key.secret.decode())) \
+                    and found is None:
+                found = key.principal
+        return found
+
     def identify(self, presented: str | None) -> Principal | None:
         if not presented:
             return None
@@ -120,6 +132,12 @@ class KeyRing:
             if hmac.compare_digest(candidate, key.secret) and found is None:
                 found = key.principal
         return found
+
+
+def key_fingerprint(key: str) -> str:
+    """A key's name for logs and sessions, not the key: the first 12 hex digits of its
+    SHA-256 (``printf %s KEY | sha256sum | cut -c1-12``)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 auth = HTTPTokenAuth(header="X-API-Key")

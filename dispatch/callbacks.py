@@ -8,24 +8,33 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatch.models import Job
+from dispatch.urls import callback_pattern
 
 BACKOFF_CAP = 300.0
 
 
 def callback_problem(url: str, allowed_hosts: tuple[str, ...]) -> str | None:
     """Why ``url`` may not be called back, or None when it may."""
-    if not allowed_hosts:
+    pattern = callback_pattern(allowed_hosts)
+    if pattern is None:
         return "callbacks are disabled on this server (no webhook_allowed_hosts)"
+    if pattern.fullmatch(url):
+        return None
+    # Not the published form: say why as precisely as the URL allows.
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http or https URL with a host"
     if parts.username or parts.password:
         return "must not carry credentials"
     host = parts.hostname.lower()
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    try:
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "has an invalid port"
     if host not in allowed_hosts and netloc not in allowed_hosts:
         return f"host {host!r} is not in webhook_allowed_hosts"
-    return None
+    return ("must be http(s)://HOST[:PORT][/PATH] with a host in webhook_allowed_hosts, "
+            "without whitespace")
 
 
 def backoff(attempts: int) -> float:

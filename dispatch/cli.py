@@ -2,6 +2,9 @@
 
 Exit status: 0 after a clean stop (SIGTERM), 1 when the state file cannot be used
 (damaged, or owned by another process), 2 for bad settings.
+
+Subcommands: ``dispatch-server import-cpp ...`` (``dispatch.cpp_import``), and
+``dispatch-server db upgrade`` and ``copy-state`` (``dispatch.postgres.cli``).
 """
 
 from __future__ import annotations
@@ -14,26 +17,25 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from dispatch.app import create_app, make_keyring
+from dispatch import cpp_import
+from dispatch.app import make_keyring
 from dispatch.auth import KeyFileError
-from dispatch.errors import StateError
+from dispatch.bootstrap import Server, build_app, open_server
+from dispatch.errors import StateError, Unavailable
 from dispatch.gunicorn_config import options
-from dispatch.journal import JournalStore
 from dispatch.logs import configure_logging
-from dispatch.postgres.cli import ADMIN_COMMANDS, admin_main, check_database
+from dispatch.postgres.cli import ADMIN_COMMANDS, admin_main
 from dispatch.process_memory import release_free_memory
-from dispatch.service import DispatchService
-from dispatch.settings import Settings, SettingsError, load_settings
+from dispatch.settings import SettingsError, load_settings
 
 
 class DispatchApplication(BaseApplication):
-    """gunicorn's custom-application API: our settings, our app, one worker."""
+    """gunicorn's custom-application API: our settings, our app, as many workers as
+    the backend allows."""
 
-    def __init__(self, settings: Settings, store: JournalStore | None,
-                 service: DispatchService | None) -> None:
-        self.settings = settings
-        self.store = store
-        self.service: DispatchService | None = service
+    def __init__(self, server: Server) -> None:
+        self.settings = server.settings
+        self.server = server
         super().__init__()
 
     def load_config(self) -> None:
@@ -43,15 +45,15 @@ class DispatchApplication(BaseApplication):
 
     def load(self) -> Any:
         configure_logging(self.settings)
-        return create_app(self.settings, store=self.store, service=self.service)
+        return build_app(self.server)
 
     def release_loaded_state(self) -> None:
         """In this (master) process, once the first worker has forked: the worker
         owns the state now. A worker that replaces a dead one reads the files, which
         hold every change the dead one made, so the master keeps no copy."""
-        if self.service is None:
+        if self.server.service is None:
             return
-        self.service = None
+        self.server.service = None
         gc.unfreeze()
         gc.collect()
         release_free_memory()
@@ -72,11 +74,13 @@ class _Arbiter(Arbiter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ADMIN_COMMANDS:
-        return admin_main(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["import-cpp"]:
+        return cpp_import.main(argv[1:])
+    if argv[:1] and argv[0] in ADMIN_COMMANDS:  # db upgrade, copy-state
+        return admin_main(argv)
     try:
-        settings = load_settings(args)
+        settings = load_settings(argv)
     except SettingsError as exc:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 2
@@ -86,17 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings, rotate=False)
-    if settings.database_url:
-        # Each worker opens its own pool after the fork; the schema is checked first,
-        # so a database that cannot be used stops the start with exit status 1.
-        if not check_database(settings):
-            return 1
-        DispatchApplication(settings, None, None).run()
-        return 0
     try:
-        store = JournalStore(settings.state_file)
-        application = DispatchApplication(settings, store, DispatchService(settings, store))
-    except StateError as exc:
+        application = DispatchApplication(open_server(settings))
+    except (StateError, Unavailable) as exc:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 1
     # The loaded state is shared with the worker after the fork; frozen objects are

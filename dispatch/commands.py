@@ -178,6 +178,22 @@ class Commands(ServicePart):
             tx.jobs.put(new)
         return new
 
+    def set_priority(self, job_id: str, priority: int) -> Job:
+        """Change the priority of a job that has not finished; it takes effect at its
+        next assignment (its place in the queue, if pending)."""
+        with self.uow.transaction() as tx:
+            job = job_for_update(tx, job_id)
+            if job.status in FINISHED_STATUSES:
+                raise errors.InvalidTransition(
+                    f"cannot change the priority of job {job_id!r}: it is already {job.status}"
+                )
+            if priority == job.priority:
+                return job
+            new = replace(job, priority=priority, updated_at=self.now())
+            tx.jobs.put(new)
+        events.info("job priority %d -> %d", job.priority, priority, extra={"job_id": job_id})
+        return new
+
     def assign_job(self, engine_id: str, capabilities: list[str] | None) -> AssignResult:
         with self.uow.transaction() as tx:
             engine = engine_for_update(tx, engine_id)
@@ -214,7 +230,7 @@ class Commands(ServicePart):
             elif reported in ("idle", "busy") and engine.drain == "engine":
                 changes["drain"] = None  # the engine ends a drain it announced itself
             for key in ("engine_type", "hostname", "storage_capacity_gb",
-                        "streaming_support"):
+                        "streaming_support", "telemetry"):
                 if key in data:
                     changes[key] = data[key]
             for key in ("supported_codecs", "local_job_queue"):

@@ -1,18 +1,21 @@
 """gunicorn settings and hooks, shared by ``dispatch-server`` and ``gunicorn.conf.py``.
 
-One worker process, concurrency from threads: all state lives in that process (two
-workers would each hold a different copy of the queue). No ``max_requests`` (it would
-restart the worker, and with it the state), no ``preload_app`` (background threads
-must start after the fork).
+As many worker processes as the backend allows (the embedded journal: one, since all
+state lives in that process and two workers would each hold a different copy of the
+queue), concurrency from threads. No ``max_requests`` (it would restart the worker, and
+with it the state), no ``preload_app`` (background threads must start after the fork).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 from typing import Any
 
-from dispatch.logs import add_secrets
+from dispatch.bootstrap import choose_backend
+from dispatch.logs import GunicornLogger, add_secrets
+from dispatch.ready import ready_line
 from dispatch.settings import Settings
 
 log = logging.getLogger("dispatch.server")
@@ -29,7 +32,7 @@ def options(settings: Settings) -> dict[str, Any]:
         host = f"[{host}]"
     opts: dict[str, Any] = {
         "bind": [f"{host}:{settings.port}"],
-        "workers": settings.workers,  # above 1 only with a shared database
+        "workers": choose_backend(settings).workers,
         "worker_class": "gthread",
         "threads": settings.thread_pool_size,
         "graceful_timeout": GRACEFUL_TIMEOUT,
@@ -39,6 +42,7 @@ def options(settings: Settings) -> dict[str, Any]:
         "max_requests": 0,
         "accesslog": None,  # dispatch.access logs each request with its job/engine id
         "errorlog": "-",
+        "logger_class": GunicornLogger,
         "loglevel": "warning" if settings.log_level in ("INFO", "DEBUG") else "error",
         "proc_name": "dispatch-server",
         "worker_exit": worker_exit,
@@ -52,8 +56,11 @@ def options(settings: Settings) -> dict[str, Any]:
 
 def post_worker_init(worker: Any) -> None:
     """In the worker, once the app is loaded: SIGUSR1 rereads the key file, besides
-    reopening log files as gunicorn does (so logrotate's USR1 works as well)."""
+    reopening log files as gunicorn does (so logrotate's USR1 works as well); then
+    the ready line, on stderr whatever the log level."""
     app = worker.wsgi
+    print(ready_line(app.extensions["dispatch.server"], [s.sock for s in worker.sockets]),
+          file=sys.stderr, flush=True)
     ring = app.extensions["dispatch.keys"]
     reopen = worker.handle_usr1
 

@@ -38,6 +38,8 @@ def transition_events(old: Job | None, new: Job | None, now: float,
         return [[now, "submitted", None, 0, None]]
     engine, attempt = old.assigned_engine, old.attempt
     if new.status == old.status:
+        if new.priority != old.priority:
+            return [[now, "priority", engine, attempt, f"{old.priority} -> {new.priority}"]]
         if new.status == "processing" and _milestone(old.progress, new.progress):
             return [[now, "progress", engine, attempt, f"{new.progress:g}%"]]
         return []

@@ -7,6 +7,9 @@ import logging.handlers
 import sys
 import time
 from collections.abc import Iterable
+from typing import Any
+
+from gunicorn import glogging
 
 from dispatch.settings import Settings
 
@@ -103,3 +106,25 @@ def configure_logging(settings: Settings, *, rotate: bool = True) -> logging.Han
         logger.propagate = False
     logging.getLogger("dispatch").setLevel(settings.log_level)
     return handler
+
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's logger, writing its error log through this server's handler.
+
+    gunicorn adds a handler of its own whose format wants ``%(process)d``, which the
+    records no longer carry (``logProcesses`` is off, see ``configure_logging``): each
+    of its records (an over-long request line, a bad header) printed a "Logging error"
+    traceback, and the line twice. Where ``configure_logging`` has attached the
+    server's handler, gunicorn's is removed; otherwise (``gunicorn wsgi:app`` before
+    the app is loaded) it gets the server's format."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        ours = [h for h in self.error_log.handlers if getattr(h, "_dispatch", False)]
+        for handler in list(self.error_log.handlers):
+            if getattr(handler, "_dispatch", False):
+                continue
+            if ours:
+                self.error_log.removeHandler(handler)
+            else:
+                handler.setFormatter(EventFormatter(FORMAT))

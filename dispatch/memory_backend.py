@@ -20,8 +20,11 @@ from itertools import islice
 from types import TracebackType
 from typing import Any
 
+import orjson
+
 from dispatch import errors, history
 from dispatch.history import Event, FailureKind
+from dispatch.job_search import JobFilter, matcher
 from dispatch.models import Engine, Job
 from dispatch.persistence import Op, SnapshotData, Store
 from dispatch.process_memory import release_free_memory
@@ -281,6 +284,48 @@ class MemoryJobs(_Tables):
 
     def history(self, job_id: str) -> list[Event]:
         return history.decode(self.state.history.get(job_id))
+
+    def search(self, where: JobFilter, offset: int, limit: int) -> tuple[list[Job], int]:
+        table = self.state.by_status[where.status] if where.status else self.state.ordered
+        if where.indexed:
+            # Newest first: count back from the end of the creation-ordered index, so
+            # the cost does not grow with the number of jobs.
+            total = len(table)
+            stop = max(0, total - offset)
+            start = max(0, stop - limit)
+            return list(table.islice(start, stop, reverse=True)), total
+        ran_on = self._ran_on(where.engine) if where.engine else None
+        matches = matcher(where, ran_on)
+        found = [job for job in reversed(table) if matches(job)]
+        return found[offset:offset + limit], len(found)
+
+    def _ran_on(self, engine_id: str) -> Callable[[Job], bool]:
+        """Jobs the engine holds or held: a failed or released job no longer names its
+        engine, its history does (searched as bytes, without decoding it)."""
+        quoted = orjson.dumps(engine_id)
+        recorded = self.state.history
+
+        def ran_on(job: Job) -> bool:
+            return job.assigned_engine == engine_id or quoted in recorded.get(job.job_id, b"")
+
+        return ran_on
+
+    def pending_counts(self) -> dict[tuple[str, int], int]:
+        return self.state.pending.counts()
+
+    def finished_per_minute(self, now: float, minutes: int) -> dict[str, list[int]]:
+        counts = {"completed": [0] * minutes, "failed": [0] * minutes}
+        for job in self.state.finished.irange_key(min_key=(now - minutes * 60, -1)):
+            # Minute 0 is the oldest, the last one the current minute.
+            minute = minutes - 1 - int((now - (job.completed_at or now)) // 60)
+            if 0 <= minute < minutes and job.status in counts:
+                counts[job.status][minute] += 1
+        return counts
+
+    def recent_on(self, engine_id: str, limit: int) -> list[Job]:
+        ran_on = self._ran_on(engine_id)
+        return list(islice((job for job in reversed(self.state.ordered) if ran_on(job)),
+                           limit))
 
 
 class MemoryEngines(_Tables):

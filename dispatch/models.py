@@ -19,8 +19,15 @@ JOB_STATUSES = ("pending", "assigned", "processing", "completed", "failed", "can
 ACTIVE_STATUSES = frozenset({"assigned", "processing"})
 FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 ENGINE_STATUSES = ("idle", "busy", "draining", "offline")
-# Engine ids: what the API, the key file and the engine_keys setting accept.
-ENGINE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Engine ids: what the API, the key file and the engine_keys setting accept. The
+# names of the fixed routes beside /engines/{engine_id} are not engine ids, so that
+# those routes and an engine's own never answer for each other.
+RESERVED_ENGINE_IDS = ("heartbeat", "benchmark_result")
+ENGINE_ID = re.compile(
+    rf"^(?!(?:{'|'.join(RESERVED_ENGINE_IDS)})$)[A-Za-z0-9._:-]{{1,128}}$")
+ENGINE_ID_RULE = "1-128 letters, digits or ._:-, and not heartbeat or benchmark_result"
+# Job ids are any text, but /jobs/batch is its own route.
+RESERVED_JOB_IDS = ("batch",)
 _STATUSES = {status: status for status in JOB_STATUSES}
 _TIME_KEYS = ("retry_at", "created_at", "updated_at", "assigned_at", "completed_at")
 
@@ -86,11 +93,15 @@ class Job:
     attempt: int = 0
     progress_at: float | None = None  # when progress last changed (stall detection)
     callback_url: str | None = None
+    # Fields of a record written by the C++ server that this server does not use
+    # (``metadata``...), written back as they were; None for every other job.
+    extra: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The API form: the record's keys with RFC 3339 times."""
         body = self.to_record()
         del body["progress_at"]
+        body.pop("extra", None)
         for key in _TIME_KEYS:
             body[key] = format_time(body[key])
         return body
@@ -101,7 +112,7 @@ class Job:
         faster than RFC 3339 strings and leave no temporary strings behind, which
         keeps a large queue's resident memory close to its live size; the C++
         server's string times load as well."""
-        return {
+        record = {
             "job_id": self.job_id,
             "source_url": self.source_url,
             "target_codec": self.target_codec,
@@ -123,10 +134,14 @@ class Job:
             "callback_url": self.callback_url,
             "progress_at": self.progress_at,
         }
+        if self.extra is not None:
+            record["extra"] = self.extra
+        return record
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], seq: int) -> Job:
-        """Load a job from the state file; tolerant of the C++ server's sparser records.
+        """Load a job from the state file; tolerant of sparser records (the C++
+        server's, once ``dispatch.cpp_layout`` has read them as ours).
 
         Strings repeated across jobs (status, codec, engine) are shared, not copied
         per job: a queue of 100,000 jobs holds a handful of them."""
@@ -147,6 +162,7 @@ class Job:
                 _time(data["retry_at"]), _time(data["assigned_at"]),
                 _time(data["completed_at"]), data["attempt"],
                 _time(data["progress_at"]), data.get("callback_url"),
+                data.get("extra"),
             )
         created = parse_time(data.get("created_at")) or 0.0
         return cls(
@@ -171,6 +187,7 @@ class Job:
             attempt=int(data.get("attempt") or 0),
             progress_at=parse_time(data.get("progress_at")),
             callback_url=data.get("callback_url") or None,
+            extra=data.get("extra") or None,
         )
 
 
@@ -192,6 +209,7 @@ class Engine:
     jobs_failed: int = 0
     offline: bool = False
     drain: str | None = None  # "api" (operator) or "engine" (announced by the engine)
+    telemetry: dict[str, Any] | None = None  # the last heartbeat's other fields, as sent
 
     def to_record(self) -> dict[str, Any]:
         """The state-file form (``status`` and ``current_jobs`` are derived on load)."""
@@ -212,6 +230,7 @@ class Engine:
             "last_heartbeat": format_time(self.last_heartbeat),
             "status": "offline" if self.offline else "idle",
             "drain": self.drain,
+            "telemetry": self.telemetry,
         }
 
     @classmethod
@@ -239,4 +258,5 @@ class Engine:
             jobs_failed=int(data.get("jobs_failed") or 0),
             offline=data.get("status") == "offline",
             drain=data.get("drain") if data.get("drain") in ("api", "engine") else None,
+            telemetry=data.get("telemetry") or None,
         )

@@ -35,6 +35,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from dispatch.history import Event, FailureKind
+from dispatch.job_search import JobFilter
 from dispatch.models import Engine, Job
 from dispatch.scheduler import Policy
 
@@ -103,6 +104,22 @@ class JobRepository(Protocol):
 
     def history(self, job_id: str) -> list[Event]:
         """The job's history events, oldest first."""
+
+    # What the dashboard reads (each one query in SQL).
+
+    def search(self, where: JobFilter, offset: int, limit: int) -> tuple[list[Job], int]:
+        """Jobs matching ``where`` (``job_search``), newest first: up to ``limit``
+        from ``offset``, and how many match in all."""
+
+    def pending_counts(self) -> dict[tuple[str, int], int]:
+        """Pending jobs (those in backoff included) per (codec, priority)."""
+
+    def finished_per_minute(self, now: float, minutes: int) -> dict[str, list[int]]:
+        """Jobs completed and finally failed in each of the ``minutes`` minutes up to
+        ``now``, oldest minute first: ``{"completed": [...], "failed": [...]}``."""
+
+    def recent_on(self, engine_id: str, limit: int) -> list[Job]:
+        """Up to ``limit`` of the jobs the engine holds or held, newest first."""
 
 
 class EngineRepository(Protocol):

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatch import errors, history, reports
-from dispatch.models import Job
-from dispatch.ports import UnitOfWork
+from dispatch.job_search import JobFilter
+from dispatch.models import Engine, Job
+from dispatch.ports import Transaction, UnitOfWork
 from dispatch.service_base import Clock, ServicePart
 from dispatch.settings import Settings
 
@@ -18,6 +19,16 @@ from dispatch.settings import Settings
 class Page:
     jobs: list[Job]
     total: int
+
+
+@dataclass(frozen=True)
+class EngineRow:
+    """An engine as the dashboard shows it."""
+
+    engine: Engine
+    status: str
+    heartbeat_age: float
+    current: list[Job]
 
 
 class Queries(ServicePart):
@@ -61,6 +72,12 @@ class Queries(ServicePart):
             jobs, total = tx.jobs.page(status, offset, limit)
         return Page(jobs, total)
 
+    def search_jobs(self, where: JobFilter, offset: int, limit: int) -> Page:
+        """The jobs matching the dashboard's filter, newest first."""
+        with self.uow.read() as tx:
+            jobs, total = tx.jobs.search(where, offset, limit)
+        return Page(jobs, total)
+
     # --------------------------------------------------------------- engines
 
     def list_engines(self) -> list[dict[str, Any]]:
@@ -73,6 +90,22 @@ class Queries(ServicePart):
             if engine is None:
                 raise errors.EngineNotFound(engine_id)
             return reports.engine_view(tx, engine)
+
+    def engine_rows(self) -> list[EngineRow]:
+        with self.uow.read() as tx:
+            now = self.now()
+            return [_engine_row(tx, engine, now)
+                    for engine in sorted(tx.engines.all(), key=lambda e: e.engine_id)]
+
+    def engine_row(self, engine_id: str) -> EngineRow | None:
+        with self.uow.read() as tx:
+            found = tx.engines.get(engine_id)
+            return None if found is None else _engine_row(tx, found, self.now())
+
+    def recent_jobs(self, engine_id: str, limit: int) -> list[Job]:
+        """The latest jobs the engine holds or held, newest first."""
+        with self.uow.read() as tx:
+            return tx.jobs.recent_on(engine_id, limit)
 
     # ---------------------------------------------------------------- system
 
@@ -107,3 +140,29 @@ class Queries(ServicePart):
     def stats(self) -> dict[str, Any]:
         with self.uow.read() as tx:
             return reports.stats(tx, self.now())
+
+    def overview(self, minutes: int) -> dict[str, Any]:
+        """The dashboard's overview: jobs by status, the pending queue by codec and
+        priority, the oldest pending job's age, engines by status, and completions
+        and final failures per minute over the last ``minutes``."""
+        with self.uow.read() as tx:
+            now = self.now()
+            oldest = tx.jobs.oldest_pending()
+            return {
+                "jobs": tx.jobs.counts(),
+                "total": tx.jobs.total(),
+                "pending_by": sorted(tx.jobs.pending_counts().items(),
+                                     key=lambda item: (item[0][0], -item[0][1])),
+                "oldest_pending_age": None if oldest is None
+                else max(0.0, now - oldest.created_at),
+                "engines": reports.engine_counts(tx),
+                "per_minute": tx.jobs.finished_per_minute(now, minutes),
+                "now": now,
+            }
+
+
+def _engine_row(tx: Transaction, engine: Engine, now: float) -> EngineRow:
+    held = tx.jobs.held_by(engine.engine_id)
+    current = [job for job in map(tx.jobs.get, held) if job is not None]
+    return EngineRow(engine, reports.engine_status(engine, bool(held)),
+                     max(0.0, now - engine.last_heartbeat), current)

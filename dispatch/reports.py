@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dispatch.codecs import family
 from dispatch.models import Engine, Job, format_time
 from dispatch.ports import Transaction
-from dispatch.scheduler import fits
+from dispatch.scheduler import fits, takes_codec
 from dispatch.settings import Settings
 
 
@@ -19,13 +20,13 @@ def waiting_reason(tx: Transaction, settings: Settings, job: Job, now: float) ->
         return _reason("backoff", f"in backoff after a failed attempt until "
                        f"{format_time(job.retry_at)}")
     live = [e for e in tx.engines.all() if not e.offline]
-    codec = job.target_codec
-    able = [e for e in live if not e.supported_codecs or codec in e.supported_codecs]
+    codec = _codec_name(job.target_codec)
+    able = [e for e in live if takes_codec(job, e)]
     if not able:
-        return _reason("no_engine_for_codec", f"no active engine supports codec {codec!r}")
+        return _reason("no_engine_for_codec", f"no active engine supports codec {codec}")
     roomy = [e for e in able if fits(job, e)]
     if not roomy:
-        return _reason("no_engine_with_room", f"no active engine supporting {codec!r} "
+        return _reason("no_engine_with_room", f"no active engine supporting {codec} "
                        f"has storage for {job.job_size:g} MB")
     if all(e.drain is not None for e in roomy):
         return _reason("engines_draining", "every engine that could take it is draining")
@@ -34,7 +35,14 @@ def waiting_reason(tx: Transaction, settings: Settings, job: Job, now: float) ->
         return _reason("concurrency_limit", f"{active} jobs are running, the limit "
                        "(max_concurrent_jobs); it starts when one finishes")
     position = tx.jobs.queue_position(job, now)
-    return _reason("queued", f"number {position} in line for codec {codec!r}", position)
+    return _reason("queued", f"number {position} in line for codec {codec}", position)
+
+
+def _codec_name(codec: str) -> str:
+    """A codec as reports name it: with its family when that is another name
+    (``'libx264' (family h264)``)."""
+    codec_family = family(codec)
+    return repr(codec) if codec_family == codec else f"{codec!r} (family {codec_family})"
 
 
 def _reason(code: str, message: str, position: int | None = None) -> dict[str, Any]:

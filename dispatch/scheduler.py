@@ -1,7 +1,8 @@
 """Which pending job an engine gets. The rules, as the README states them:
 
-1. Eligible: the job's codec is one the engine asked with (``capabilities``) or
-   registered (``supported_codecs``; none listed means any codec), its size fits the
+1. Eligible: the job's codec is in the family of one the engine asked with
+   (``capabilities``) or registered (``supported_codecs``; none listed means any
+   codec; families are ``dispatch.codecs``: ``libx264`` is ``h264``), its size fits the
    engine's storage (``job_size`` MB <= ``storage_capacity_gb`` x 1024, when known),
    and its ``retry_at`` has passed.
 2. Order: effective priority first, then oldest first. Effective priority is the
@@ -17,7 +18,7 @@
    (codec and storage) and, with aging on, only while it has waited less than
    ``priority_aging_seconds``.
 
-Index: pending jobs are bucketed by (codec, priority), each bucket sorted by creation,
+Index: pending jobs are bucketed by (codec family, priority), each sorted by creation,
 so the best job is found among bucket heads without scanning the queue; jobs in
 backoff wait in a separate list ordered by ``retry_at`` and join their bucket when due.
 """
@@ -31,6 +32,7 @@ from statistics import median
 
 from sortedcontainers import SortedKeyList, SortedList
 
+from dispatch.codecs import families, family
 from dispatch.models import Engine, Job
 
 MB_PER_GB = 1024.0
@@ -39,6 +41,17 @@ LOOKAHEAD = 32  # candidates examined for size-aware placement beyond the first
 
 def _seq(job: Job) -> int:
     return job.seq
+
+
+def takes_codec(job: Job, engine: Engine) -> bool:
+    """The engine registered the job's codec family (or no codecs: any)."""
+    codecs = engine.supported_codecs
+    return not codecs or family(job.target_codec) in families(codecs)
+
+
+def can_run(job: Job, engine: Engine) -> bool:
+    """The engine takes the job's codec, and the job fits its storage."""
+    return takes_codec(job, engine) and fits(job, engine)
 
 
 def fits(job: Job, engine: Engine) -> bool:
@@ -54,8 +67,8 @@ class Policy:
 
 
 class PendingIndex:
-    """Pending jobs: ready ones by (codec, priority) in creation order, and those in
-    backoff by ``retry_at``."""
+    """Pending jobs: ready ones by (codec family, priority) in creation order, and
+    those in backoff by ``retry_at``."""
 
     def __init__(self) -> None:
         self._ready: dict[str, dict[int, SortedKeyList]] = {}
@@ -76,7 +89,7 @@ class PendingIndex:
             self._add_ready(job)
 
     def _add_ready(self, job: Job) -> None:
-        buckets = self._ready.setdefault(job.target_codec, {})
+        buckets = self._ready.setdefault(family(job.target_codec), {})
         bucket = buckets.get(job.priority)
         if bucket is None:
             bucket = buckets[job.priority] = SortedKeyList(key=_seq)
@@ -88,13 +101,24 @@ class PendingIndex:
         if entry is not None:
             self._waiting.remove(entry)
             return
-        buckets = self._ready[job.target_codec]
+        codec_family = family(job.target_codec)
+        buckets = self._ready[codec_family]
         bucket = buckets[job.priority]
         bucket.remove(job)
         if not bucket:
             del buckets[job.priority]
             if not buckets:
-                del self._ready[job.target_codec]
+                del self._ready[codec_family]
+
+    def counts(self) -> dict[tuple[str, int], int]:
+        """Pending jobs per (codec, priority), those in backoff included: from the
+        buckets' sizes, without visiting the ready jobs."""
+        counts = {(codec, priority): len(bucket) for codec, buckets in self._ready.items()
+                  for priority, bucket in buckets.items()}
+        for _, _, job in self._waiting:
+            key = (job.target_codec, job.priority)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def promote(self, now: float) -> None:
         """Move jobs whose backoff has ended into their buckets."""
@@ -104,8 +128,8 @@ class PendingIndex:
             self._add_ready(job)
 
     def position(self, job: Job) -> int:
-        """1 + how many ready jobs of its codec are ahead of it (aging aside)."""
-        buckets = self._ready.get(job.target_codec, {})
+        """1 + how many ready jobs of its codec family are ahead of it (aging aside)."""
+        buckets = self._ready.get(family(job.target_codec), {})
         ahead = sum(len(bucket) for priority, bucket in buckets.items()
                     if priority > job.priority)
         own = buckets.get(job.priority)
@@ -115,12 +139,12 @@ class PendingIndex:
 
     def candidates(self, codecs: Iterable[str] | None, now: float,
                    aging_seconds: float) -> Iterator[tuple[float, Job]]:
-        """Ready jobs of the given codecs (all when None) with their effective
-        priority, best first."""
+        """Ready jobs in the families of the given codecs (all when None) with their
+        effective priority, best first."""
         if codecs is None:
             codec_buckets = list(self._ready.values())
         else:
-            codec_buckets = [self._ready[c] for c in set(codecs) if c in self._ready]
+            codec_buckets = [self._ready[f] for f in families(codecs) if f in self._ready]
         streams = [
             _bucket_stream(bucket, now, aging_seconds)
             for buckets in codec_buckets for bucket in buckets.values()
@@ -214,9 +238,6 @@ def pick_job(index: PendingIndex, engine: Engine, engines: Iterable[Engine],
         if speed == "slow" else []
 
     def fast_can_take(job: Job) -> bool:
-        return any(
-            (not e.supported_codecs or job.target_codec in e.supported_codecs)
-            and fits(job, e) for e in fast
-        )
+        return any(can_run(job, e) for e in fast)
 
     return choose_job(index, engine, capabilities, now, policy, speed, fast_can_take)

@@ -9,14 +9,26 @@ that every response still loads through its schema.
 from __future__ import annotations
 
 import math
-from typing import Any
-from urllib.parse import urlsplit
+import re
+from typing import Any, cast
 
+import orjson
 from flask import current_app
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+)
 
 from dispatch.callbacks import callback_problem
-from dispatch.models import ENGINE_ID, ENGINE_STATUSES, JOB_STATUSES
+from dispatch.models import ENGINE_ID, ENGINE_ID_RULE, ENGINE_STATUSES, JOB_STATUSES
+from dispatch.urls import SOURCE_URL, SOURCE_URL_RULE
 
 MAX_URL = 2048
 MAX_TEXT = 4096
@@ -52,33 +64,87 @@ class StrictInteger(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+class StrictBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false``: ``1`` and ``0`` are numbers, not booleans
+    (marshmallow takes them, and ``1 in {True}`` holds in Python)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+# A JSON list of strings written as a string, as the original engine's early versions
+# send ``local_job_queue`` ("[]"); each id 1-256 characters, no control characters.
+_JSON_ID = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]){1,256}"'
+_WS = r"[ \t\n\r]*"
+JSON_ID_LIST = rf"^{_WS}\[{_WS}(?:{_JSON_ID}(?:{_WS},{_WS}{_JSON_ID})*)?{_WS}\]{_WS}$"
+MAX_QUEUE = 10000
+
+
+class JobIdList(fields.Field):
+    """Job ids as a JSON list, or as a string holding a JSON list of strings. A plain
+    field, so that the OpenAPI document shows both forms (``oneOf``) and no ``type``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"oneOf": [
+            {"type": "array", "maxItems": MAX_QUEUE,
+             "items": {"type": "string", "minLength": 1, "maxLength": 256}},
+            {"type": "string", "pattern": JSON_ID_LIST,
+             "description": "the same list written as a JSON string (earlier engines)"},
+        ]}, **kwargs)
+        self._list = fields.List(_text(256), validate=validate.Length(max=MAX_QUEUE))
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any,
+                     **kwargs: Any) -> list[str]:
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise ValidationError(
+                    "Not a list, nor a string holding a JSON list.") from None
+            if not isinstance(value, list):
+                raise ValidationError("Not a list, nor a string holding a JSON list.")
+        return self._list.deserialize(value)
+
+
 def _check_url(value: str) -> None:
-    parts = urlsplit(value)
-    if not parts.scheme or not (parts.netloc or (parts.scheme == "file" and parts.path)):
-        raise ValidationError("Must be an absolute URL with a scheme and a host (or file:///path).")
-    if any(ch.isspace() for ch in value):
-        raise ValidationError("Must not contain whitespace.")
+    if not SOURCE_URL.fullmatch(value):
+        raise ValidationError(f"Must be {SOURCE_URL_RULE}.")
 
 
 def _text(maximum: int = MAX_TEXT, **kwargs: Any) -> fields.String:
     return fields.String(validate=validate.Length(min=1, max=maximum), **kwargs)
 
 
+class FullRegexp(validate.Regexp):
+    """The whole value matches (``Regexp`` uses ``match``, and ``$`` lets a final
+    newline through)."""
+
+    def __call__(self, value: str) -> str:  # type: ignore[override]
+        if cast("re.Pattern[str]", self.regex).fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 def _engine_id(**kwargs: Any) -> fields.String:
-    return fields.String(
-        validate=validate.Regexp(ENGINE_ID, error="Must be 1-128 letters, digits or ._:-"),
-        **kwargs,
-    )
+    return fields.String(validate=FullRegexp(ENGINE_ID, error=f"Must be {ENGINE_ID_RULE}."),
+                         **kwargs)
+
+
+def _priority(**kwargs: Any) -> fields.Integer:
+    return StrictInteger(validate=validate.Range(min=-100, max=100), **kwargs)
 
 
 # ----------------------------------------------------------------- requests
 
 class JobSubmitSchema(StrictSchema):
-    source_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
+    source_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL),
+                               metadata={"pattern": SOURCE_URL.pattern})
     target_codec = _text(64, required=True)
     job_size = FiniteFloat(required=True, validate=validate.Range(min=0))
     max_retries = StrictInteger(validate=validate.Range(min=0, max=100))
-    priority = StrictInteger(validate=validate.Range(min=-100, max=100))
+    priority = _priority()
     callback_url = fields.String(
         validate=validate.Length(min=1, max=MAX_URL),
         metadata={"description": "http(s) URL POSTed the job, signed, when it completes, "
@@ -117,6 +183,11 @@ class IdempotencyHeaderSchema(Schema):
     )
 
 
+class PrioritySchema(StrictSchema):
+    priority = _priority(required=True, metadata={
+        "description": "-100..100; higher runs first (with aging, see Scheduling)"})
+
+
 class JobListQuerySchema(StrictSchema):
     status = fields.String(validate=validate.OneOf(JOB_STATUSES))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
@@ -141,19 +212,37 @@ class FailSchema(StrictSchema):
     attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
 
+MAX_TELEMETRY = 16 * 1024  # bytes of JSON: what one engine's extra fields may take
+
+
 class HeartbeatSchema(Schema):
+    """The fields the server uses are typed strictly; any other field is telemetry,
+    kept as sent (``telemetry`` in the loaded data), up to ``MAX_TELEMETRY`` bytes."""
+
     class Meta:
-        unknown = EXCLUDE  # engines send telemetry we do not use
+        unknown = INCLUDE
 
     engine_id = _engine_id(required=True)
     engine_type = _text(128)
     supported_codecs = fields.List(_text(64), validate=validate.Length(max=MAX_LIST))
     status = fields.String(validate=validate.OneOf(("idle", "busy", "draining")))
     storage_capacity_gb = FiniteFloat(validate=validate.Range(min=0))
-    streaming_support = fields.Boolean(truthy={True}, falsy={False})
+    streaming_support = StrictBoolean()
     hostname = _text(255)
     benchmark_time = FiniteFloat(validate=validate.Range(min=0))
-    local_job_queue = fields.List(_text(256), validate=validate.Length(max=10000))
+    local_job_queue = JobIdList()
+
+    @post_load
+    def _telemetry(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        extra = {key: data.pop(key) for key in list(data) if key not in self.fields}
+        if extra:
+            size = len(orjson.dumps(extra))
+            if size > MAX_TELEMETRY:
+                raise ValidationError(
+                    f"telemetry (the fields the server does not use) takes {size} bytes "
+                    f"of JSON, more than {MAX_TELEMETRY}", "_schema")
+        data["telemetry"] = extra or None
+        return data
 
 
 class BenchmarkSchema(StrictSchema):
@@ -223,7 +312,7 @@ class JobEventSchema(Schema):
     event = fields.String(required=True, validate=validate.OneOf((
         "submitted", "assigned", "processing", "progress", "completed", "cancelled",
         "failed_attempt", "engine_lost", "stalled", "requeued", "failed", "released",
-        "retried")))
+        "retried", "priority")))
     engine_id = fields.String(required=True, allow_none=True)
     attempt = fields.Integer(required=True)
     detail = fields.String(required=True, allow_none=True)
@@ -257,6 +346,10 @@ class EngineSchema(Schema):
     jobs_failed = fields.Integer(required=True)
     registered_at = fields.String(required=True, metadata={"format": "date-time"})
     last_heartbeat = fields.String(required=True, metadata={"format": "date-time"})
+    telemetry = fields.Dict(
+        keys=fields.String(), required=True, allow_none=True,
+        metadata={"description": "The last heartbeat's fields the server does not use "
+                  "(encoders, cpu_temperature, ...), as the engine sent them"})
 
 
 class HeartbeatAnswerSchema(EngineSchema):

@@ -55,6 +55,7 @@ class DispatchService:
         self.cancel_job = commands.cancel_job
         self.retry_job = commands.retry_job
         self.assign_job = commands.assign_job
+        self.set_priority = commands.set_priority
         self.heartbeat = commands.heartbeat
         self.set_drain = commands.set_drain
         self.benchmark_result = commands.benchmark_result
@@ -70,6 +71,11 @@ class DispatchService:
         self.oldest_pending_age = queries.oldest_pending_age
         self.health = queries.health
         self.stats = queries.stats
+        self.search_jobs = queries.search_jobs  # the dashboard's reads
+        self.overview = queries.overview
+        self.engine_rows = queries.engine_rows
+        self.engine_row = queries.engine_row
+        self.recent_jobs = queries.recent_jobs
         self.due_deliveries = upkeep.due_deliveries
         self.record_delivery = upkeep.record_delivery
         self.sweep = upkeep.sweep

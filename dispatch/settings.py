@@ -15,12 +15,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from dispatch import __version__
-from dispatch.models import ENGINE_ID
+from dispatch.models import ENGINE_ID, ENGINE_ID_RULE
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
 MIN_KEY_LENGTH = 16
-SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret",
+MIN_SECRET_LENGTH = 32
+SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret", "ui_secret",
                     "database_url"})
 
 
@@ -62,6 +63,10 @@ class Settings:
     webhook_timeout: float = 5.0
     webhook_retry_for: float = 3600.0
     idempotency_ttl: float = 86400.0
+    # The dashboard's session-signing secret (or a file holding it); when neither is
+    # set, one is generated once and kept beside the state file (dispatch.ui.secret).
+    ui_secret: str | None = None
+    ui_session_lifetime: float = 43200.0  # seconds a dashboard sign-in lasts
     config_file: str | None = None
     # PostgreSQL (dispatch.postgres): with a URL the state lives only there, and
     # several processes and machines may share it.
@@ -76,7 +81,7 @@ class Settings:
             f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in SECRET
         )
         return (f"Settings(api_key='***', client_keys=***, engine_keys=***, "
-                f"webhook_secret=***, database_url=***, {shown})")
+                f"webhook_secret=***, ui_secret=***, database_url=***, {shown})")
 
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -140,10 +145,17 @@ def _engine_key_list(text: str) -> tuple[str, ...]:
         key, at, engine_id = item.partition("@")
         if len(key) < MIN_KEY_LENGTH:
             raise ValueError(f"keys must have at least {MIN_KEY_LENGTH} characters")
-        if at and not ENGINE_ID.match(engine_id):
-            raise ValueError("KEY@ENGINE_ID needs an engine id of 1-128 letters, "
-                             "digits and ._:-")
+        if at and not ENGINE_ID.fullmatch(engine_id):
+            raise ValueError(f"KEY@ENGINE_ID needs an engine id of {ENGINE_ID_RULE}")
     return items
+
+
+def _secret(text: str) -> str:
+    value = text.strip()
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must have at least {MIN_SECRET_LENGTH} characters "
+                         "(generate one with: openssl rand -hex 32)")
+    return value
 
 
 def _host_list(text: str) -> tuple[str, ...]:
@@ -221,6 +233,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("idempotency_ttl", _float(1), None, None, ("idempotency_ttl",)),
     _Option("job_stall_timeout", _float(0), None, "DISTCONV_JOB_STALL_TIMEOUT",
             ("job_stall_timeout",)),
+    _Option("ui_secret", _secret, None, "DISTCONV_UI_SECRET", ("ui_secret",)),
+    _Option("ui_secret_file", _text, "--ui-secret-file", "DISTCONV_UI_SECRET_FILE",
+            ("ui_secret_file",)),
+    _Option("ui_session_lifetime", _float(60), None, "DISTCONV_UI_SESSION_LIFETIME",
+            ("ui_session_lifetime",)),
     _Option("database_url", _database_url, "--database-url", "DISTCONV_DATABASE_URL",
             ("database_url",)),
     _Option("database_password_file", _text, "--database-password-file",
@@ -240,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dispatch-server",
         description="DistConv dispatch server: the job coordinator of a transcoding farm.",
         epilog="Every flag can also be set by a DISTCONV_* environment variable or in "
-        "the config file; flags win over variables, variables over the file.",
+        "the config file; flags win over variables, variables over the file. "
+        "'dispatch-server import-cpp --help': bring over the C++ server's SQLite state.",
     )
     parser.add_argument("--version", action="version", version=f"dispatch-server {__version__}")
     parser.add_argument("--config", metavar="FILE", help="INI-style config file (DISTCONV_CONFIG)")
@@ -257,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine-timeout": "seconds without heartbeat before an engine is offline (default 180)",
         "--threads": "worker threads (default 8)",
         "--keys-file": "file of role keys, 'ROLE KEY [ENGINE_ID]' a line; reread on SIGUSR1",
+        "--ui-secret-file": "file holding the dashboard's session-signing secret "
+        "(default: generated once beside the state file)",
         "--trusted-proxies": "number of reverse proxies in front whose X-Forwarded-For "
         "is trusted (default 0: none)",
         "--database-url": "postgresql://USER@HOST:PORT/DB: keep the state in PostgreSQL "
@@ -264,12 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-password-file": "file holding the database password (else PGPASSFILE)",
         "--workers": "server processes (default 1; more only with --database-url)",
     }
-    for option in _OPTIONS:
-        if option.flag:
-            parser.add_argument(
-                option.flag, dest=option.field, default=None, metavar="VALUE",
-                help=helps.get(option.flag),
-            )
+    add_flags(parser, _OPTIONS, helps)
     return parser
 
 
@@ -294,23 +309,72 @@ def _read_config_file(path: str) -> dict[str, str]:
     return values
 
 
+# (file option, value option, what the file holds, its converter)
+_FROM_FILE = (
+    ("api_key_file", "api_key", "API key", str),
+    ("ui_secret_file", "ui_secret", "dashboard secret", _secret),
+)
+
+
 def load_settings(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     """Resolve settings from flags, environment and config file; raise SettingsError."""
-    environ = os.environ if environ is None else environ
-    args = build_parser().parse_args([] if argv is None else list(argv))
+    return settings_from_args(build_parser().parse_args([] if argv is None else list(argv)),
+                              environ)
 
+
+def settings_from_args(args: argparse.Namespace,
+                       environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags already parsed by ``build_parser`` (or a parser that has it
+    as a parent, as a subcommand's does), the environment and the config file."""
+    environ = os.environ if environ is None else environ
     config_path = args.config or environ.get("DISTCONV_CONFIG") or None
+    resolved = resolve_options(_OPTIONS, args, environ, config_path)
+    api_key = resolved.pop("api_key", None)
+    if not api_key:
+        raise SettingsError(
+            "no API key: set DISTCONV_API_KEY, pass --api-key or --api-key-file, "
+            "or put api_key = ... in the config file (generate one with: openssl rand -hex 32)"
+        )
+    if resolved.get("webhook_allowed_hosts") and not resolved.get("webhook_secret"):
+        raise SettingsError(
+            "webhook_allowed_hosts is set but webhook_secret is not: callbacks must be "
+            "signed (set DISTCONV_WEBHOOK_SECRET or webhook_secret in the config file)"
+        )
+    if resolved.get("workers", 1) > 1 and not resolved.get("database_url"):
+        raise SettingsError(
+            "workers above 1 need database_url: with the state file, the state lives in "
+            "one process"
+        )
+    return Settings(api_key=api_key, config_file=config_path, **resolved)
+
+
+def add_flags(parser: argparse.ArgumentParser, options: Sequence[_Option],
+              helps: Mapping[str, str]) -> None:
+    """One ``--flag VALUE`` per option that has a flag."""
+    for option in options:
+        if option.flag:
+            parser.add_argument(
+                option.flag, dest=option.field, default=None, metavar="VALUE",
+                help=helps.get(option.flag),
+            )
+
+
+def resolve_options(options: Sequence[_Option], args: argparse.Namespace,
+                    environ: Mapping[str, str], config_path: str | None) -> dict[str, Any]:
+    """The converted value of every option given somewhere (flag > variable > file),
+    keyed by field; a value with a ``*_file`` option (``_FROM_FILE``) holds what that
+    file says when the file was given at a higher level than the value itself."""
     file_values = _read_config_file(config_path) if config_path else {}
-    known_keys = {key: option for option in _OPTIONS for key in option.keys}
+    known_keys = {key: option for option in options for key in option.keys}
     for key in file_values:
         if key not in known_keys:
             raise SettingsError(f"unknown key {key!r} in config file {config_path}")
 
     resolved: dict[str, Any] = {}
     level: dict[str, int] = {}
-    for option in _OPTIONS:
+    for option in options:
         candidates: list[tuple[int, str, str]] = []
         flag_value = getattr(args, option.field, None) if option.flag else None
         if flag_value is not None:
@@ -330,34 +394,24 @@ def load_settings(
             raise SettingsError(f"invalid value for {source}: {exc}") from None
         level[option.field] = source_level
 
-    api_key = resolved.pop("api_key", None)
-    key_file = resolved.pop("api_key_file", None)
-    if key_file is not None and (api_key is None or level["api_key_file"] > level["api_key"]):
-        api_key = _read_key_file(key_file)
-    if not api_key:
-        raise SettingsError(
-            "no API key: set DISTCONV_API_KEY, pass --api-key or --api-key-file, "
-            "or put api_key = ... in the config file (generate one with: openssl rand -hex 32)"
-        )
-    if resolved.get("webhook_allowed_hosts") and not resolved.get("webhook_secret"):
-        raise SettingsError(
-            "webhook_allowed_hosts is set but webhook_secret is not: callbacks must be "
-            "signed (set DISTCONV_WEBHOOK_SECRET or webhook_secret in the config file)"
-        )
-    if resolved.get("workers", 1) > 1 and not resolved.get("database_url"):
-        raise SettingsError(
-            "workers above 1 need database_url: with the state file, the state lives in "
-            "one process"
-        )
-    return Settings(api_key=api_key, config_file=config_path, **resolved)
+    # A value may come from a file named by its *_file option, which wins when given
+    # at a higher level than the value itself.
+    for file_field, field, what, convert in _FROM_FILE:
+        path = resolved.pop(file_field, None)
+        if path is not None and (field not in resolved or level[file_field] > level[field]):
+            try:
+                resolved[field] = convert(_read_key_file(path, what))
+            except ValueError as exc:
+                raise SettingsError(f"{what} file {path}: {exc}") from None
+    return resolved
 
 
-def _read_key_file(path: str) -> str:
+def _read_key_file(path: str, what: str = "API key") -> str:
     try:
         with open(path, encoding="utf-8") as handle:
             key = handle.read().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"cannot read API key file {path}: {exc.__class__.__name__}") from None
+        raise SettingsError(f"cannot read {what} file {path}: {exc.__class__.__name__}") from None
     if not key:
-        raise SettingsError(f"API key file {path} is empty")
+        raise SettingsError(f"{what} file {path} is empty")
     return key

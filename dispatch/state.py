@@ -30,13 +30,25 @@ def _finished_key(job: Job) -> tuple[float, int]:
     return (job.completed_at or 0.0, job.seq)
 
 
+def _next_counter(jobs: list[Job]) -> int:
+    highest = -1
+    for job in jobs:
+        tail = job.job_id.rpartition("_")[2]
+        if tail.isdigit() and int(tail) > highest:
+            highest = int(tail)
+    return highest + 1
+
+
 def _id_sort_key(record: Mapping[str, Any]) -> tuple[int, int, str]:
     job_id = str(record.get("job_id", ""))
     head, _, tail = job_id.partition("_")
     try:
         return (int(head), int(tail), job_id)
     except ValueError:
-        return (0, 0, job_id)
+        # Other ids (the C++ benchmark layout's "job_0"): creation time first.
+        created = record.get("created_at")
+        micros = int(created * 1_000_000) if isinstance(created, (int, float)) else 0
+        return (micros, 0, job_id)
 
 
 class State:
@@ -76,7 +88,10 @@ class State:
                 "restore the state file from a backup"
             ) from None
         self._index_all(jobs)
-        self.next_seq = len(jobs)
+        # An id is "{micros}_{counter}": continuing the counter past every one in use
+        # keeps a new id unique even when the clock reads no later than an old job's
+        # (len(jobs) alone would repeat a counter once jobs were purged).
+        self.next_seq = max(len(jobs), _next_counter(jobs))
         tables = state.tables
         for job_id, events in tables.get("events", {}).items():
             self.history[job_id] = history.encode(events)

@@ -4,14 +4,14 @@ and a clock the test moves by hand."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from dispatch.app import create_app
-from dispatch.journal import JournalStore
+from dispatch.bootstrap import build_app, open_server
 from dispatch.settings import Settings
 
 API_KEY = "test-key-0123456789"
@@ -76,9 +76,10 @@ def pytest_generate_tests(metafunc: Any) -> None:
 @pytest.fixture
 def make_app(clock: FakeClock, backend_kind: str,
              request: Any) -> Iterator[Callable[..., Flask]]:
-    """Build apps on a real journal in tmp_path (or on an emptied PostgreSQL database,
-    see ``backend_kind``); every one is shut down afterwards. A second app on the same
-    settings is the same server restarted."""
+    """Build apps as the server does (on a real journal in tmp_path, unless a test
+    passes its own store; or on an emptied PostgreSQL database, see ``backend_kind``);
+    every one is shut down afterwards. A second app on the same settings is the same
+    server restarted."""
     apps: list[Flask] = []
     database = None
     if backend_kind == "postgres":
@@ -87,13 +88,8 @@ def make_app(clock: FakeClock, backend_kind: str,
 
     def make(settings: Settings, store: Any = None) -> Flask:
         if database is not None and store is None:
-            from tests.postgres import open_service
-
-            service = open_service(database, settings, clock)
-            app = create_app(settings, clock=clock, service=service, background=False)
-        else:
-            store = store if store is not None else JournalStore(settings.state_file)
-            app = create_app(settings, clock=clock, store=store, background=False)
+            settings = replace(settings, database_url=database.url)
+        app = build_app(open_server(settings, clock=clock, store=store), background=False)
         apps.append(app)
         return app
 

@@ -41,13 +41,15 @@ def norm(body: Json) -> Json:
             for key, value in body.items()}
 
 
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Ask ``condition`` until it answers something truthy; fail after ``timeout``."""
+def poll(condition: Callable[[], Any], timeout: float, what: str,
+         interval: float = 0.05) -> Any:
+    """Ask ``condition`` until it answers something truthy and return that; fail
+    after ``timeout`` seconds, naming ``what`` and the last answer."""
     deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
+    while True:
         last = condition()
         if last:
             return last
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout} s (last seen: {last!r})")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last seen: {last!r})")
+        time.sleep(interval)

@@ -31,6 +31,7 @@ class Server:
         self.api_key = api_key
         self.headers = {"X-API-Key": api_key}
         self.args = ["--port", str(self.port), *args]
+        self.command = [str(BIN), *self.args]  # a test may start another entry point
         self.env = {**os.environ, "DISTCONV_API_KEY": api_key, **(env or {})}
         self.log = workdir / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -39,7 +40,7 @@ class Server:
     def start(self, wait: bool = True, timeout: float = 20.0) -> Server:
         handle = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [str(BIN), *self.args], cwd=self.workdir, env=self.env, stdout=handle,
+            self.command, cwd=self.workdir, env=self.env, stdout=handle,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         handle.close()

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -25,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatch import __version__
 from dispatch.app import MAX_BODY
 from dispatch.gunicorn_config import GRACEFUL_TIMEOUT
+from tests.helpers import poll as wait_until
 from tests.server import Server, free_port
 
 pytestmark = pytest.mark.e2e
@@ -43,17 +43,6 @@ JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_s
 # so the server's log tells the real client from the proxy.
 CLIENT_ADDRESS = "127.0.0.2"
 SPOOFED = "203.0.113.7"
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -583,3 +572,88 @@ def test_health_probes_stay_out_of_the_nginx_access_log(stack: tuple[Server, Ngi
                and "/jobs/marker-request" in nginx.access_log.read_text(), 10,
                "nginx's access line")
     assert "/health" not in nginx.access_log.read_text()
+
+
+# ------------------------------------------------------------------ engine unit
+
+ENGINE_UNIT = REPO / "systemd" / "distconv-engine.service"
+ENGINE_ENV = REPO / "systemd" / "distconv-engine.env.example"
+ENGINE_PREFIX = "/opt/distconv/engine"
+ENGINE_BIN = Path(sys.executable).with_name("dispatch-engine")
+
+
+def local_engine_unit(tmp_path: Path) -> tuple[Path, Path]:
+    """The engine unit and its env file with /opt/distconv/engine pointed into
+    ``tmp_path`` and ExecStart at this checkout's dispatch-engine."""
+    root = tmp_path / "engine"
+    for folder in ("config", "work", "output"):
+        (root / folder).mkdir(parents=True)
+    text = ENGINE_UNIT.read_text().replace(
+        f"{ENGINE_PREFIX}/venv/bin/dispatch-engine", str(ENGINE_BIN))
+    unit = tmp_path / "unit" / ENGINE_UNIT.name
+    unit.parent.mkdir()
+    unit.write_text(text.replace(ENGINE_PREFIX, str(root)))
+    (root / "config" / "distconv-engine.env").write_text(
+        ENGINE_ENV.read_text().replace(ENGINE_PREFIX, str(root)))
+    return unit, root
+
+
+def test_engine_unit_is_hardened_drains_on_stop_and_verifies(tmp_path: Path) -> None:
+    """The engine unit: service user, key from a file, only its work and output folders
+    writable, SIGTERM to the engine alone (its ffmpeg keeps the job going during the
+    drain) with a stop timeout of hours, no restart on a settings error; and
+    systemd-analyze verify accepts it."""
+    unit = parse_unit(ENGINE_UNIT.read_text())
+    service = unit["Service"]
+    single = {key: values(service, key) for key, _ in service}
+    assert single["User"] == ["distconv"] and single["Group"] == ["distconv"]
+    assert single["ExecStart"] == [f"{ENGINE_PREFIX}/venv/bin/dispatch-engine"]
+    assert single["EnvironmentFile"] == [f"{ENGINE_PREFIX}/config/distconv-engine.env"]
+    assert f"DISTCONV_API_KEY_FILE={ENGINE_PREFIX}/config/api_key" in single["Environment"]
+    assert not any(v.startswith("DISTCONV_API_KEY=") for v in single["Environment"])
+    for key, expected in (("NoNewPrivileges", "true"), ("ProtectSystem", "strict"),
+                          ("ProtectHome", "true"), ("PrivateTmp", "true"),
+                          ("KillMode", "mixed"), ("KillSignal", "SIGTERM"),
+                          ("Restart", "on-failure"), ("RestartPreventExitStatus", "2")):
+        assert single[key] == [expected], key
+    assert single["ReadWritePaths"] == [f"{ENGINE_PREFIX}/work {ENGINE_PREFIX}/output"]
+    assert single["TimeoutStopSec"] == ["4h"]
+    assert unit["Install"] == [("WantedBy", "multi-user.target")]
+
+    local, _ = local_engine_unit(tmp_path)
+    code, complaints = systemd_verify(local)
+    assert code == 0 and complaints == [], complaints
+
+
+def test_engine_runs_as_its_unit_starts_it(tmp_path: Path) -> None:
+    """ExecStart with the unit's Environment= and the example EnvironmentFile only:
+    the key comes from the key file, the engine registers with the server, and SIGTERM
+    (idle) stops it with status 0."""
+    unit, root = local_engine_unit(tmp_path)
+    service = parse_unit(unit.read_text())["Service"]
+    env = dict(value.partition("=")[::2] for value in values(service, "Environment"))
+    env.update(read_env_file(Path(values(service, "EnvironmentFile")[0])))
+    key = "engine-unit-key-0123456789"
+    (root / "config" / "api_key").write_text(key + "\n")
+    server = Server(tmp_path, key).start()
+    env.update({"DISTCONV_SERVER": server.url, "DISTCONV_ENGINE_ID": "unit-engine",
+                "DISTCONV_CODECS": "h264", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                "LANG": "C.UTF-8"})
+    log = tmp_path / "engine-stderr.txt"
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(values(service, "ExecStart")[0].split(), env=env,
+                                cwd=values(service, "WorkingDirectory")[0],
+                                stdout=subprocess.DEVNULL, stderr=handle)
+    try:
+        engine = wait_until(lambda: (lambda r: r.json() if r.status_code == 200 else None)(
+            server.request("GET", "/engines/unit-engine")), 60, "the engine registered")
+        assert engine["supported_codecs"] == ["h264"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert "engine unit-engine exiting" in log.read_text()
+        assert key not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        server.stop()

@@ -15,11 +15,11 @@ import orjson
 import pytest
 import requests
 
-from dispatch.app import create_app
+from dispatch.bootstrap import build_app, open_server
 from dispatch.errors import PersistenceError, StateError
-from dispatch.journal import FileIO, JournalStore
 from dispatch.memory_backend import MemoryBackend
 from dispatch.service import DispatchService
+from dispatch.storage.journal import FileIO, JournalStore
 from tests.conftest import API_KEY, JOB
 from tests.server import Server
 
@@ -255,7 +255,7 @@ def test_failing_disk_answers_503_and_memory_never_runs_ahead(
     settings = make_settings()
     io = FailingIO()
     store = JournalStore(settings.state_file, io=io)
-    app = create_app(settings, clock=clock, store=store, background=False)
+    app = build_app(open_server(settings, clock=clock, store=store), background=False)
     client = app.test_client()
     headers = {"X-API-Key": API_KEY}
     first = client.post("/jobs/", json=_job(1), headers=headers).get_json()

@@ -21,7 +21,7 @@ ENGINE_KEYS = {
     "engine_id", "engine_type", "hostname", "status", "supported_codecs",
     "storage_capacity_gb", "streaming_support", "benchmark_time", "avg_benchmark_time",
     "local_job_queue", "current_jobs", "jobs_completed", "jobs_failed", "registered_at",
-    "last_heartbeat",
+    "last_heartbeat", "telemetry",
 }
 JOB_KEYS = {
     "job_id", "source_url", "target_codec", "job_size", "priority", "status",
@@ -114,6 +114,7 @@ def test_heartbeat_registers_with_full_body(client: FlaskClient, auth: dict[str,
         "jobs_failed": 0,
         "registered_at": START,
         "last_heartbeat": START,
+        "telemetry": None,
     }
     assert expected == norm(body)
     assert body == get_engine(client, auth, "engine-001")
@@ -128,7 +129,7 @@ def test_minimal_heartbeat_registers_with_nulls(client: FlaskClient, auth: dict[
         "supported_codecs": [], "storage_capacity_gb": None, "streaming_support": False,
         "benchmark_time": None, "avg_benchmark_time": None, "local_job_queue": [],
         "current_jobs": [], "jobs_completed": 0, "jobs_failed": 0,
-        "registered_at": START, "last_heartbeat": START,
+        "registered_at": START, "last_heartbeat": START, "telemetry": None,
         "cancelled_jobs": [], "draining": False,
     }
     assert expected == norm(response.get_json())
@@ -148,10 +149,11 @@ def test_heartbeat_update_keeps_fields_left_out(
     assert second == get_engine(client, auth, "engine-001")
 
 
-def test_heartbeat_ignores_unknown_telemetry(
+def test_heartbeat_keeps_unknown_telemetry_as_sent(
     client: FlaskClient, auth: dict[str, str]
 ) -> None:
-    """Unknown telemetry (encoders, cpu_temperature) is accepted and not echoed back."""
+    """Unknown telemetry (encoders, cpu_temperature) is accepted and kept as sent under
+    ``telemetry``; the next heartbeat's telemetry replaces it."""
     response = client.post(
         "/engines/heartbeat",
         json={"engine_id": "e1", "encoders": ["libx264", "nvenc"], "cpu_temperature": 71.5},
@@ -160,7 +162,9 @@ def test_heartbeat_ignores_unknown_telemetry(
     assert 200 == response.status_code
     body = response.get_json()
     assert ANSWER_KEYS == set(body)
-    assert "encoders" not in body and "cpu_temperature" not in body
+    assert {"encoders": ["libx264", "nvenc"], "cpu_temperature": 71.5} == body["telemetry"]
+    response = client.post("/engines/heartbeat", json={"engine_id": "e1"}, headers=auth)
+    assert response.get_json()["telemetry"] is None
 
 
 def test_heartbeat_accepts_boundary_engine_ids(client: FlaskClient, auth: dict[str, str]) -> None:

@@ -14,11 +14,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from dispatch.journal import JournalStore
 from dispatch.postgres import migrate
 from dispatch.postgres.copy import Farm, read_database, read_file
 from dispatch.service import DispatchService
 from dispatch.settings import Settings, SettingsError, load_settings
+from dispatch.storage.journal import JournalStore
 from tests.conftest import API_KEY, FakeClock
 from tests.postgres import ROLE_PASSWORD, PostgresServer
 from tests.server import Server

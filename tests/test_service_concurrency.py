@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from dispatch.journal import JournalStore
 from dispatch.service import DispatchService
+from dispatch.storage.journal import JournalStore
 from tests.conftest import BOTH_BACKENDS
 from tests.postgres import open_service
 

@@ -39,6 +39,9 @@ class BodyParser(FlaskParser):
     and reports problems in the contract's shape, with 400 instead of webargs' 422."""
 
     DEFAULT_VALIDATION_STATUS = 400
+    # A query parameter the operation does not take is refused like an unknown body
+    # field (the schema says RAISE), as the OpenAPI document lists the parameters.
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": None}
 
     def load_json(self, req: Any, schema: Schema) -> Any:
         raw = req.get_data(cache=True)

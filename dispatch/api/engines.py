@@ -33,7 +33,10 @@ def _service() -> DispatchService:
 @blp.response(200, HeartbeatAnswerSchema, description="The engine as the server sees it, "
               "with the jobs it must stop and whether it is draining")
 def heartbeat(data: dict[str, Any]) -> Response:
-    """Register an engine (first call) or refresh it; unknown telemetry is ignored.
+    """Register an engine (first call) or refresh it.
+
+    Fields the server does not use are telemetry, kept as sent (`telemetry` in the
+    answer, up to 16 KiB); `local_job_queue` may also be a string holding a JSON list.
 
     `status` is advice: `draining` asks for no new jobs until the engine reports
     `idle` or `busy` again."""
@@ -62,7 +65,7 @@ def list_engines() -> Response:
     return json_response({"engines": _service().list_engines()})
 
 
-@blp.route("/engines/<engine_id>", methods=["GET"], strict_slashes=False)
+@blp.route("/engines/<engine_id:engine_id>", methods=["GET"], strict_slashes=False)
 @auth.login_required(role=OPERATORS)
 @blp.response(200, EngineSchema)
 @blp.alt_response(404, schema=ErrorSchema)
@@ -71,7 +74,7 @@ def get_engine(engine_id: str) -> Response:
     return json_response(_service().get_engine(engine_id))
 
 
-@blp.route("/engines/<engine_id>", methods=["DELETE"], strict_slashes=False)
+@blp.route("/engines/<engine_id:engine_id>", methods=["DELETE"], strict_slashes=False)
 @auth.login_required(role=OPERATORS)
 @blp.response(200, EngineSchema, description="The engine as it was")
 @blp.alt_response(404, schema=ErrorSchema)
@@ -80,7 +83,7 @@ def delete_engine(engine_id: str) -> Response:
     return json_response(_service().delete_engine(engine_id))
 
 
-@blp.route("/engines/<engine_id>/drain", methods=["POST"], strict_slashes=False)
+@blp.route("/engines/<engine_id:engine_id>/drain", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=OPERATORS)
 @blp.response(200, EngineSchema, description="The engine, draining")
 @blp.alt_response(404, schema=ErrorSchema)
@@ -90,7 +93,7 @@ def drain(engine_id: str) -> Response:
     return json_response(_service().set_drain(engine_id, True))
 
 
-@blp.route("/engines/<engine_id>/drain", methods=["DELETE"], strict_slashes=False)
+@blp.route("/engines/<engine_id:engine_id>/drain", methods=["DELETE"], strict_slashes=False)
 @auth.login_required(role=OPERATORS)
 @blp.response(200, EngineSchema, description="The engine, taking jobs again")
 @blp.alt_response(404, schema=ErrorSchema)

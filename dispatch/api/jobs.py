@@ -22,6 +22,7 @@ from dispatch.schemas import (
     JobPageSchema,
     JobSchema,
     JobSubmitSchema,
+    PrioritySchema,
     ProgressSchema,
 )
 from dispatch.service import DispatchService
@@ -86,7 +87,7 @@ def list_jobs(query: dict[str, Any]) -> Response:
                           "total": page.total, "limit": limit, "offset": offset})
 
 
-@blp.route("/<job_id>", methods=["GET"], strict_slashes=False)
+@blp.route("/<job_id:job_id>", methods=["GET"], strict_slashes=False)
 @auth.login_required(role=JOB_READERS)
 @blp.response(200, JobSchema)
 @blp.alt_response(404, schema=ErrorSchema)
@@ -100,7 +101,7 @@ def get_job(job_id: str) -> Response:
     return json_response(service.describe(job))
 
 
-@blp.route("/<job_id>/events", methods=["GET"], strict_slashes=False)
+@blp.route("/<job_id:job_id>/events", methods=["GET"], strict_slashes=False)
 @auth.login_required(role=JOB_WRITERS)
 @blp.response(200, JobEventsSchema)
 @blp.alt_response(404, schema=ErrorSchema)
@@ -110,7 +111,7 @@ def job_events(job_id: str) -> Response:
     return json_response({"job_id": job_id, "events": _service().job_events(job_id)})
 
 
-@blp.route("/<job_id>", methods=["DELETE"], strict_slashes=False)
+@blp.route("/<job_id:job_id>", methods=["DELETE"], strict_slashes=False)
 @auth.login_required(role=JOB_WRITERS)
 @blp.response(200, JobSchema, description="The job, cancelled")
 @blp.alt_response(404, schema=ErrorSchema)
@@ -120,7 +121,7 @@ def cancel_job(job_id: str) -> Response:
     return _job_response(_service().cancel_job(job_id))
 
 
-@blp.route("/<job_id>/progress", methods=["POST"], strict_slashes=False)
+@blp.route("/<job_id:job_id>/progress", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(ProgressSchema())
 @blp.response(200, JobSchema, description="The job, processing")
@@ -134,7 +135,7 @@ def progress(data: dict[str, Any], job_id: str) -> Response:
     return _job_response(job)
 
 
-@blp.route("/<job_id>/complete", methods=["POST"], strict_slashes=False)
+@blp.route("/<job_id:job_id>/complete", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(CompleteSchema())
 @blp.response(200, JobSchema, description="The job, completed")
@@ -148,7 +149,7 @@ def complete(data: dict[str, Any], job_id: str) -> Response:
     return _job_response(job)
 
 
-@blp.route("/<job_id>/fail", methods=["POST"], strict_slashes=False)
+@blp.route("/<job_id:job_id>/fail", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(FailSchema())
 @blp.response(200, JobSchema, description="The job: pending again with retry_at, or failed")
@@ -162,7 +163,7 @@ def fail(data: dict[str, Any], job_id: str) -> Response:
     return _job_response(job)
 
 
-@blp.route("/<job_id>/retry", methods=["POST"], strict_slashes=False)
+@blp.route("/<job_id:job_id>/retry", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=JOB_WRITERS)
 @blp.response(200, JobSchema, description="The job, pending again with retries 0")
 @blp.alt_response(404, schema=ErrorSchema)
@@ -170,3 +171,15 @@ def fail(data: dict[str, Any], job_id: str) -> Response:
 def retry(job_id: str) -> Response:
     """Send a failed or cancelled job back to the queue."""
     return _job_response(_service().retry_job(job_id))
+
+
+@blp.route("/<job_id>/priority", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=JOB_WRITERS)
+@blp.arguments(PrioritySchema())
+@blp.response(200, JobSchema, description="The job with its new priority")
+@blp.alt_response(404, schema=ErrorSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="Already finished")
+def set_priority(data: dict[str, Any], job_id: str) -> Response:
+    """Change the priority of a job that has not finished (a `priority` event in its
+    history); a pending job moves to its new place in the queue."""
+    return _job_response(_service().set_priority(job_id, data["priority"]))

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 
 from dispatch.models import Job
+from dispatch.ports import Transaction
 from dispatch.postgres import repositories as repo
 from dispatch.postgres.pool import DATABASE_DOWN, Pool, reason
 
@@ -29,9 +30,9 @@ log = logging.getLogger("dispatch.postgres")
 # Job counts are kept as deltas; folding them keeps a count a sum over a few rows.
 COMPACT_COUNTS = (
     "WITH d AS (DELETE FROM job_counts RETURNING *) "
-    "INSERT INTO job_counts (status, n, time_sum, time_n, target_codec, priority) "
-    "SELECT status, sum(n), sum(time_sum), sum(time_n), target_codec, priority FROM d "
-    "GROUP BY status, target_codec, priority"
+    "INSERT INTO job_counts (status, n, time_sum, time_n, codec_family, priority) "
+    "SELECT status, sum(n), sum(time_sum), sum(time_n), codec_family, priority FROM d "
+    "GROUP BY status, codec_family, priority"
 )
 
 
@@ -67,7 +68,7 @@ class PostgresBackend:
         self._connections: int | None = None
 
     @contextmanager
-    def transaction(self) -> Iterator[Unit]:
+    def transaction(self) -> Iterator[Transaction]:
         with self.pool.connection("transaction") as conn:
             unit = Unit(conn, self.instance, self.max_connections(conn))
             try:
@@ -95,7 +96,7 @@ class PostgresBackend:
         """Called as a unit is about to commit (a test makes it fail here)."""
 
     @contextmanager
-    def read(self) -> Iterator[Unit]:
+    def read(self) -> Iterator[Transaction]:
         # A transaction too: reading deliveries claims them (``Deliveries.due``).
         with self.pool.connection("read") as conn:
             with conn.transaction():

@@ -20,10 +20,8 @@ from collections.abc import Sequence
 from dispatch import errors
 from dispatch.postgres.copy import copy_state
 from dispatch.postgres.pool import safe_url
-from dispatch.settings import Settings
 
 ADMIN_COMMANDS = ("db", "copy-state")
-DEFAULT_STATE_FILE = Settings.__dataclass_fields__["state_file"].default
 
 log = logging.getLogger("dispatch.postgres")
 
@@ -65,20 +63,3 @@ def admin_main(argv: Sequence[str]) -> int:
         return 1
     print(f"copied {farm.summary()}")
     return 0
-
-
-def check_database(settings: Settings) -> bool:
-    """Before serving from PostgreSQL: the schema brought up to date (exit 1 when the
-    database cannot be used). A state file also set is ignored, and said so."""
-    from dispatch.postgres.wiring import upgrade_schema
-
-    assert settings.database_url is not None
-    if settings.state_file != DEFAULT_STATE_FILE:
-        log.warning("state_file %s is ignored: the state lives in the database",
-                    settings.state_file)
-    try:
-        upgrade_schema(settings)
-    except (errors.StateError, errors.Unavailable) as exc:
-        print(f"dispatch-server: {safe_url(settings.database_url)}: {exc}", file=sys.stderr)
-        return False
-    return True

@@ -22,10 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from psycopg.types.json import Jsonb
 
 from dispatch import callbacks, codecs, history
 from dispatch.history import Event, FailureKind
+from dispatch.job_search import JobFilter
 from dispatch.models import FINISHED_STATUSES, JOB_STATUSES, Engine, Job
 from dispatch.postgres.migrate import LOCK_SPACE
 from dispatch.scheduler import LOOKAHEAD, PendingIndex, Policy, pick_job
@@ -283,26 +285,25 @@ class Jobs(_Repository):
         return job_from_row(row) if row else None
 
     def queue_position(self, job: Job, now: float) -> int:
-        """From the counts by codec and priority, less the jobs in backoff; within
-        the job's own bucket, the bucket's count less the jobs created since it (a
-        short index scan for a recent job), or for a job far from the end, the jobs
-        before it counted in the index."""
+        """1 + the ready jobs of its codec family ahead: from the counts by family and
+        priority, less the jobs in backoff; within the job's own bucket, the bucket's
+        count less the jobs created since it (a short index scan for a recent job), or
+        for a job far from the end, the jobs before it counted in the index."""
         unit = self.unit
-        key = {"family": codecs.family(job.target_codec), "codec": job.target_codec,
-               "now": now, "priority": job.priority, "seq": job.seq,
-               "few": POSITION_SCAN}
+        key = {"family": codecs.family(job.target_codec), "now": now,
+               "priority": job.priority, "seq": job.seq, "few": POSITION_SCAN}
         bucket = ("status = 'pending' AND codec_family = %(family)s "
-                  "AND target_codec = %(codec)s AND priority = %(priority)s")
+                  "AND priority = %(priority)s")
         ready = "(retry_at IS NULL OR retry_at <= %(now)s)"
         row = unit.execute(
             "SELECT coalesce(sum(n) FILTER (WHERE priority > %(priority)s), 0),"
             " coalesce(sum(n) FILTER (WHERE priority = %(priority)s), 0) FROM job_counts"
-            " WHERE status = 'pending' AND target_codec = %(codec)s", key).fetchone()
+            " WHERE status = 'pending' AND codec_family = %(family)s", key).fetchone()
         higher, same = (int(row[0]), int(row[1])) if row else (0, 0)
         row = unit.execute(
             "SELECT count(*) FILTER (WHERE priority > %(priority)s),"
             " count(*) FILTER (WHERE priority = %(priority)s AND seq < %(seq)s)"
-            " FROM jobs WHERE status = 'pending' AND target_codec = %(codec)s"
+            " FROM jobs WHERE status = 'pending' AND codec_family = %(family)s"
             " AND retry_at > %(now)s", key).fetchone()
         backoff_higher, backoff_before = (int(row[0]), int(row[1])) if row else (0, 0)
         # A job just submitted (the usual question) is at its bucket's end: count
@@ -334,6 +335,64 @@ class Jobs(_Repository):
             "WHERE status = 'completed'").fetchone()
         total, count = (float(times[0]), int(times[1])) if times else (0.0, 0)
         return (int(recent[0]) if recent else 0), (total / count if count else 0.0)
+
+    # ------------------------------------------------------- the dashboard's
+
+    def search(self, where: JobFilter, offset: int, limit: int) -> tuple[list[Job], int]:
+        """The filters of ``job_search`` in SQL: the family column, the engine named
+        by the job or in its history (the history holds its id JSON-quoted, as the
+        memory backend looks for it), the text in any case."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if where.status:
+            clauses.append("status = %s")
+            params.append(where.status)
+        if where.codec:
+            clauses.append("codec_family = %s")
+            params.append(codecs.family(where.codec))
+        if where.engine:
+            clauses.append("(assigned_engine = %s OR position(%s::bytea IN events) > 0)")
+            params += [where.engine, orjson.dumps(where.engine)]
+        if where.text:
+            clauses.append("(strpos(lower(job_id), %s) > 0"
+                           " OR strpos(lower(record->>'source_url'), %s) > 0"
+                           " OR strpos(lower(coalesce(record->>'error_message', '')), %s) > 0)")
+            params += [where.text.lower()] * 3
+        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.unit.execute(f"{SELECT_JOB} {condition} ORDER BY seq DESC OFFSET %s LIMIT %s",
+                                 (*params, offset, limit)).fetchall()
+        if where.indexed:
+            total = self._count(where.status) if where.status else self.total()
+        else:
+            row = self.unit.execute(f"SELECT count(*) FROM jobs {condition}",
+                                    params).fetchone()
+            total = int(row[0]) if row else 0
+        return [job_from_row(row) for row in rows], total
+
+    def pending_counts(self) -> dict[tuple[str, int], int]:
+        rows = self.unit.execute(
+            "SELECT codec_family, priority, sum(n) FROM job_counts WHERE status = 'pending'"
+            " GROUP BY codec_family, priority HAVING sum(n) <> 0").fetchall()
+        return {(family, priority): int(count) for family, priority, count in rows}
+
+    def finished_per_minute(self, now: float, minutes: int) -> dict[str, list[int]]:
+        counts = {"completed": [0] * minutes, "failed": [0] * minutes}
+        rows = self.unit.execute(
+            f"SELECT status, completed_at FROM jobs WHERE {_FINISHED}"
+            " AND coalesce(completed_at, 0) >= %s", (now - minutes * 60,)).fetchall()
+        for status, completed_at in rows:
+            # Minute 0 is the oldest, the last one the current minute.
+            minute = minutes - 1 - int((now - (completed_at or now)) // 60)
+            if 0 <= minute < minutes and status in counts:
+                counts[status][minute] += 1
+        return counts
+
+    def recent_on(self, engine_id: str, limit: int) -> list[Job]:
+        rows = self.unit.execute(
+            f"{SELECT_JOB} WHERE assigned_engine = %s OR position(%s::bytea IN events) > 0"
+            " ORDER BY seq DESC LIMIT %s",
+            (engine_id, orjson.dumps(engine_id), limit)).fetchall()
+        return [job_from_row(row) for row in rows]
 
     def history(self, job_id: str) -> list[Event]:
         row = self.unit.execute("SELECT events FROM jobs WHERE job_id = %s",

@@ -21,6 +21,7 @@ from dispatch.service import Clock, DispatchService
 from dispatch.settings import Settings
 
 log = logging.getLogger("dispatch.postgres")
+DEFAULT_STATE_FILE = Settings.__dataclass_fields__["state_file"].default
 
 
 def upgrade_url(url: str, password_file: str | None) -> list[str]:
@@ -33,6 +34,16 @@ def upgrade_url(url: str, password_file: str | None) -> list[str]:
 def upgrade_schema(settings: Settings) -> list[str]:
     assert settings.database_url is not None
     return upgrade_url(settings.database_url, settings.database_password_file)
+
+
+def check_database(settings: Settings) -> None:
+    """Before serving from PostgreSQL: the schema brought up to date (StateError or
+    Unavailable when the database cannot be used). A state file also set is ignored,
+    and said so."""
+    if settings.state_file != DEFAULT_STATE_FILE:
+        log.warning("state_file %s is ignored: the state lives in the database",
+                    settings.state_file)
+    upgrade_schema(settings)
 
 
 def open_service(settings: Settings, clock: Clock | None = None,

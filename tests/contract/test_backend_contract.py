@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from dispatch import errors, history, rules
+from dispatch.job_search import JobFilter
 from dispatch.models import Engine, Job
 from dispatch.ports import Transaction, UnitOfWork
 from dispatch.scheduler import Policy
@@ -277,6 +278,28 @@ def test_claim_next_takes_the_best_job_within_the_limit(harness: Harness) -> Non
     assert claim(backend, "e1", now, max_active=3) is not None
 
 
+def test_claim_next_matches_codec_families(harness: Harness) -> None:
+    """Issue #13: a job and an engine match by codec family (``dispatch.codecs``), the
+    job keeping the name it was submitted with; a name outside the table only itself."""
+    backend = harness.open()
+    now = harness.now()
+    with backend.transaction() as tx:
+        tx.engines.put(engine("hevc", supported_codecs=("hevc",)))
+        tx.engines.put(engine("odd", supported_codecs=("H264X",)))
+        x265 = submit(tx, now, target_codec="libx265")
+        h265 = submit(tx, now, target_codec="h265")
+        odd = submit(tx, now, target_codec="h264x")
+    with backend.read() as tx:
+        assert 2 == tx.jobs.queue_position(h265, now)  # one queue for the family
+        assert 1 == tx.jobs.queue_position(odd, now)
+    first, second = claim(backend, "hevc", now), claim(backend, "hevc", now)
+    assert first is not None and second is not None
+    assert [(x265.job_id, "libx265"), (h265.job_id, "h265")] == [
+        (first.job_id, first.target_codec), (second.job_id, second.target_codec)]
+    assert claim(backend, "hevc", now) is None
+    assert claim(backend, "odd", now) is None  # "h264x" is not "H264X"
+
+
 def test_racing_claims_never_share_a_job(harness: Harness) -> None:
     backend = harness.open()
     now = harness.now()
@@ -335,6 +358,50 @@ def test_the_indexes_reports_read(harness: Harness, clock: FakeClock) -> None:
         assert [jobs[1].job_id] == [j.job_id for j in tx.jobs.finished_before(now + 1, 1)]
         assert (1, 10.0) == tx.jobs.completion_stats(now - 3600)
         assert (0, 10.0) == tx.jobs.completion_stats(now + 1)
+
+
+def test_the_dashboards_reads(harness: Harness, clock: FakeClock) -> None:
+    backend = harness.open()
+    start = harness.now()
+    with backend.transaction() as tx:
+        tx.engines.put(engine("e1"))
+        a = submit(tx, start, target_codec="libx264", priority=5)
+        b = submit(tx, start, source_url="http://example.com/Needle.mp4", target_codec="vp9")
+        c = submit(tx, start, target_codec="h264")
+        d = submit(tx, start, target_codec="h264", priority=5)
+    clock.advance(120)
+    now = harness.now()
+    with backend.transaction() as tx:
+        tx.jobs.put(replace(assigned(a, "e1", start), status="completed", completed_at=now,
+                            updated_at=now))
+        # Failed on e1: the job no longer names its engine, its history does.
+        held = assigned(b, "e1", start)
+        tx.jobs.put(held)
+        tx.jobs.put(replace(held, status="failed", assigned_engine=None,
+                            error_message="Engine said NEEDLE", completed_at=now - 61,
+                            updated_at=now), history.FAILED_ATTEMPT)
+        tx.jobs.put(assigned(c, "e1", now))
+    with backend.read() as tx:
+        def ids(where: JobFilter, offset: int = 0, limit: int = 10) -> tuple[list[str], int]:
+            found, total = tx.jobs.search(where, offset, limit)
+            return [job.job_id for job in found], total
+
+        newest_first = [d.job_id, c.job_id, b.job_id, a.job_id]
+        assert (newest_first, 4) == ids(JobFilter())
+        assert (newest_first[1:3], 4) == ids(JobFilter(), 1, 2)
+        assert ([d.job_id], 1) == ids(JobFilter(status="pending"))
+        assert ([d.job_id, c.job_id, a.job_id], 3) == ids(JobFilter(codec="h264"))
+        assert ([c.job_id], 3) == ids(JobFilter(codec="h264"), 1, 1)
+        assert ([b.job_id], 1) == ids(JobFilter(text="needle"))  # source and error
+        assert ([a.job_id], 1) == ids(JobFilter(status="completed", engine="e1"))
+        assert ([c.job_id, b.job_id, a.job_id], 3) == ids(JobFilter(engine="e1"))
+        assert ([], 0) == ids(JobFilter(engine="e2"))
+        assert [c.job_id, b.job_id] == [job.job_id for job in tx.jobs.recent_on("e1", 2)]
+        assert [] == tx.jobs.recent_on("e2", 5)
+        assert {("h264", 5): 1} == tx.jobs.pending_counts()
+        minutes = tx.jobs.finished_per_minute(now, 3)
+        assert {"completed": [0, 0, 1], "failed": [0, 1, 0]} == minutes
+        assert {"completed": [0], "failed": [0]} == tx.jobs.finished_per_minute(now + 3600, 1)
 
 
 # --------------------------------------------------------- other tables

@@ -152,6 +152,26 @@ def test_removing_an_engine_returns_its_jobs(make_service: MakeService) -> None:
     assert [] == service.list_engines()
 
 
+def test_a_new_priority_moves_a_pending_job_and_is_recorded(make_service: MakeService) -> None:
+    service = make_service()
+    first = service.submit_job(job(1))
+    second = service.submit_job(job(2))
+    changed = service.set_priority(second.job_id, 7)
+    assert (7, 7) == (changed.priority, service.get_job(second.job_id).priority)
+    assert service.set_priority(second.job_id, 7) == changed  # no change, no event
+    assert ["submitted", "priority"] == kinds(service, second.job_id)
+    assert "0 -> 7" == service.job_events(second.job_id)[-1]["detail"]
+    service.heartbeat({"engine_id": "e1"})
+    assigned = service.assign_job("e1", None).job
+    assert assigned is not None and second.job_id == assigned.job_id  # ahead of the first
+    service.cancel_job(first.job_id)
+    with pytest.raises(errors.InvalidTransition, match="already cancelled"):
+        service.set_priority(first.job_id, 5)
+    assert 0 == service.get_job(first.job_id).priority
+    with pytest.raises(errors.JobNotFound):
+        service.set_priority("no-such-job", 5)
+
+
 # ------------------------------------------------------------ maintenance
 
 

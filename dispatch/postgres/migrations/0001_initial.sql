@@ -36,8 +36,8 @@ CREATE INDEX jobs_held ON jobs (assigned_engine, seq)
 -- Retention: finished jobs by when they finished.
 CREATE INDEX jobs_finished ON jobs ((coalesce(completed_at, 0)), seq)
     WHERE status IN ('completed', 'failed', 'cancelled');
--- Queue positions: pending jobs in backoff, by codec.
-CREATE INDEX jobs_backoff ON jobs (target_codec, retry_at)
+-- Queue positions: pending jobs in backoff, by codec family.
+CREATE INDEX jobs_backoff ON jobs (codec_family, retry_at)
     WHERE status = 'pending' AND retry_at IS NOT NULL;
 -- Throughput: completions by time.
 CREATE INDEX jobs_completed_at ON jobs (completed_at) WHERE status = 'completed';
@@ -49,7 +49,7 @@ CREATE TABLE job_counts (
     n             bigint NOT NULL,
     time_sum      double precision NOT NULL DEFAULT 0,  -- completed: completed_at - assigned_at
     time_n        bigint NOT NULL DEFAULT 0,
-    target_codec  text,                                 -- pending jobs: by codec and priority
+    codec_family  text,                                 -- pending jobs: by family and priority
     priority      integer
 );
 CREATE INDEX job_counts_status ON job_counts (status);
@@ -57,25 +57,25 @@ CREATE INDEX job_counts_status ON job_counts (status);
 CREATE FUNCTION job_counts_delta() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        INSERT INTO job_counts (status, n, time_sum, time_n, target_codec, priority)
+        INSERT INTO job_counts (status, n, time_sum, time_n, codec_family, priority)
         VALUES (OLD.status, -1,
             CASE WHEN OLD.status = 'completed' AND OLD.completed_at IS NOT NULL
                       AND OLD.assigned_at IS NOT NULL
                  THEN -(OLD.completed_at - OLD.assigned_at) ELSE 0 END,
             CASE WHEN OLD.status = 'completed' AND OLD.completed_at IS NOT NULL
                       AND OLD.assigned_at IS NOT NULL THEN -1 ELSE 0 END,
-            CASE WHEN OLD.status = 'pending' THEN OLD.target_codec END,
+            CASE WHEN OLD.status = 'pending' THEN OLD.codec_family END,
             CASE WHEN OLD.status = 'pending' THEN OLD.priority END);
     END IF;
     IF TG_OP IN ('UPDATE', 'INSERT') THEN
-        INSERT INTO job_counts (status, n, time_sum, time_n, target_codec, priority)
+        INSERT INTO job_counts (status, n, time_sum, time_n, codec_family, priority)
         VALUES (NEW.status, 1,
             CASE WHEN NEW.status = 'completed' AND NEW.completed_at IS NOT NULL
                       AND NEW.assigned_at IS NOT NULL
                  THEN NEW.completed_at - NEW.assigned_at ELSE 0 END,
             CASE WHEN NEW.status = 'completed' AND NEW.completed_at IS NOT NULL
                       AND NEW.assigned_at IS NOT NULL THEN 1 ELSE 0 END,
-            CASE WHEN NEW.status = 'pending' THEN NEW.target_codec END,
+            CASE WHEN NEW.status = 'pending' THEN NEW.codec_family END,
             CASE WHEN NEW.status = 'pending' THEN NEW.priority END);
     END IF;
     RETURN NULL;
@@ -88,7 +88,7 @@ CREATE TRIGGER jobs_recounted AFTER UPDATE ON jobs
     WHEN (OLD.status IS DISTINCT FROM NEW.status
           OR OLD.completed_at IS DISTINCT FROM NEW.completed_at
           OR OLD.assigned_at IS DISTINCT FROM NEW.assigned_at
-          OR OLD.target_codec IS DISTINCT FROM NEW.target_codec
+          OR OLD.codec_family IS DISTINCT FROM NEW.codec_family
           OR OLD.priority IS DISTINCT FROM NEW.priority)
     EXECUTE FUNCTION job_counts_delta();
 

@@ -1,0 +1,1 @@
+"""The operators' web dashboard under /ui/ (see views)."""

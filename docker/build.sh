@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Build the server and engine images with the classic builder, first making sure the
+# base image exists (docker/base-image.sh: pulled, or built from Debian packages).
+# The build host's CA bundle goes into the build stage so pip works behind an
+# intercepting proxy; it is not in the images. Used by tests/test_docker.py.
+# Usage: docker/build.sh [SERVER_TAG [ENGINE_TAG]]
+#   (default distconv/dispatch-server and distconv/dispatch-engine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+server=${1:-distconv/dispatch-server}
+engine=${2:-distconv/dispatch-engine}
+
+bash docker/base-image.sh "$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)"
+
+ca=${BUILD_CA_BUNDLE:-${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}
+log=$(mktemp)
+trap 'rm -f docker/build-ca.pem "$log"' EXIT
+if [ -s "$ca" ]; then
+    cp "$ca" docker/build-ca.pem
+fi
+
+# The classic builder needs no front-end image from a registry. --network host: the
+# RUN steps reach PyPI and Debian even when the daemon runs without a default bridge.
+# The engine stages come before the server's in the Dockerfile, so building the
+# engine first leaves every layer the server build needs in the cache.
+export DOCKER_BUILDKIT=0
+for target in engine server; do
+    tag=$engine
+    [ "$target" = server ] && tag=$server
+    if ! docker build --network host --target "$target" -t "$tag" . >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "build.sh: building the $target image failed" >&2
+        exit 1
+    fi
+done
