@@ -81,6 +81,7 @@ class Lease(threading.Thread):
         self.stopped = threading.Event()
         self._valid_until = 0.0  # monotonic: this instance leads until then
         self._conn: psycopg.Connection[Any] | None = None
+        self._released = False
 
     def leads(self) -> bool:
         return time.monotonic() < self._valid_until
@@ -131,6 +132,7 @@ class Lease(threading.Thread):
 
     def _release(self) -> None:
         """On an orderly stop: hand the lease over now, not when it expires."""
+        self._released = True
         try:
             conn = self._connection()
             conn.execute("DELETE FROM leases WHERE name = %s AND holder = %s",
@@ -142,6 +144,11 @@ class Lease(threading.Thread):
         self._valid_until = 0.0
 
     def stop(self) -> None:
+        """An orderly stop: the lease handed over and this instance no longer counted
+        as alive (by the thread as it ends, or here when it never ran)."""
         self.stopped.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=10)
+        if self.is_alive():
+            if threading.current_thread() is not self:
+                self.join(timeout=10)
+        elif not self._released:
+            self._release()
