@@ -87,9 +87,15 @@ def make_app(clock: FakeClock, backend_kind: str,
         database.reset()
 
     def make(settings: Settings, store: Any = None) -> Flask:
-        if database is not None and store is None:
-            settings = replace(settings, database_url=database.url)
+        shared = database is not None and store is None
+        if shared:
+            settings = replace(settings, database_url=database.url,
+                               leader_lease_seconds=3600.0)
         app = build_app(open_server(settings, clock=clock, store=store), background=False)
+        if shared:
+            # This app takes the background-work lease now (its thread is not started:
+            # the test drives the background work by hand).
+            app.extensions["dispatch"].uow.lease.round()
         apps.append(app)
         return app
 
