@@ -13,6 +13,15 @@ def release_free_memory() -> None:
     unless asked, so a large queue would otherwise stay at that peak."""
     gc.collect()
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to ask
         pass
+
+
+def _libc() -> ctypes.CDLL:
+    # glibc's own name first: find_library runs ldconfig in a child process, which a
+    # server's master should not fork beside its worker.
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
