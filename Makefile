@@ -46,6 +46,7 @@ test: lint test-deps
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/postgres.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/dashboard.py
 

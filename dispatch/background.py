@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from dispatch.service import DispatchService
-from dispatch.webhooks import Sender
+from dispatch.webhooks import Outbox, Sender
 
 log = logging.getLogger("dispatch.background")
 
@@ -36,23 +37,48 @@ class Periodic(threading.Thread):
         self.stopped.set()
 
 
+def _led(lead: Callable[[], bool], action: Callable[[], object]) -> Callable[[], object]:
+    return lambda: action() if lead() else None
+
+
+class _LedOutbox:
+    """The service's outbox, empty while another instance leads."""
+
+    def __init__(self, outbox: Outbox, lead: Callable[[], bool]) -> None:
+        self.outbox = outbox
+        self.lead = lead
+
+    def due_deliveries(self) -> list[dict[str, Any]]:
+        return self.outbox.due_deliveries() if self.lead() else []
+
+    def record_delivery(self, job_id: str, generation: int, error: str | None) -> None:
+        self.outbox.record_delivery(job_id, generation, error)
+
+
 class Runtime:
-    """Owns the background threads and the orderly shutdown of one app."""
+    """Owns the background threads and the orderly shutdown of one app.
+
+    With a backend shared by several instances (it has a ``lease``), the background
+    work runs only while this instance holds the lease."""
 
     def __init__(self, service: DispatchService) -> None:
         self.service = service
         settings = service.settings
+        lease = getattr(service.uow, "lease", None)
+        lead: Callable[[], bool] = lease.leads if lease is not None else (lambda: True)
         # Liveness must be noticed well within one heartbeat timeout, even when the
         # purge interval (cleanup_interval) is long.
         sweep_every = min(settings.cleanup_interval,
                           max(0.1, settings.engine_heartbeat_timeout / 4))
-        self.threads: list[Periodic | Sender] = [
-            Periodic("snapshot", settings.auto_save_interval, service.snapshot),
-            Periodic("sweeper", sweep_every, service.sweep),
-            Periodic("purge", settings.cleanup_interval, self._purge),
+        self.threads: list[Any] = [
+            Periodic("snapshot", settings.auto_save_interval, _led(lead, service.snapshot)),
+            Periodic("sweeper", sweep_every, _led(lead, service.sweep)),
+            Periodic("purge", settings.cleanup_interval, _led(lead, self._purge)),
         ]
-        self.sender = Sender(service.maintenance, settings, service.clock)
+        self.sender = Sender(_LedOutbox(service.maintenance, lead), settings, service.clock)
         self.threads.append(self.sender)
+        if lease is not None:
+            self.threads.append(lease)
         self._closed = False
         self._close_lock = threading.Lock()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flask import Flask
 
@@ -29,10 +29,14 @@ class Backend:
     # process allows one (two would each hold their own copy of the queue).
     workers: int
     # Opens the state the settings name, telling ``observer`` of syncs and failures;
-    # raises StateError when it cannot be used.
-    open: Callable[[Settings, SyncObserver], Store]
+    # raises StateError (or Unavailable) when it cannot be used.
+    open: Callable[[Settings, SyncObserver], Store | None]
     # Where the state is, as the ready line names it.
     describe: Callable[[Settings], str]
+    # A backend shared by several processes builds its service in each worker (after
+    # the fork) from the settings, the clock and the metrics; ``open`` then only checks
+    # that the state can be used (in the master, before gunicorn starts).
+    open_service: Callable[[Settings, Clock | None, Metrics], DispatchService] | None = None
 
 
 def _open_journal(settings: Settings, observer: SyncObserver) -> Store:
@@ -45,13 +49,41 @@ def _describe_journal(settings: Settings) -> str:
 
 EMBEDDED_JOURNAL = Backend("journal", workers=1, open=_open_journal,
                            describe=_describe_journal)
-BACKENDS = (EMBEDDED_JOURNAL,)  # every backend; tests/contract runs against each
+# Every backend with a store; tests/contract/test_backends.py runs against each. The
+# PostgreSQL backend has no store: tests/contract/test_backend_contract.py runs the
+# ports' contract against it (tests/backends.py).
+BACKENDS = (EMBEDDED_JOURNAL,)
+
+
+def _check_database(settings: Settings, observer: SyncObserver) -> None:
+    from dispatch.postgres.wiring import check_database
+
+    check_database(settings)
+
+
+def _open_database_service(settings: Settings, clock: Clock | None,
+                           metrics: Metrics) -> DispatchService:
+    from dispatch.postgres.wiring import open_service
+
+    return open_service(settings, clock, metrics.registry)
+
+
+def _describe_database(settings: Settings) -> str:
+    from dispatch.postgres.pool import safe_url
+
+    return f"PostgreSQL at {safe_url(settings.database_url or '')}"
+
+
+SHARED_DATABASE = Backend("postgres", workers=1, open=_check_database,
+                          describe=_describe_database, open_service=_open_database_service)
 
 
 def choose_backend(settings: Settings) -> Backend:
     """The backend for these settings: the one switch between backends. The embedded
-    journal is the only one so far; a shared database backend is chosen here when its
-    setting (a ``database_url``) is given."""
+    journal, unless a ``database_url`` is given: then PostgreSQL, with as many
+    workers as ``workers`` says."""
+    if settings.database_url:
+        return replace(SHARED_DATABASE, workers=settings.workers)
     return EMBEDDED_JOURNAL
 
 
@@ -63,25 +95,34 @@ class Server:
 
     settings: Settings
     backend: Backend
-    store: Store
+    store: Store | None  # None for a shared database: each worker opens its own
     metrics: Metrics
     clock: Clock | None
     service: DispatchService | None
 
     def loaded_service(self) -> DispatchService:
-        """The service, loaded from the store again if it was released."""
+        """The service, loaded from the store again if it was released (or, on a
+        shared database, opened in this process)."""
         if self.service is None:
-            self.service = DispatchService(self.settings, self.store, self.clock)
+            if self.backend.open_service is not None:
+                self.service = self.backend.open_service(self.settings, self.clock,
+                                                         self.metrics)
+            else:
+                self.service = DispatchService(self.settings, self.store, self.clock)
         return self.service
 
 
 def open_server(settings: Settings, *, clock: Clock | None = None,
                 store: Store | None = None) -> Server:
-    """Open the backend the settings choose and load the service from it; raises
-    StateError when the state cannot be used. A ``store`` passed in (tests) is used as
+    """Open the backend the settings choose and load the service from it (a shared
+    database's service is opened by each worker); raises StateError or Unavailable
+    when the state cannot be used. A ``store`` passed in (tests) is used as
     it is, unobserved by the metrics."""
     backend = choose_backend(settings)
     metrics = Metrics()
+    if backend.open_service is not None and store is None:
+        backend.open(settings, metrics)  # the schema brought up to date, or refused
+        return Server(settings, backend, None, metrics, clock, None)
     if store is None:
         store = backend.open(settings, metrics)
     service = DispatchService(settings, store, clock)

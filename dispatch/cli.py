@@ -3,7 +3,8 @@
 Exit status: 0 after a clean stop (SIGTERM), 1 when the state file cannot be used
 (damaged, or owned by another process), 2 for bad settings.
 
-``dispatch-server import-cpp ...`` is the one subcommand (``dispatch.cpp_import``).
+Subcommands: ``dispatch-server import-cpp ...`` (``dispatch.cpp_import``), and
+``dispatch-server db upgrade`` and ``copy-state`` (``dispatch.postgres.cli``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from dispatch import cpp_import
 from dispatch.app import make_keyring
 from dispatch.auth import KeyFileError
 from dispatch.bootstrap import Server, build_app, open_server
-from dispatch.errors import StateError
+from dispatch.errors import StateError, Unavailable
 from dispatch.gunicorn_config import options
 from dispatch.logs import configure_logging
+from dispatch.postgres.cli import ADMIN_COMMANDS, admin_main
 from dispatch.process_memory import release_free_memory
 from dispatch.settings import SettingsError, load_settings
 
@@ -75,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["import-cpp"]:
         return cpp_import.main(argv[1:])
+    if argv[:1] and argv[0] in ADMIN_COMMANDS:  # db upgrade, copy-state
+        return admin_main(argv)
     try:
         settings = load_settings(argv)
     except SettingsError as exc:
@@ -88,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings, rotate=False)
     try:
         application = DispatchApplication(open_server(settings))
-    except StateError as exc:
+    except (StateError, Unavailable) as exc:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 1
     # The loaded state is shared with the worker after the fork; frozen objects are

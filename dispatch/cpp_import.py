@@ -158,6 +158,11 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
     except SettingsError as exc:
         print(f"dispatch-server import-cpp: {exc}", file=err)
         return 2
+    if settings.database_url:
+        print("dispatch-server import-cpp: it writes a state file; import into one, then "
+              "move it with dispatch-server copy-state --from FILE --to DATABASE_URL",
+              file=err)
+        return 2
     state_file = settings.state_file
     try:
         server = open_server(settings)  # the backend the server itself would open
@@ -165,6 +170,7 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
         print(f"dispatch-server import-cpp: {exc}", file=err)
         return 1
     store, service = server.store, server.loaded_service()
+    assert store is not None  # the state file's journal
     try:
         held = service.counts()
         if sum(held.values()) and not settings_args.merge:
@@ -189,7 +195,7 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
     try:
         server.loaded_service().snapshot()
     finally:
-        server.store.close()
+        server.loaded_service().close()
     for kind, key, reason in report.skipped:
         print(f"skipped {kind} {key!r}: {reason}", file=out)
     print(f"imported {len(report.jobs)} jobs and {len(report.engines)} engines into "

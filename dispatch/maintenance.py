@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from dispatch import callbacks, history, rules
-from dispatch.models import Job
+from dispatch.models import ACTIVE_STATUSES, Engine, Job
 from dispatch.ports import UnitOfWork
 from dispatch.service_base import Clock, ServicePart
 from dispatch.settings import Settings
@@ -60,23 +60,32 @@ class Maintenance(ServicePart):
         stall_limit = self.settings.job_stall_timeout
         with self.uow.transaction() as tx:
             now = self.now()
-            lost = [
-                engine for engine in tx.engines.all()
-                if not engine.offline
-                and max(engine.last_heartbeat, self.grace_start) + timeout < now
-            ]
+
+            def silent(engine: Engine | None) -> bool:
+                return engine is not None and not engine.offline \
+                    and max(engine.last_heartbeat, self.grace_start) + timeout < now
+
+            # Found without locks, then locked and checked again: a heartbeat or a
+            # report from another process may have come in between.
+            lost = [engine for engine in (tx.engines.get_for_update(e.engine_id)
+                                          for e in tx.engines.all() if silent(e))
+                    if engine is not None and silent(engine)]
             failed: list[tuple[Job, history.FailureKind]] = []
             for engine in lost:
                 reason = f"engine {engine.engine_id} lost (no heartbeat for {timeout:g} s)"
                 for job_id in tx.jobs.held_by(engine.engine_id):
                     job = tx.jobs.get_for_update(job_id)
-                    if job is not None:
+                    if job is not None and job.status in ACTIVE_STATUSES \
+                            and job.assigned_engine == engine.engine_id:
                         failed.append((rules.failed_attempt(job, reason, now, self.settings),
                                        history.ENGINE_LOST))
             lost_ids = {engine.engine_id for engine in lost}
             stalled = [] if stall_limit <= 0 else [
-                job for job in tx.jobs.held()
-                if job.assigned_engine not in lost_ids and rules.stalled(job, now, stall_limit)
+                job for job in (tx.jobs.get_for_update(j.job_id) for j in tx.jobs.held()
+                                if j.assigned_engine not in lost_ids
+                                and rules.stalled(j, now, stall_limit))
+                if job is not None and job.status in ACTIVE_STATUSES
+                and rules.stalled(job, now, stall_limit)
             ]
             for job in stalled:
                 reason = (f"stalled: no progress for {stall_limit:g} s "

@@ -123,9 +123,13 @@ class Queries(ServicePart):
             return max(0.0, self.now() - oldest.created_at) if oldest is not None else 0.0
 
     def health(self) -> dict[str, Any]:
-        with self.uow.read() as tx:
-            counts = reports.engine_counts(tx)
-            queued = tx.jobs.counts()["pending"]
+        try:
+            with self.uow.read() as tx:
+                counts = reports.engine_counts(tx)
+                queued = tx.jobs.counts()["pending"]
+        except errors.Unavailable as exc:  # a database backend that cannot be reached
+            return {"uptime_seconds": round(self.now() - self.started_at, 3),
+                    "jobs_queued": 0, "engines_active": 0, "failure": exc.message}
         return {
             "uptime_seconds": round(self.now() - self.started_at, 3),
             "jobs_queued": queued,

@@ -21,7 +21,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
 MIN_KEY_LENGTH = 16
 MIN_SECRET_LENGTH = 32
-SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret", "ui_secret"})
+SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret", "ui_secret",
+                    "database_url"})
 
 
 class SettingsError(Exception):
@@ -67,6 +68,12 @@ class Settings:
     ui_secret: str | None = None
     ui_session_lifetime: float = 43200.0  # seconds a dashboard sign-in lasts
     config_file: str | None = None
+    # PostgreSQL (dispatch.postgres): with a URL the state lives only there, and
+    # several processes and machines may share it.
+    database_url: str | None = None
+    database_password_file: str | None = None
+    workers: int = 1
+    leader_lease_seconds: float = 5.0
 
     def __repr__(self) -> str:
         # The key must never reach a log line or a traceback.
@@ -74,7 +81,7 @@ class Settings:
             f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in SECRET
         )
         return (f"Settings(api_key='***', client_keys=***, engine_keys=***, "
-                f"webhook_secret=***, ui_secret=***, {shown})")
+                f"webhook_secret=***, ui_secret=***, database_url=***, {shown})")
 
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -162,6 +169,13 @@ def _text(text: str) -> str:
     return value
 
 
+def _database_url(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql:// URL")
+    return value
+
+
 @dataclass(frozen=True)
 class _Option:
     field: str
@@ -224,6 +238,13 @@ _OPTIONS: tuple[_Option, ...] = (
             ("ui_secret_file",)),
     _Option("ui_session_lifetime", _float(60), None, "DISTCONV_UI_SESSION_LIFETIME",
             ("ui_session_lifetime",)),
+    _Option("database_url", _database_url, "--database-url", "DISTCONV_DATABASE_URL",
+            ("database_url",)),
+    _Option("database_password_file", _text, "--database-password-file",
+            "DISTCONV_DATABASE_PASSWORD_FILE", ("database_password_file",)),
+    _Option("workers", _int(1, 64), "--workers", "DISTCONV_WORKERS", ("workers",)),
+    _Option("leader_lease_seconds", _float(0.2), None, "DISTCONV_LEADER_LEASE",
+            ("leader_lease_seconds",)),
 )
 
 # Levels of precedence; a higher number wins.
@@ -258,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: generated once beside the state file)",
         "--trusted-proxies": "number of reverse proxies in front whose X-Forwarded-For "
         "is trusted (default 0: none)",
+        "--database-url": "postgresql://USER@HOST:PORT/DB: keep the state in PostgreSQL "
+        "(shared by several instances) instead of the state file",
+        "--database-password-file": "file holding the database password (else PGPASSFILE)",
+        "--workers": "server processes (default 1; more only with --database-url)",
     }
     add_flags(parser, _OPTIONS, helps)
     return parser
@@ -316,6 +341,11 @@ def settings_from_args(args: argparse.Namespace,
         raise SettingsError(
             "webhook_allowed_hosts is set but webhook_secret is not: callbacks must be "
             "signed (set DISTCONV_WEBHOOK_SECRET or webhook_secret in the config file)"
+        )
+    if resolved.get("workers", 1) > 1 and not resolved.get("database_url"):
+        raise SettingsError(
+            "workers above 1 need database_url: with the state file, the state lives in "
+            "one process"
         )
     return Settings(api_key=api_key, config_file=config_path, **resolved)
 

@@ -6,6 +6,8 @@ set -euo pipefail
 
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+# For programs Debian keeps out of PATH (a glob over its versioned folders).
+need_glob() { compgen -G "$1" >/dev/null || missing+=("$2"); }
 
 check_all() {
     missing=()
@@ -17,6 +19,7 @@ check_all() {
     need curl curl                        # tests/test_docker.py submits a job as a user would
     need ffmpeg ffmpeg                    # dispatch-engine and its tests (ffprobe too)
     need /usr/bin/chromium chromium       # tests/test_ui_browser.py drives it with Playwright
+    need_glob '/usr/lib/postgresql/*/bin/pg_ctl' postgresql  # tests/postgres.py: initdb, pg_ctl
 }
 
 check_all

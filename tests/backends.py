@@ -16,8 +16,10 @@ from dispatch.memory_backend import MemoryBackend
 from dispatch.models import to_micros
 from dispatch.persistence import MemoryStore, Op, RecoveredState, SnapshotData, Store
 from dispatch.ports import UnitOfWork
+from dispatch.postgres.pool import Pool, conninfo
 from dispatch.storage.journal import JournalStore
 from tests.conftest import FakeClock
+from tests.postgres import FlakyPostgresBackend, PostgresServer, RefusingCommits
 
 
 class FlakyStore:
@@ -127,11 +129,36 @@ class JournalHarness(Harness):
         return JournalStore(str(self.tmp_path / "server_state.json"))
 
 
-HARNESSES = [MemoryHarness, JournalHarness]
+class PostgresHarness(Harness):
+    """PostgreSQL (``tests/postgres.py``): a backend over the session's server, its
+    tables emptied when the test starts; a restart opens a new pool on the same
+    database; the commits refuse as a lost database would (``RefusingCommits``)."""
+
+    name = "postgres"
+    durable = True
+    server: PostgresServer | None = None  # the session's, set by the fixtures below
+
+    def __init__(self, tmp_path: Path, clock: FakeClock) -> None:
+        super().__init__(tmp_path, clock)
+        assert self.server is not None
+        self.server.reset()
+        self.refusing = RefusingCommits()
+        self.store = self.refusing  # type: ignore[assignment]
+
+    def open(self) -> UnitOfWork:
+        assert self.server is not None
+        self.backend = FlakyPostgresBackend(Pool(conninfo(self.server.url), 10), self.now,
+                                            self.refusing)
+        return self.backend
+
+
+HARNESSES = [MemoryHarness, JournalHarness, PostgresHarness]
 
 
 @pytest.fixture(params=HARNESSES, ids=[h.name for h in HARNESSES])
 def harness(request: Any, tmp_path: Path, clock: FakeClock) -> Iterator[Harness]:
+    if request.param is PostgresHarness:
+        PostgresHarness.server = request.getfixturevalue("postgres")  # started once
     harness: Harness = request.param(tmp_path, clock)
     yield harness
     harness.close()
@@ -143,6 +170,8 @@ DURABLE = [h for h in HARNESSES if h.durable]
 @pytest.fixture(params=DURABLE, ids=[h.name for h in DURABLE])
 def durable_harness(request: Any, tmp_path: Path, clock: FakeClock) -> Iterator[Harness]:
     """Only the backends that keep their state across a restart."""
+    if request.param is PostgresHarness:
+        PostgresHarness.server = request.getfixturevalue("postgres")  # started once
     harness: Harness = request.param(tmp_path, clock)
     yield harness
     harness.close()

@@ -4,6 +4,7 @@ and a clock the test moves by hand."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -52,13 +53,49 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-def make_app(clock: FakeClock) -> Iterator[Callable[..., Flask]]:
+def backend_kind(request: Any) -> str:
+    """Where the apps keep their state: the journal, unless a module runs its tests
+    on both backends (``BOTH_BACKENDS``)."""
+    return getattr(request, "param", "journal")
+
+
+# A module marked with this runs each test that builds an app on both backends.
+BOTH_BACKENDS = pytest.mark.both_backends
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "both_backends: run on the journal and on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    if metafunc.definition.get_closest_marker("both_backends") \
+            and "backend_kind" in metafunc.fixturenames:
+        metafunc.parametrize("backend_kind", ["journal", "postgres"], indirect=True)
+
+
+@pytest.fixture
+def make_app(clock: FakeClock, backend_kind: str,
+             request: Any) -> Iterator[Callable[..., Flask]]:
     """Build apps as the server does (on a real journal in tmp_path, unless a test
-    passes its own store); every one is shut down afterwards."""
+    passes its own store; or on an emptied PostgreSQL database, see ``backend_kind``);
+    every one is shut down afterwards. A second app on the same settings is the same
+    server restarted."""
     apps: list[Flask] = []
+    database = None
+    if backend_kind == "postgres":
+        database = request.getfixturevalue("postgres")
+        database.reset()
 
     def make(settings: Settings, store: Any = None) -> Flask:
+        shared = database is not None and store is None
+        if shared:
+            settings = replace(settings, database_url=database.url,
+                               leader_lease_seconds=3600.0)
         app = build_app(open_server(settings, clock=clock, store=store), background=False)
+        if shared:
+            # This app takes the background-work lease now (its thread is not started:
+            # the test drives the background work by hand).
+            app.extensions["dispatch"].uow.lease.round()
         apps.append(app)
         return app
 
@@ -112,3 +149,13 @@ def heartbeat(client: FlaskClient, auth: dict[str, str]) -> Callable[..., dict[s
         return body
 
     return do
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server for the session (``tests/postgres.py``), its schema applied."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer().init()
+    yield server
+    server.close()

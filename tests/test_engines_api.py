@@ -10,8 +10,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import START, FakeClock
+from tests.conftest import BOTH_BACKENDS, START, FakeClock
 from tests.helpers import epoch, norm
+
+pytestmark = BOTH_BACKENDS
 
 Json = dict[str, Any]
 

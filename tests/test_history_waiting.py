@@ -14,7 +14,9 @@ from werkzeug.test import TestResponse
 
 from dispatch.schemas import JobEventsSchema
 from dispatch.settings import Settings
-from tests.conftest import API_KEY, JOB, START, FakeClock
+from tests.conftest import API_KEY, BOTH_BACKENDS, JOB, START, FakeClock
+
+pytestmark = BOTH_BACKENDS
 
 OUTPUT = "http://example.com/out.mp4"
 

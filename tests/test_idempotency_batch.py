@@ -14,7 +14,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from dispatch.settings import Settings
-from tests.conftest import JOB, FakeClock
+from tests.conftest import BOTH_BACKENDS, JOB, FakeClock
+
+pytestmark = BOTH_BACKENDS
 
 OTHER = {**JOB, "source_url": "http://example.com/other.mp4"}
 

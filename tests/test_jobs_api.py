@@ -14,8 +14,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import JOB, START, FakeClock
+from tests.conftest import BOTH_BACKENDS, JOB, START, FakeClock
 from tests.helpers import assert_error
+
+pytestmark = BOTH_BACKENDS
 
 JOB_KEYS = {
     "job_id", "source_url", "target_codec", "job_size", "priority", "status",

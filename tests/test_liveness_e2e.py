@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import API_KEY
+from tests.helpers import poll
 from tests.server import Server
 
 pytestmark = pytest.mark.e2e
@@ -27,18 +27,6 @@ DEADLINE = 20.0  # seconds; the server sweeps every 0.25 s with a 1 s timeout
 def ok(response: requests.Response, status: int = 200) -> Any:
     assert status == response.status_code, response.text
     return response.json()
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Ask ``condition`` until it answers something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout} s (last seen: {last!r})")
 
 
 @pytest.fixture

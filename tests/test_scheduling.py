@@ -13,8 +13,10 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from dispatch.service import DispatchService
-from tests.conftest import START, FakeClock
+from tests.conftest import BOTH_BACKENDS, START, FakeClock
 from tests.helpers import assert_error, epoch, norm
+
+pytestmark = BOTH_BACKENDS
 
 Json = dict[str, Any]
 

@@ -4,6 +4,7 @@ each job goes to exactly one engine, with no engine holding two jobs at once."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,18 +14,29 @@ import pytest
 
 from dispatch.service import DispatchService
 from dispatch.storage.journal import JournalStore
+from tests.conftest import BOTH_BACKENDS
+from tests.postgres import open_service
 
 JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_size": 10.0}
 
 
+pytestmark = BOTH_BACKENDS
+
+
 @pytest.fixture
-def service(make_settings: Callable[..., Any]) -> Iterator[DispatchService]:
+def service(make_settings: Callable[..., Any], backend_kind: str,
+            request: Any) -> Iterator[DispatchService]:
     settings = make_settings(job_queue_max_size=10_000, max_concurrent_jobs=10_000)
-    service = DispatchService(settings, JournalStore(settings.state_file))
+    if backend_kind == "postgres":
+        database = request.getfixturevalue("postgres")
+        database.reset()
+        service = open_service(database, settings, time.time)
+    else:
+        service = DispatchService(settings, JournalStore(settings.state_file))
     try:
         yield service
     finally:
-        service.store.close()
+        service.close()
 
 
 def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:

@@ -24,7 +24,9 @@ from dispatch.schemas import (
     JobSchema,
     StatsSchema,
 )
-from tests.conftest import FakeClock
+from tests.conftest import BOTH_BACKENDS, FakeClock
+
+pytestmark = BOTH_BACKENDS
 
 Json = dict[str, Any]
 JOB_STATUSES = ("pending", "assigned", "processing", "completed", "failed", "cancelled")

@@ -30,8 +30,10 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from dispatch.settings import Settings, SettingsError, load_settings
-from tests.conftest import API_KEY, JOB, START, FakeClock
+from tests.conftest import API_KEY, BOTH_BACKENDS, JOB, START, FakeClock
 from tests.server import Server
+
+pytestmark = BOTH_BACKENDS
 
 SECRET = "whsec-0123456789abcdef"
 WEBHOOK_ENV = {"DISTCONV_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "DISTCONV_WEBHOOK_SECRET": SECRET}

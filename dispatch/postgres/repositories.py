@@ -1,0 +1,506 @@
+"""The repositories of the PostgreSQL backend (``ports.JobRepository`` and the rest),
+each a view of one open unit (``backend.Unit``).
+
+How each rule that reads and then writes is made atomic across processes:
+
+- a job or engine read ``for update`` is row-locked until the unit ends;
+- queue room: the unit takes an advisory lock, then counts, so two submissions
+  cannot both take the last place (``Jobs._within``);
+- choosing a job: the unit takes the claim lock the same way (the concurrency
+  limit is a count),
+  reads the best candidates of every (codec family, priority) bucket through the
+  partial indexes, lets ``scheduler.pick_job`` choose among them (the rules live there
+  only), and locks the chosen row with ``FOR UPDATE SKIP LOCKED``, re-checking that
+  it is still pending; a row another unit holds is passed over for the next choice;
+- idempotency: the key is the table's primary key; the first unit inserts it and
+  holds it until it ends, a second one waits on it and then reads what it recorded;
+- job ids: ``job_seq``, a sequence, never hands out a number twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from psycopg.types.json import Jsonb
+
+from dispatch import callbacks, codecs, history
+from dispatch.history import Event, FailureKind
+from dispatch.job_search import JobFilter
+from dispatch.models import FINISHED_STATUSES, JOB_STATUSES, Engine, Job
+from dispatch.postgres.migrate import LOCK_SPACE
+from dispatch.scheduler import LOOKAHEAD, PendingIndex, Policy, pick_job
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from dispatch.postgres.backend import Unit
+
+ROOM_LOCK = 1
+CLAIM_LOCK = 2
+CLAIM_ROUNDS = 4  # fresh candidate lists read when other units hold every one
+DELIVERY_CLAIM_SECONDS = 60.0  # an instance that took a delivery and died: retried after
+POSITION_SCAN = 2000  # index entries counted one by one for a queue position, at most
+
+SELECT_JOB = "SELECT record, seq FROM jobs"
+_ACTIVE = "status IN ('assigned', 'processing')"
+_FINISHED = "status IN ('completed', 'failed', 'cancelled')"
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    return Job.from_dict(row[0], row[1])
+
+
+def job_columns(job: Job, events: bytes | None) -> tuple[Any, ...]:
+    return (job.job_id, job.seq, job.status, job.target_codec,
+            codecs.family(job.target_codec), job.priority, job.job_size, job.created_at,
+            job.retry_at, job.assigned_at, job.completed_at, job.assigned_engine,
+            Jsonb(job.to_record()), events)
+
+
+JOB_COLUMNS = ("job_id, seq, status, target_codec, codec_family, priority, job_size, "
+               "created_at, retry_at, assigned_at, completed_at, assigned_engine, record, "
+               "events")
+UPSERT_JOB = f"""
+INSERT INTO jobs ({JOB_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (job_id) DO UPDATE SET
+    status = EXCLUDED.status, target_codec = EXCLUDED.target_codec,
+    codec_family = EXCLUDED.codec_family, priority = EXCLUDED.priority,
+    job_size = EXCLUDED.job_size, retry_at = EXCLUDED.retry_at,
+    assigned_at = EXCLUDED.assigned_at, completed_at = EXCLUDED.completed_at,
+    assigned_engine = EXCLUDED.assigned_engine, record = EXCLUDED.record,
+    events = EXCLUDED.events
+"""
+
+# The distinct priorities of pending jobs, best first, one index probe each (a loose
+# index scan), then the oldest ready jobs of each bucket that the engine could take.
+_CANDIDATES = """
+WITH RECURSIVE p AS (
+    (SELECT priority FROM jobs WHERE status = 'pending' ORDER BY priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.priority FROM jobs j WHERE j.status = 'pending'
+            AND j.priority < p.priority ORDER BY j.priority DESC LIMIT 1)
+    FROM p WHERE p.priority IS NOT NULL
+)
+SELECT c.job_id, c.seq, c.target_codec, c.job_size, c.priority, c.created_at, c.retry_at
+FROM p {families} CROSS JOIN LATERAL (
+    SELECT job_id, seq, target_codec, job_size, priority, created_at, retry_at FROM jobs
+    WHERE status = 'pending' AND priority = p.priority {family_match}
+      AND (retry_at IS NULL OR retry_at <= %(now)s)
+      AND (%(capacity)s::float8 IS NULL OR job_size <= %(capacity)s::float8)
+      AND job_id <> ALL(%(passed)s::text[])
+    ORDER BY {order} LIMIT %(per_bucket)s
+) c
+WHERE p.priority IS NOT NULL
+"""
+_CANDIDATES_ANY = _CANDIDATES.format(families="", family_match="", order="priority, seq")
+_CANDIDATES_OF = _CANDIDATES.format(
+    families="CROSS JOIN unnest(%(families)s::text[]) AS f(family)",
+    family_match="AND codec_family = f.family", order="codec_family, priority, seq")
+
+
+class _Repository:
+    __slots__ = ("unit",)
+
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+
+
+class Jobs(_Repository):
+    __slots__ = ("fresh",)
+
+    def __init__(self, unit: Unit) -> None:
+        super().__init__(unit)
+        self.fresh: set[int] = set()  # sequence numbers this unit allocated
+
+    def get(self, job_id: str) -> Job | None:
+        cached = self.unit.locked.get(job_id)
+        if cached is not None:
+            return cached[0]
+        row = self.unit.execute(SELECT_JOB + " WHERE job_id = %s", (job_id,)).fetchone()
+        return job_from_row(row) if row else None
+
+    def _lock(self, job_id: str) -> tuple[Job | None, bytes | None]:
+        cached = self.unit.locked.get(job_id)
+        if cached is None:
+            row = self.unit.execute(
+                "SELECT record, seq, events FROM jobs WHERE job_id = %s FOR UPDATE",
+                (job_id,)).fetchone()
+            cached = (job_from_row(row), row[2]) if row else (None, None)
+            self.unit.locked[job_id] = cached
+        return cached
+
+    def get_for_update(self, job_id: str) -> Job | None:
+        return self._lock(job_id)[0]
+
+    def put(self, job: Job, failure: FailureKind | None = None) -> None:
+        if job.seq in self.fresh and job.job_id not in self.unit.locked:
+            old, old_events = None, None  # created in this unit: nothing to read
+        else:
+            old, old_events = self._lock(job.job_id)
+        now = job.updated_at  # the job's own time of this change
+        events = history.transition_events(old, job, now, failure)
+        encoded = history.encode(history.append(old_events, events)) if events \
+            else old_events
+        self.unit.execute(UPSERT_JOB, job_columns(job, encoded))
+        self.unit.locked[job.job_id] = (job, encoded)
+        finished_now = job.status in FINISHED_STATUSES and (
+            old is None or old.status not in FINISHED_STATUSES)
+        if finished_now and job.callback_url:
+            deliveries = self.unit.deliveries
+            deliveries.put(job.job_id, callbacks.new_delivery(
+                job, now, deliveries.get_for_update(job.job_id)))
+
+    def delete(self, job_id: str) -> None:
+        self.unit.execute("WITH gone AS (DELETE FROM jobs WHERE job_id = %s) "
+                          "DELETE FROM deliveries WHERE job_id = %s", (job_id, job_id))
+        self.unit.locked[job_id] = (None, None)
+
+    def allocate_seq(self) -> int:
+        row = self.unit.execute("SELECT nextval('job_seq')").fetchone()
+        assert row is not None
+        self.fresh.add(row[0])
+        return int(row[0])
+
+    def _count(self, *statuses: str) -> int:
+        row = self.unit.execute("SELECT coalesce(sum(n), 0) FROM job_counts "
+                                "WHERE status = ANY(%s)", (list(statuses),)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _within(self, lock: int, adding: int, limit: int, *statuses: str) -> int:
+        """Lock the count of jobs in ``statuses`` for a rule that adds ``adding`` to it
+        and must keep it within ``limit``; return the count.
+
+        One at a time far from the limit, units share the lock: each in flight adds
+        one, and no more units can be in flight than the database has connections,
+        so the limit holds without them waiting on one another. Near the limit (and
+        for batches) the lock is taken alone, which waits for the sharing units to
+        commit. The count is read in a later statement than the lock, so its snapshot
+        holds every unit that held the lock before."""
+        unit = self.unit
+        if adding == 1:
+            unlock = f"SELECT pg_advisory_unlock_shared({LOCK_SPACE}, {lock})"
+            unit.execute("SELECT pg_advisory_lock_shared(%s, %s)", (LOCK_SPACE, lock))
+            unit.after.append(unlock)  # a session lock: released once the unit ended
+            current = self._count(*statuses)
+            if current + adding + unit.connections <= limit:
+                return current
+            unit.after.remove(unlock)
+            unit.execute(unlock)
+        unit.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, lock))
+        return self._count(*statuses)
+
+    def reserve_room(self, count: int, limit: int) -> int | None:
+        pending = self._within(ROOM_LOCK, count, limit, "pending")
+        return None if pending + count <= limit else pending
+
+    def claim_next(self, engine: Engine, capabilities: Iterable[str] | None, now: float,
+                   policy: Policy, max_active: int) -> Job | None:
+        if self._within(CLAIM_LOCK, 1, max_active, "assigned", "processing") >= max_active:
+            return None
+        names = list(capabilities) if capabilities is not None else list(
+            engine.supported_codecs)
+        # The engine as given (pick_job tells it from the others by identity).
+        engines = [engine if e.engine_id == engine.engine_id else e
+                   for e in self.unit.engines.all()]
+        capacity = None if engine.storage_capacity_gb is None \
+            else engine.storage_capacity_gb * 1024.0
+        params: dict[str, Any] = {"now": now, "capacity": capacity, "passed": [],
+                                  "per_bucket": LOOKAHEAD + 1,
+                                  "families": sorted(codecs.families(names))}
+        query = _CANDIDATES_OF if names else _CANDIDATES_ANY
+        for _ in range(CLAIM_ROUNDS):
+            rows = self.unit.execute(query, params).fetchall()
+            if not rows:
+                return None
+            index = PendingIndex()
+            for job_id, seq, codec, size, priority, created, retry_at in rows:
+                # Only what the scheduler reads; the whole row comes with the lock.
+                index.add(Job(job_id, seq, "", codec, size, priority, 0, created, created,
+                              retry_at=retry_at), now)
+            while (choice := pick_job(index, engine, engines, capabilities, now,
+                                      policy)) is not None:
+                row = self.unit.execute(
+                    "SELECT record, seq, events FROM jobs WHERE job_id = %s "
+                    "AND status = 'pending' FOR UPDATE SKIP LOCKED",
+                    (choice.job_id,)).fetchone()
+                if row is not None:
+                    job = job_from_row(row)
+                    self.unit.locked[job.job_id] = (job, row[2])
+                    return job
+                index.remove(choice)  # taken by another unit meanwhile
+                params["passed"].append(choice.job_id)
+            if len(rows) < LOOKAHEAD + 1:
+                return None  # every candidate there is was looked at
+        return None
+
+    def held_by(self, engine_id: str) -> Sequence[str]:
+        rows = self.unit.execute(
+            f"SELECT job_id FROM jobs WHERE assigned_engine = %s AND {_ACTIVE} ORDER BY seq",
+            (engine_id,)).fetchall()
+        return tuple(row[0] for row in rows)
+
+    def holds_any(self, engine_id: str) -> bool:
+        row = self.unit.execute(
+            f"SELECT EXISTS (SELECT 1 FROM jobs WHERE assigned_engine = %s AND {_ACTIVE})",
+            (engine_id,)).fetchone()
+        return bool(row and row[0])
+
+    def held(self) -> list[Job]:
+        rows = self.unit.execute(
+            f"{SELECT_JOB} WHERE {_ACTIVE} AND assigned_engine IS NOT NULL ORDER BY seq"
+        ).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    def active_count(self) -> int:
+        return self._count("assigned", "processing")
+
+    def page(self, status: str | None, offset: int, limit: int) -> tuple[list[Job], int]:
+        if status is None:
+            rows = self.unit.execute(f"{SELECT_JOB} ORDER BY seq OFFSET %s LIMIT %s",
+                                     (offset, limit)).fetchall()
+            total = self.total()
+        else:
+            rows = self.unit.execute(
+                f"{SELECT_JOB} WHERE status = %s ORDER BY seq OFFSET %s LIMIT %s",
+                (status, offset, limit)).fetchall()
+            total = self._count(status)
+        return [job_from_row(row) for row in rows], total
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(JOB_STATUSES, 0)
+        for status, count in self.unit.execute(
+                "SELECT status, sum(n) FROM job_counts GROUP BY status").fetchall():
+            counts[status] = int(count)
+        return counts
+
+    def total(self) -> int:
+        return self._count(*JOB_STATUSES)
+
+    def oldest_pending(self) -> Job | None:
+        row = self.unit.execute(
+            f"{SELECT_JOB} WHERE status = 'pending' ORDER BY seq LIMIT 1").fetchone()
+        return job_from_row(row) if row else None
+
+    def queue_position(self, job: Job, now: float) -> int:
+        """1 + the ready jobs of its codec family ahead: from the counts by family and
+        priority, less the jobs in backoff; within the job's own bucket, the bucket's
+        count less the jobs created since it (a short index scan for a recent job), or
+        for a job far from the end, the jobs before it counted in the index."""
+        unit = self.unit
+        key = {"family": codecs.family(job.target_codec), "now": now,
+               "priority": job.priority, "seq": job.seq, "few": POSITION_SCAN}
+        bucket = ("status = 'pending' AND codec_family = %(family)s "
+                  "AND priority = %(priority)s")
+        ready = "(retry_at IS NULL OR retry_at <= %(now)s)"
+        row = unit.execute(
+            "SELECT coalesce(sum(n) FILTER (WHERE priority > %(priority)s), 0),"
+            " coalesce(sum(n) FILTER (WHERE priority = %(priority)s), 0) FROM job_counts"
+            " WHERE status = 'pending' AND codec_family = %(family)s", key).fetchone()
+        higher, same = (int(row[0]), int(row[1])) if row else (0, 0)
+        row = unit.execute(
+            "SELECT count(*) FILTER (WHERE priority > %(priority)s),"
+            " count(*) FILTER (WHERE priority = %(priority)s AND seq < %(seq)s)"
+            " FROM jobs WHERE status = 'pending' AND codec_family = %(family)s"
+            " AND retry_at > %(now)s", key).fetchone()
+        backoff_higher, backoff_before = (int(row[0]), int(row[1])) if row else (0, 0)
+        # A job just submitted (the usual question) is at its bucket's end: count
+        # what came since; a job near the front: count what came before.
+        row = unit.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {bucket} AND seq >= %(seq)s"
+            " LIMIT %(few)s) AS since", key).fetchone()
+        since = int(row[0]) if row else 0
+        if since < POSITION_SCAN:
+            before = same - since - backoff_before
+        else:
+            row = unit.execute(f"SELECT count(*) FROM jobs WHERE {bucket} AND {ready}"
+                               " AND seq < %(seq)s", key).fetchone()
+            before = int(row[0]) if row else 0
+        return 1 + higher - backoff_higher + before
+
+    def finished_before(self, cutoff: float, limit: int) -> list[Job]:
+        rows = self.unit.execute(
+            f"{SELECT_JOB} WHERE {_FINISHED} AND coalesce(completed_at, 0) < %s "
+            "ORDER BY coalesce(completed_at, 0), seq LIMIT %s", (cutoff, limit)).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    def completion_stats(self, since: float) -> tuple[int, float]:
+        recent = self.unit.execute(
+            "SELECT count(*) FROM jobs WHERE status = 'completed' AND completed_at >= %s",
+            (since,)).fetchone()
+        times = self.unit.execute(
+            "SELECT coalesce(sum(time_sum), 0), coalesce(sum(time_n), 0) FROM job_counts "
+            "WHERE status = 'completed'").fetchone()
+        total, count = (float(times[0]), int(times[1])) if times else (0.0, 0)
+        return (int(recent[0]) if recent else 0), (total / count if count else 0.0)
+
+    # ------------------------------------------------------- the dashboard's
+
+    def search(self, where: JobFilter, offset: int, limit: int) -> tuple[list[Job], int]:
+        """The filters of ``job_search`` in SQL: the family column, the engine named
+        by the job or in its history (the history holds its id JSON-quoted, as the
+        memory backend looks for it), the text in any case."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if where.status:
+            clauses.append("status = %s")
+            params.append(where.status)
+        if where.codec:
+            clauses.append("codec_family = %s")
+            params.append(codecs.family(where.codec))
+        if where.engine:
+            clauses.append("(assigned_engine = %s OR position(%s::bytea IN events) > 0)")
+            params += [where.engine, orjson.dumps(where.engine)]
+        if where.text:
+            clauses.append("(strpos(lower(job_id), %s) > 0"
+                           " OR strpos(lower(record->>'source_url'), %s) > 0"
+                           " OR strpos(lower(coalesce(record->>'error_message', '')), %s) > 0)")
+            params += [where.text.lower()] * 3
+        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.unit.execute(f"{SELECT_JOB} {condition} ORDER BY seq DESC OFFSET %s LIMIT %s",
+                                 (*params, offset, limit)).fetchall()
+        if where.indexed:
+            total = self._count(where.status) if where.status else self.total()
+        else:
+            row = self.unit.execute(f"SELECT count(*) FROM jobs {condition}",
+                                    params).fetchone()
+            total = int(row[0]) if row else 0
+        return [job_from_row(row) for row in rows], total
+
+    def pending_counts(self) -> dict[tuple[str, int], int]:
+        rows = self.unit.execute(
+            "SELECT codec_family, priority, sum(n) FROM job_counts WHERE status = 'pending'"
+            " GROUP BY codec_family, priority HAVING sum(n) <> 0").fetchall()
+        return {(family, priority): int(count) for family, priority, count in rows}
+
+    def finished_per_minute(self, now: float, minutes: int) -> dict[str, list[int]]:
+        counts = {"completed": [0] * minutes, "failed": [0] * minutes}
+        rows = self.unit.execute(
+            f"SELECT status, completed_at FROM jobs WHERE {_FINISHED}"
+            " AND coalesce(completed_at, 0) >= %s", (now - minutes * 60,)).fetchall()
+        for status, completed_at in rows:
+            # Minute 0 is the oldest, the last one the current minute.
+            minute = minutes - 1 - int((now - (completed_at or now)) // 60)
+            if 0 <= minute < minutes and status in counts:
+                counts[status][minute] += 1
+        return counts
+
+    def recent_on(self, engine_id: str, limit: int) -> list[Job]:
+        rows = self.unit.execute(
+            f"{SELECT_JOB} WHERE assigned_engine = %s OR position(%s::bytea IN events) > 0"
+            " ORDER BY seq DESC LIMIT %s",
+            (engine_id, orjson.dumps(engine_id), limit)).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    def history(self, job_id: str) -> list[Event]:
+        row = self.unit.execute("SELECT events FROM jobs WHERE job_id = %s",
+                                (job_id,)).fetchone()
+        return history.decode(row[0]) if row else []
+
+
+class Engines(_Repository):
+    __slots__ = ()
+
+    def get(self, engine_id: str) -> Engine | None:
+        row = self.unit.execute("SELECT record FROM engines WHERE engine_id = %s",
+                                (engine_id,)).fetchone()
+        return Engine.from_dict(row[0]) if row else None
+
+    def get_for_update(self, engine_id: str) -> Engine | None:
+        row = self.unit.execute("SELECT record FROM engines WHERE engine_id = %s FOR UPDATE",
+                                (engine_id,)).fetchone()
+        return Engine.from_dict(row[0]) if row else None
+
+    def put(self, engine: Engine) -> None:
+        self.unit.execute(
+            "INSERT INTO engines (engine_id, record) VALUES (%s, %s) "
+            "ON CONFLICT (engine_id) DO UPDATE SET record = EXCLUDED.record",
+            (engine.engine_id, Jsonb(engine.to_record())))
+
+    def delete(self, engine_id: str) -> None:
+        self.unit.execute("DELETE FROM engines WHERE engine_id = %s", (engine_id,))
+
+    def all(self) -> list[Engine]:
+        rows = self.unit.execute("SELECT record FROM engines ORDER BY ord").fetchall()
+        return [Engine.from_dict(row[0]) for row in rows]
+
+
+class Idempotency(_Repository):
+    __slots__ = ()
+
+    def claim(self, key: str, now: float, ttl: float) -> dict[str, Any] | None:
+        while True:
+            # The first unit to insert the key holds it; another one waits here
+            # until that unit ends, then finds its row.
+            inserted = self.unit.execute(
+                "INSERT INTO idempotency (key, at) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO NOTHING RETURNING key", (key, now)).fetchone()
+            if inserted:
+                return None
+            row = self.unit.execute(
+                "SELECT hash, job_id, at FROM idempotency WHERE key = %s FOR UPDATE",
+                (key,)).fetchone()
+            if row is None:
+                continue  # expired and deleted meanwhile: try to take it again
+            if now - row[2] >= ttl:
+                return None  # too old to count; locked now, ``record`` replaces it
+            return {"hash": row[0], "job_id": row[1], "at": row[2]}
+
+    def record(self, key: str, fingerprint: str, job_id: str, now: float) -> None:
+        self.unit.execute(
+            "INSERT INTO idempotency (key, hash, job_id, at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET hash = EXCLUDED.hash, "
+            "job_id = EXCLUDED.job_id, at = EXCLUDED.at", (key, fingerprint, job_id, now))
+
+    def expired(self, cutoff: float, limit: int) -> list[str]:
+        rows = self.unit.execute(
+            "SELECT key FROM idempotency WHERE at <= %s ORDER BY at, key LIMIT %s",
+            (cutoff, limit)).fetchall()
+        return [row[0] for row in rows]
+
+    def delete(self, key: str) -> None:
+        self.unit.execute("DELETE FROM idempotency WHERE key = %s", (key,))
+
+
+class Deliveries(_Repository):
+    __slots__ = ()
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        row = self.unit.execute("SELECT record FROM deliveries WHERE job_id = %s",
+                                (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def get_for_update(self, job_id: str) -> dict[str, Any] | None:
+        row = self.unit.execute("SELECT record FROM deliveries WHERE job_id = %s FOR UPDATE",
+                                (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, job_id: str, delivery: dict[str, Any]) -> None:
+        # A new version of the delivery is nobody's to send yet.
+        self.unit.execute(
+            "INSERT INTO deliveries (job_id, state, next_at, record) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (job_id) DO UPDATE SET state = EXCLUDED.state, "
+            "next_at = EXCLUDED.next_at, record = EXCLUDED.record, claimed_by = NULL, "
+            "claimed_until = NULL",
+            (job_id, delivery["state"], delivery.get("next_at") or 0.0, Jsonb(delivery)))
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        """The due deliveries. An instance that sends them (``Unit.instance`` set)
+        claims them for a while: no other instance sends one until it is recorded or
+        the claim runs out (the claimer died)."""
+        instance = self.unit.instance
+        if instance is None:
+            rows = self.unit.execute(
+                "SELECT record, next_at FROM deliveries WHERE state = 'pending' "
+                "AND next_at <= %s ORDER BY next_at LIMIT 100", (now,)).fetchall()
+        else:
+            rows = self.unit.execute(
+                "UPDATE deliveries SET claimed_by = %(me)s, claimed_until = %(until)s "
+                "WHERE job_id IN (SELECT job_id FROM deliveries WHERE state = 'pending'"
+                " AND next_at <= %(now)s AND (claimed_by IS NULL OR claimed_by = %(me)s"
+                " OR claimed_until <= %(now)s)"
+                " ORDER BY next_at LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING record, next_at",
+                {"me": instance, "until": now + DELIVERY_CLAIM_SECONDS, "now": now}).fetchall()
+        return [row[0] for row in sorted(rows, key=lambda row: row[1])]
