@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Build the server and engine images with the classic builder, first making sure the
-# base image exists (docker/base-image.sh: pulled, or built from Debian packages).
+# Build the server and engine images, and the PostgreSQL image of docker-compose.yml's
+# `postgres` profile (docker/postgres.Dockerfile), with the classic builder, first making
+# sure the base image exists (docker/base-image.sh: pulled, or built from Debian packages).
 # The build host's CA bundle goes into the build stage so pip works behind an
 # intercepting proxy; it is not in the images. Used by tests/test_docker.py.
-# Usage: docker/build.sh [SERVER_TAG [ENGINE_TAG]]
-#   (default distconv/dispatch-server and distconv/dispatch-engine)
+# Usage: docker/build.sh [SERVER_TAG [ENGINE_TAG [POSTGRES_TAG]]]
+#   (default distconv/dispatch-server, distconv/dispatch-engine and distconv/postgres)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 server=${1:-distconv/dispatch-server}
 engine=${2:-distconv/dispatch-engine}
+postgres=${3:-distconv/postgres}
 
-bash docker/base-image.sh "$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)"
+# The one base image of all three: the Dockerfile's, passed to postgres.Dockerfile too.
+base=$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
+bash docker/base-image.sh "$base"
 
 ca=${BUILD_CA_BUNDLE:-${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}
 log=$(mktemp)
@@ -34,3 +38,9 @@ for target in engine server; do
         exit 1
     fi
 done
+if ! docker build --network host --build-arg "BASE_IMAGE=$base" \
+        -f docker/postgres.Dockerfile -t "$postgres" . >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "build.sh: building the postgres image failed" >&2
+    exit 1
+fi

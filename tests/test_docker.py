@@ -1,6 +1,7 @@
 """Issue #16, the container: the images from the Dockerfile (built here, by
 docker/build.sh), a server container on a named volume, the engine image transcoding a
-clip against it, and docker-compose.yml with Debian's docker-compose.
+clip against it, and docker-compose.yml with Debian's docker-compose, its `postgres`
+profile too (the PostgreSQL image of docker/postgres.Dockerfile).
 
 Needs docker, mmdebstrap and docker-compose (scripts/test-deps.sh installs them). When no
 Docker daemon answers, one is started for the session and stopped afterwards. Containers
@@ -34,8 +35,10 @@ pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[1]
 SERVER_IMAGE = "distconv-test/dispatch-server:pytest"
 ENGINE_IMAGE = "distconv-test/dispatch-engine:pytest"
+POSTGRES_IMAGE = "distconv-test/postgres:pytest"
 API_KEY = "docker-test-key-0123456789abcdef"
 ENGINE_KEY = "docker-engine-key-0123456789abcdef"
+DB_PASSWORD = "docker-db-password-0123456789abcdef"
 KEY_IN_CONTAINER = "/run/secrets/distconv_api_key"
 JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_size": 10}
 DISTCONV_UID = 10001  # the Dockerfile's fixed uid for the distconv user
@@ -99,16 +102,18 @@ def docker_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def images(docker_daemon: None) -> Iterator[None]:
-    """Both images, built from this checkout by docker/build.sh under test tags;
+    """The three images, built from this checkout by docker/build.sh under test tags;
     removed afterwards (with the build stage they leave behind)."""
+    started = time.monotonic()
     done = subprocess.run(["bash", str(REPO / "docker" / "build.sh"), SERVER_IMAGE,
-                           ENGINE_IMAGE], capture_output=True, text=True, timeout=1200,
-                          check=False)
+                           ENGINE_IMAGE, POSTGRES_IMAGE], capture_output=True, text=True,
+                          timeout=1200, check=False)
     assert done.returncode == 0, done.stderr[-5000:]
+    print(f"\ndocker/build.sh: {time.monotonic() - started:.1f}s")
     try:
         yield
     finally:
-        docker("rmi", SERVER_IMAGE, ENGINE_IMAGE, check=False)
+        docker("rmi", SERVER_IMAGE, ENGINE_IMAGE, POSTGRES_IMAGE, check=False)
         docker("image", "prune", "--force", "--filter", "label=distconv.stage=build",
                check=False)
 
@@ -368,10 +373,10 @@ def test_engine_image_transcodes_a_clip_against_the_server_container(
 
 @pytest.fixture
 def compose_project(tmp_path: Path) -> Iterator[tuple[list[str], int]]:
-    """docker-compose.yml in a folder of its own, with a key file, an empty config
-    folder, and an override naming the test images and a free port: (the
-    docker-compose command to use, the published port). Brought down afterwards,
-    volumes included."""
+    """docker-compose.yml in a folder of its own, with a key file, a database password
+    file, an empty config folder, and an override naming the test images: (the
+    docker-compose command to use, the published port). Brought down afterwards, the
+    postgres profile's services and every volume included."""
     project = tmp_path / "project"
     (project / "secrets").mkdir(parents=True)
     (project / "config").mkdir()
@@ -379,9 +384,14 @@ def compose_project(tmp_path: Path) -> Iterator[tuple[list[str], int]]:
     key = project / "secrets" / "api_key"
     key.write_text(API_KEY + "\n")
     key.chmod(0o644)
+    password = project / "secrets" / "db_password"
+    password.write_text(DB_PASSWORD + "\n")
+    password.chmod(0o644)  # read by the server's distconv user and by postgres
     (project / "test-override.yml").write_text(
         f"services:\n  server:\n    image: {SERVER_IMAGE}\n"
-        f"  engine:\n    image: {ENGINE_IMAGE}\n    command: [\"--codecs\", \"h264\"]\n")
+        f"  engine:\n    image: {ENGINE_IMAGE}\n    command: [\"--codecs\", \"h264\"]\n"
+        f"  postgres:\n    image: {POSTGRES_IMAGE}\n"
+        f"  server-postgres:\n    image: {SERVER_IMAGE}\n")
     port = free_port()
     command = ["docker-compose", "--project-name", f"distconv-test-{uuid.uuid4().hex[:8]}",
                "--project-directory", str(project),
@@ -390,16 +400,19 @@ def compose_project(tmp_path: Path) -> Iterator[tuple[list[str], int]]:
     try:
         yield command, port
     finally:
-        subprocess.run([*command, "down", "--volumes", "--timeout", "20"],
-                       capture_output=True, timeout=120, check=False,
+        subprocess.run([*command, "--profile", "postgres", "down", "--volumes",
+                        "--timeout", "20"], capture_output=True, timeout=120, check=False,
                        env={**os.environ, "DISTCONV_HOST_PORT": str(port)})
 
 
-def compose(command: list[str], *args: str, port: int = 8080, timeout: float = 300) -> str:
-    """Run docker-compose, publishing the server on 127.0.0.1:port; its stdout."""
+def compose(command: list[str], *args: str, port: int = 8080, postgres_port: int = 8081,
+            timeout: float = 300) -> str:
+    """Run docker-compose, publishing the server on 127.0.0.1:port (and the postgres
+    profile's server on postgres_port); its stdout."""
     done = subprocess.run([*command, *args], capture_output=True, text=True,
                           timeout=timeout, check=False,
-                          env={**os.environ, "DISTCONV_HOST_PORT": str(port)})
+                          env={**os.environ, "DISTCONV_HOST_PORT": str(port),
+                               "DISTCONV_POSTGRES_HOST_PORT": str(postgres_port)})
     assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -410,9 +423,15 @@ def test_compose_config_accepts_the_file(tmp_path: Path) -> None:
     shutil.copy(REPO / "docker-compose.yml", project / "docker-compose.yml")
     command = ["docker-compose", "-f", str(project / "docker-compose.yml")]
     compose(command, "config", "--quiet")
-    assert compose(command, "config", "--services").split() == ["server", "engine"]
+    compose(command, "--profile", "postgres", "config", "--quiet")
+    assert compose(command, "--profile", "postgres", "config", "--services").split() == [
+        "server", "engine", "postgres", "server-postgres"]
     assert set(compose(command, "config", "--volumes").split()) == {
-        "distconv-data", "distconv-logs", "distconv-output", "distconv-work"}
+        "distconv-data", "distconv-logs", "distconv-output", "distconv-work",
+        "distconv-postgres", "distconv-postgres-logs"}
+    # The server of the profile keeps its state in the profile's PostgreSQL.
+    resolved = compose(command, "--profile", "postgres", "config")
+    assert "DISTCONV_DATABASE_URL: postgresql://distconv@postgres:5432/distconv" in resolved
 
 
 def test_compose_up_brings_server_and_engine_up_healthy(
@@ -438,3 +457,54 @@ def test_compose_up_brings_server_and_engine_up_healthy(
     assert job.status_code == 201
     mounts = json.loads(docker("inspect", "--format", "{{json .Mounts}}", server))
     assert {m["Destination"] for m in mounts} >= {"/app/config", "/app/logs", "/app/data"}
+
+
+def test_compose_postgres_profile_keeps_jobs_in_postgresql(
+        images: None, compose_project: tuple[list[str], int]) -> None:
+    command, port = compose_project
+    postgres_port = free_port()
+    started = time.monotonic()
+    compose(command, "--profile", "postgres", "up", "--detach", "--no-build", port=port,
+            postgres_port=postgres_port)
+
+    def container(service: str) -> str:
+        name = compose(command, "--profile", "postgres", "ps", "--quiet", service,
+                       port=port, postgres_port=postgres_port).strip()
+        assert name, f"no {service} container"
+        return name
+
+    database, server = container("postgres"), container("server-postgres")
+    wait_healthy(database, timeout=60)
+    wait_healthy(server, timeout=90)
+    print(f"\ncompose up --profile postgres to healthy: {time.monotonic() - started:.1f}s")
+    # PostgreSQL runs as its own unprivileged user, not root.
+    assert docker("exec", database, "id", "-un").strip() == "postgres"
+    # The server refuses a database it cannot reach at start, so healthy means on it.
+    assert requests.get(f"http://127.0.0.1:{postgres_port}/health", timeout=5).json()[
+        "status"] == "healthy"
+
+    submitted = subprocess.run(
+        ["curl", "--silent", "--show-error", "--fail", "-H", f"X-API-Key: {API_KEY}",
+         "-H", "Content-Type: application/json", "-d", json.dumps(JOB),
+         f"http://127.0.0.1:{postgres_port}/jobs/"], capture_output=True, text=True,
+        timeout=30, check=True)
+    job = json.loads(submitted.stdout)
+    assert job["status"] == "pending"
+    # The job is a row of PostgreSQL's, and not in the file-backed server's farm.
+    rows = docker("exec", database, "psql", "--username=distconv", "--dbname=distconv",
+                  "--tuples-only", "--no-align", "--command", "SELECT job_id FROM jobs")
+    assert rows.split() == [job["job_id"]]
+    assert api(port, "GET", f"/jobs/{job['job_id']}").status_code == 404
+
+    # The password from the secret file is required over the network.
+    refused = subprocess.run(
+        ["docker", "exec", "--env", "PGPASSWORD=wrong", database, "psql",
+         "--host=127.0.0.1", "--username=distconv", "--dbname=distconv", "--command",
+         "SELECT 1"], capture_output=True, text=True, timeout=30, check=False)
+    assert refused.returncode != 0
+    assert "password authentication failed" in refused.stderr
+
+    # A restarted server container reads the job back from the database.
+    docker("restart", server)
+    wait_healthy(server, timeout=60)
+    assert api(postgres_port, "GET", f"/jobs/{job['job_id']}").json() == job
