@@ -157,11 +157,7 @@ HARNESSES = [MemoryHarness, JournalHarness, PostgresHarness]
 
 @pytest.fixture(params=HARNESSES, ids=[h.name for h in HARNESSES])
 def harness(request: Any, tmp_path: Path, clock: FakeClock) -> Iterator[Harness]:
-    if request.param is PostgresHarness:
-        PostgresHarness.server = request.getfixturevalue("postgres")  # started once
-    harness: Harness = request.param(tmp_path, clock)
-    yield harness
-    harness.close()
+    yield from _opened(request, tmp_path, clock)
 
 
 DURABLE = [h for h in HARNESSES if h.durable]
@@ -170,6 +166,10 @@ DURABLE = [h for h in HARNESSES if h.durable]
 @pytest.fixture(params=DURABLE, ids=[h.name for h in DURABLE])
 def durable_harness(request: Any, tmp_path: Path, clock: FakeClock) -> Iterator[Harness]:
     """Only the backends that keep their state across a restart."""
+    yield from _opened(request, tmp_path, clock)
+
+
+def _opened(request: Any, tmp_path: Path, clock: FakeClock) -> Iterator[Harness]:
     if request.param is PostgresHarness:
         PostgresHarness.server = request.getfixturevalue("postgres")  # started once
     harness: Harness = request.param(tmp_path, clock)

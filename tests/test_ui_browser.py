@@ -7,7 +7,6 @@ tests/artifacts/ui/ (gitignored) for a person to look at."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.helpers import poll
 from tests.server import Server
 from tests.test_deploy import NGINX, Nginx
 
@@ -171,10 +171,7 @@ def test_client_session_has_no_action_buttons(server: Server,
 
 def wait_until(check: Callable[[], bool], what: str) -> None:
     """Poll ``check`` until it holds (the page's CSP forbids wait_for_function's eval)."""
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    poll(check, WAIT_MS / 1000, what, interval=0.1)
 
 
 def test_refresh_pauses_while_the_tab_is_hidden(server: Server,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -31,6 +31,7 @@ from werkzeug.test import TestResponse
 
 from dispatch.settings import Settings, SettingsError, load_settings
 from tests.conftest import API_KEY, BOTH_BACKENDS, JOB, START, FakeClock
+from tests.helpers import poll
 from tests.server import Server
 
 pytestmark = BOTH_BACKENDS
@@ -38,7 +39,6 @@ pytestmark = BOTH_BACKENDS
 SECRET = "whsec-0123456789abcdef"
 WEBHOOK_ENV = {"DISTCONV_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "DISTCONV_WEBHOOK_SECRET": SECRET}
 OUTPUT = "http://example.com/out.mp4"
-T = TypeVar("T")
 
 
 # ------------------------------------------------- the receiver's side: verify
@@ -253,18 +253,6 @@ def finish(client: FlaskClient, job_id: str, how: str) -> dict[str, Any]:
 
 def get_job(client: FlaskClient, job_id: str) -> dict[str, Any]:
     return ok(client.get(f"/jobs/{job_id}", headers={"X-API-Key": API_KEY}))
-
-
-def poll(check: Callable[[], T], timeout: float, what: str) -> T:
-    """Call ``check`` until it returns something true, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s (last: {result!r})")
-        time.sleep(0.05)
 
 
 # ------------------------------------------------------- signing and content
