@@ -153,7 +153,7 @@ class Commands(ServicePart):
     def cancel_job(self, job_id: str) -> Job:
         with self.uow.transaction() as tx:
             job = job_for_update(tx, job_id)
-            if job.status in FINISHED_STATUSES:
+            if not rules.can_cancel(job):
                 raise errors.InvalidTransition(
                     f"cannot cancel job {job_id!r}: it is already {job.status}"
                 )
@@ -167,7 +167,7 @@ class Commands(ServicePart):
     def retry_job(self, job_id: str) -> Job:
         with self.uow.transaction() as tx:
             job = job_for_update(tx, job_id)
-            if job.status not in ("failed", "cancelled"):
+            if not rules.can_retry(job):
                 raise errors.InvalidTransition(
                     f"cannot retry job {job_id!r}: it is {job.status}, not failed or cancelled"
                 )

@@ -34,6 +34,16 @@ def new_job(data: Mapping[str, Any], seq: int, now: float, settings: Settings) -
     )
 
 
+def can_cancel(job: Job) -> bool:
+    """A job can be cancelled until it has finished."""
+    return job.status not in FINISHED_STATUSES
+
+
+def can_retry(job: Job) -> bool:
+    """Only a job that failed for good or was cancelled can be retried."""
+    return job.status in ("failed", "cancelled")
+
+
 def queue_full(pending: int, limit: int) -> errors.QueueFull:
     return errors.QueueFull(
         f"the queue holds {pending} pending jobs and takes at most {limit}; retry later",

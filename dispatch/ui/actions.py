@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from dispatch import errors
+from dispatch import errors, rules
 from dispatch.logs import escape_controls
-from dispatch.models import FINISHED_STATUSES, Job
+from dispatch.models import Job
 from dispatch.service import DispatchService
 from dispatch.ui.security import Operator
 
@@ -31,10 +31,10 @@ class Action:
 JOB_ACTIONS = {
     "cancel": Action("cancel", "Cancel job",
                      lambda service, job_id: service.cancel_job(job_id),
-                     lambda job: job.status not in FINISHED_STATUSES),
+                     rules.can_cancel),
     "retry": Action("retry", "Retry job",
                     lambda service, job_id: service.retry_job(job_id),
-                    lambda job: job.status in ("failed", "cancelled")),
+                    rules.can_retry),
 }
 ENGINE_ACTIONS = {
     "drain": Action("drain", "Drain engine",
