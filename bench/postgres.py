@@ -59,21 +59,30 @@ class Server:
                 "--state-file", str(folder / "server_state.json"), *run.SERVER_FLAGS, *extra]
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTCONV_")}
         env["DISTCONV_API_KEY"] = api_key
-        log = open(folder / "server.log", "ab")
+        self.log = folder / "server.log"
+        logged = self.log.stat().st_size if self.log.exists() else 0
+        log = open(self.log, "ab")
         self.proc = subprocess.Popen(argv, cwd=folder, env=env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+        # Every worker must be serving before the load starts: connections opened
+        # while only the first one is ready all stay with it (kept alive), and the
+        # figures would be those of one worker whatever --workers says.
+        workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(folder / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            with open(self.log, "rb") as handle:
+                handle.seek(logged)
+                ready = handle.read().count(b"dispatch-server ready:")
             try:
-                if run.http_get(self.port, "/health", timeout=1.0)[0] == 200:
+                if ready >= workers and run.http_get(self.port, "/health", timeout=1.0)[0] == 200:
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("server not serving")
+                raise RuntimeError(f"server not serving with {workers} workers")
             time.sleep(0.02)
 
     def cpu(self) -> float:
