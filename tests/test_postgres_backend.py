@@ -9,7 +9,7 @@ from dispatch import rules
 from dispatch.models import to_micros
 from dispatch.postgres.backend import PostgresBackend
 from dispatch.postgres.pool import Pool, conninfo
-from dispatch.postgres.repositories import DELIVERY_CLAIM_SECONDS
+from dispatch.postgres.records import DELIVERY_CLAIM_SECONDS
 from dispatch.settings import Settings
 from tests.conftest import FakeClock
 from tests.postgres import PostgresServer

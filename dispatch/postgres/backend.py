@@ -7,8 +7,8 @@ client learns by reading again (the same as a lost answer over HTTP).
 
 Units run at READ COMMITTED; the rules that read and then write take row locks
 (``FOR UPDATE``), skip rows other units hold (``SKIP LOCKED``) or serialise on an
-advisory lock where they count (queue room, the concurrency limit): see
-``repositories``.
+advisory lock where they count (queue room, the concurrency limit): see ``jobs``
+and ``records``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import psycopg
 
 from dispatch.models import Job
 from dispatch.ports import Transaction
-from dispatch.postgres import repositories as repo
+from dispatch.postgres.job_rows import SELECT_JOB, job_from_row
+from dispatch.postgres.jobs import Jobs
 from dispatch.postgres.pool import DATABASE_DOWN, Pool, reason
+from dispatch.postgres.records import Deliveries, Engines, Idempotency
 
 log = logging.getLogger("dispatch.postgres")
 
@@ -47,10 +49,10 @@ class Unit:
         self.connections = connections  # the most units that can be in flight at once
         self.after: list[str] = []  # statements to run once the unit has ended
         self.locked: dict[str, tuple[Job | None, bytes | None]] = {}
-        self.jobs = repo.Jobs(self)
-        self.engines = repo.Engines(self)
-        self.idempotency = repo.Idempotency(self)
-        self.deliveries = repo.Deliveries(self)
+        self.jobs = Jobs(self)
+        self.engines = Engines(self)
+        self.idempotency = Idempotency(self)
+        self.deliveries = Deliveries(self)
 
     def execute(self, query: str, params: Any = None) -> psycopg.Cursor[Any]:
         return self.conn.execute(query, params)  # type: ignore[arg-type]
@@ -111,8 +113,8 @@ class PostgresBackend:
 
     def peek_job(self, job_id: str) -> Job | None:
         with self.pool.connection("peek") as conn:
-            row = conn.execute(repo.SELECT_JOB + " WHERE job_id = %s", (job_id,)).fetchone()
-        return repo.job_from_row(row) if row else None
+            row = conn.execute(SELECT_JOB + " WHERE job_id = %s", (job_id,)).fetchone()
+        return job_from_row(row) if row else None
 
     def snapshot(self) -> bool:
         """Nothing to compact but the count deltas: every change is in the database."""

@@ -19,8 +19,8 @@ from dispatch.history import Event
 from dispatch.memory_backend import MemoryBackend
 from dispatch.models import Engine, Job, to_micros
 from dispatch.postgres import migrate
+from dispatch.postgres.job_rows import JOB_COLUMNS, job_columns
 from dispatch.postgres.pool import connect, conninfo
-from dispatch.postgres.repositories import JOB_COLUMNS, job_columns
 from dispatch.storage.journal import JournalStore
 
 _STATE_TABLES = ("jobs", "engines", "idempotency", "deliveries")

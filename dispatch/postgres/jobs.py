@@ -1,5 +1,5 @@
-"""The repositories of the PostgreSQL backend (``ports.JobRepository`` and the rest),
-each a view of one open unit (``backend.Unit``).
+"""The PostgreSQL job repository (``ports.JobRepository``), a view of one open unit
+(``backend.Unit``); the other repositories are in ``records``.
 
 How each rule that reads and then writes is made atomic across processes:
 
@@ -12,8 +12,7 @@ How each rule that reads and then writes is made atomic across processes:
   partial indexes, lets ``scheduler.pick_job`` choose among them (the rules live there
   only), and locks the chosen row with ``FOR UPDATE SKIP LOCKED``, re-checking that
   it is still pending; a row another unit holds is passed over for the next choice;
-- idempotency: the key is the table's primary key; the first unit inserts it and
-  holds it until it ends, a second one waits on it and then reads what it recorded;
+- idempotency: a unique key (``records.Idempotency``);
 - job ids: ``job_seq``, a sequence, never hands out a number twice.
 """
 
@@ -23,13 +22,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from psycopg.types.json import Jsonb
 
 from dispatch import callbacks, codecs, history
 from dispatch.history import Event, FailureKind
 from dispatch.job_search import JobFilter
 from dispatch.models import FINISHED_STATUSES, JOB_STATUSES, Engine, Job
+from dispatch.postgres.job_rows import SELECT_JOB, UPSERT_JOB, job_columns, job_from_row
 from dispatch.postgres.migrate import LOCK_SPACE
+from dispatch.postgres.records import Repository
 from dispatch.scheduler import LOOKAHEAD, PendingIndex, Policy, pick_job
 
 if TYPE_CHECKING:
@@ -40,41 +40,11 @@ if TYPE_CHECKING:
 ROOM_LOCK = 1
 CLAIM_LOCK = 2
 CLAIM_ROUNDS = 4  # fresh candidate lists read when other units hold every one
-DELIVERY_CLAIM_SECONDS = 60.0  # an instance that took a delivery and died: retried after
 POSITION_SCAN = 2000  # index entries counted one by one for a queue position, at most
 
-SELECT_JOB = "SELECT record, seq FROM jobs"
 _ACTIVE = "status IN ('assigned', 'processing')"
 _FINISHED = "status IN ('completed', 'failed', 'cancelled')"
 
-
-def job_from_row(row: Sequence[Any]) -> Job:
-    return Job.from_dict(row[0], row[1])
-
-
-def job_columns(job: Job, events: bytes | None) -> tuple[Any, ...]:
-    return (job.job_id, job.seq, job.status, job.target_codec,
-            codecs.family(job.target_codec), job.priority, job.job_size, job.created_at,
-            job.retry_at, job.assigned_at, job.completed_at, job.assigned_engine,
-            Jsonb(job.to_record()), events)
-
-
-JOB_COLUMNS = ("job_id, seq, status, target_codec, codec_family, priority, job_size, "
-               "created_at, retry_at, assigned_at, completed_at, assigned_engine, record, "
-               "events")
-UPSERT_JOB = f"""
-INSERT INTO jobs ({JOB_COLUMNS})
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (job_id) DO UPDATE SET
-    status = EXCLUDED.status, target_codec = EXCLUDED.target_codec,
-    codec_family = EXCLUDED.codec_family, priority = EXCLUDED.priority,
-    job_size = EXCLUDED.job_size, retry_at = EXCLUDED.retry_at,
-    assigned_at = EXCLUDED.assigned_at, completed_at = EXCLUDED.completed_at,
-    assigned_engine = EXCLUDED.assigned_engine, record = EXCLUDED.record,
-    events = EXCLUDED.events
-"""
-
-# The distinct priorities of pending jobs, best first, one index probe each (a loose
 # index scan), then the oldest ready jobs of each bucket that the engine could take.
 _CANDIDATES = """
 WITH RECURSIVE p AS (
@@ -100,15 +70,7 @@ _CANDIDATES_OF = _CANDIDATES.format(
     families="CROSS JOIN unnest(%(families)s::text[]) AS f(family)",
     family_match="AND codec_family = f.family", order="codec_family, priority, seq")
 
-
-class _Repository:
-    __slots__ = ("unit",)
-
-    def __init__(self, unit: Unit) -> None:
-        self.unit = unit
-
-
-class Jobs(_Repository):
+class Jobs(Repository):
     __slots__ = ("fresh",)
 
     def __init__(self, unit: Unit) -> None:
@@ -398,109 +360,3 @@ class Jobs(_Repository):
         row = self.unit.execute("SELECT events FROM jobs WHERE job_id = %s",
                                 (job_id,)).fetchone()
         return history.decode(row[0]) if row else []
-
-
-class Engines(_Repository):
-    __slots__ = ()
-
-    def get(self, engine_id: str) -> Engine | None:
-        row = self.unit.execute("SELECT record FROM engines WHERE engine_id = %s",
-                                (engine_id,)).fetchone()
-        return Engine.from_dict(row[0]) if row else None
-
-    def get_for_update(self, engine_id: str) -> Engine | None:
-        row = self.unit.execute("SELECT record FROM engines WHERE engine_id = %s FOR UPDATE",
-                                (engine_id,)).fetchone()
-        return Engine.from_dict(row[0]) if row else None
-
-    def put(self, engine: Engine) -> None:
-        self.unit.execute(
-            "INSERT INTO engines (engine_id, record) VALUES (%s, %s) "
-            "ON CONFLICT (engine_id) DO UPDATE SET record = EXCLUDED.record",
-            (engine.engine_id, Jsonb(engine.to_record())))
-
-    def delete(self, engine_id: str) -> None:
-        self.unit.execute("DELETE FROM engines WHERE engine_id = %s", (engine_id,))
-
-    def all(self) -> list[Engine]:
-        rows = self.unit.execute("SELECT record FROM engines ORDER BY ord").fetchall()
-        return [Engine.from_dict(row[0]) for row in rows]
-
-
-class Idempotency(_Repository):
-    __slots__ = ()
-
-    def claim(self, key: str, now: float, ttl: float) -> dict[str, Any] | None:
-        while True:
-            # The first unit to insert the key holds it; another one waits here
-            # until that unit ends, then finds its row.
-            inserted = self.unit.execute(
-                "INSERT INTO idempotency (key, at) VALUES (%s, %s) "
-                "ON CONFLICT (key) DO NOTHING RETURNING key", (key, now)).fetchone()
-            if inserted:
-                return None
-            row = self.unit.execute(
-                "SELECT hash, job_id, at FROM idempotency WHERE key = %s FOR UPDATE",
-                (key,)).fetchone()
-            if row is None:
-                continue  # expired and deleted meanwhile: try to take it again
-            if now - row[2] >= ttl:
-                return None  # too old to count; locked now, ``record`` replaces it
-            return {"hash": row[0], "job_id": row[1], "at": row[2]}
-
-    def record(self, key: str, fingerprint: str, job_id: str, now: float) -> None:
-        self.unit.execute(
-            "INSERT INTO idempotency (key, hash, job_id, at) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (key) DO UPDATE SET hash = EXCLUDED.hash, "
-            "job_id = EXCLUDED.job_id, at = EXCLUDED.at", (key, fingerprint, job_id, now))
-
-    def expired(self, cutoff: float, limit: int) -> list[str]:
-        rows = self.unit.execute(
-            "SELECT key FROM idempotency WHERE at <= %s ORDER BY at, key LIMIT %s",
-            (cutoff, limit)).fetchall()
-        return [row[0] for row in rows]
-
-    def delete(self, key: str) -> None:
-        self.unit.execute("DELETE FROM idempotency WHERE key = %s", (key,))
-
-
-class Deliveries(_Repository):
-    __slots__ = ()
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        row = self.unit.execute("SELECT record FROM deliveries WHERE job_id = %s",
-                                (job_id,)).fetchone()
-        return row[0] if row else None
-
-    def get_for_update(self, job_id: str) -> dict[str, Any] | None:
-        row = self.unit.execute("SELECT record FROM deliveries WHERE job_id = %s FOR UPDATE",
-                                (job_id,)).fetchone()
-        return row[0] if row else None
-
-    def put(self, job_id: str, delivery: dict[str, Any]) -> None:
-        # A new version of the delivery is nobody's to send yet.
-        self.unit.execute(
-            "INSERT INTO deliveries (job_id, state, next_at, record) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (job_id) DO UPDATE SET state = EXCLUDED.state, "
-            "next_at = EXCLUDED.next_at, record = EXCLUDED.record, claimed_by = NULL, "
-            "claimed_until = NULL",
-            (job_id, delivery["state"], delivery.get("next_at") or 0.0, Jsonb(delivery)))
-
-    def due(self, now: float) -> list[dict[str, Any]]:
-        """The due deliveries. An instance that sends them (``Unit.instance`` set)
-        claims them for a while: no other instance sends one until it is recorded or
-        the claim runs out (the claimer died)."""
-        instance = self.unit.instance
-        if instance is None:
-            rows = self.unit.execute(
-                "SELECT record, next_at FROM deliveries WHERE state = 'pending' "
-                "AND next_at <= %s ORDER BY next_at LIMIT 100", (now,)).fetchall()
-        else:
-            rows = self.unit.execute(
-                "UPDATE deliveries SET claimed_by = %(me)s, claimed_until = %(until)s "
-                "WHERE job_id IN (SELECT job_id FROM deliveries WHERE state = 'pending'"
-                " AND next_at <= %(now)s AND (claimed_by IS NULL OR claimed_by = %(me)s"
-                " OR claimed_until <= %(now)s)"
-                " ORDER BY next_at LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING record, next_at",
-                {"me": instance, "until": now + DELIVERY_CLAIM_SECONDS, "now": now}).fetchall()
-        return [row[0] for row in sorted(rows, key=lambda row: row[1])]
