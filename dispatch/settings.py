@@ -84,7 +84,11 @@ class Settings:
                 f"webhook_secret=***, ui_secret=***, database_url=***, {shown})")
 
 
-def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+# Converters of a setting's text to its value, raising ValueError with the reason;
+# public, since the engine's settings (dispatch.engine.config) are read the same way.
+
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An integer from ``minimum`` to ``maximum`` (no upper bound when None)."""
     def convert(text: str) -> int:
         try:
             value = int(text.strip())
@@ -98,7 +102,8 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     return convert
 
 
-def _float(minimum: float) -> Callable[[str], float]:
+def at_least(minimum: float) -> Callable[[str], float]:
+    """A finite number no smaller than ``minimum``."""
     def convert(text: str) -> float:
         try:
             value = float(text.strip())
@@ -111,7 +116,8 @@ def _float(minimum: float) -> Callable[[str], float]:
     return convert
 
 
-def _bool(text: str) -> bool:
+def boolean(text: str) -> bool:
+    """1/0, true/false, yes/no, on/off, in any case."""
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -120,7 +126,8 @@ def _bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (true/false)")
 
 
-def _choice(choices: Sequence[str], *, upper: bool = False) -> Callable[[str], str]:
+def one_of(choices: Sequence[str], *, upper: bool = False) -> Callable[[str], str]:
+    """One of ``choices``, compared in upper case when ``upper`` (else lower)."""
     def convert(text: str) -> str:
         value = text.strip().upper() if upper else text.strip().lower()
         if value not in choices:
@@ -162,7 +169,8 @@ def _host_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip().lower() for item in text.split(",") if item.strip())
 
 
-def _text(text: str) -> str:
+def nonempty(text: str) -> str:
+    """Any text but blank, stripped."""
     value = text.strip()
     if not value:
         raise ValueError("must not be empty")
@@ -177,7 +185,10 @@ def _database_url(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Option:
+class Option:
+    """A setting: its field, its converter, and where it may come from (a flag, an
+    environment variable, config-file keys: the first one present in the file wins)."""
+
     field: str
     convert: Callable[[str], Any]
     flag: str | None = None
@@ -187,63 +198,63 @@ class _Option:
 
 # One row per setting: the single table the parser, the environment and the
 # config file are read from, so the three sources cannot drift apart.
-_OPTIONS: tuple[_Option, ...] = (
-    _Option("api_key", _text, "--api-key", "DISTCONV_API_KEY", ("api_key",)),
-    _Option("api_key_file", _text, "--api-key-file", "DISTCONV_API_KEY_FILE", ("api_key_file",)),
-    _Option("host", _text, "--host", "DISTCONV_HOST", ("bind_address",)),
-    _Option("port", _int(0, 65535), "--port", "DISTCONV_PORT", ("port",)),
-    _Option("state_file", _text, "--state-file", "DISTCONV_STATE_FILE", ("state_file",)),
-    _Option("log_level", _choice(LOG_LEVELS, upper=True), "--log-level", "DISTCONV_LOG_LEVEL",
+_OPTIONS: tuple[Option, ...] = (
+    Option("api_key", nonempty, "--api-key", "DISTCONV_API_KEY", ("api_key",)),
+    Option("api_key_file", nonempty, "--api-key-file", "DISTCONV_API_KEY_FILE", ("api_key_file",)),
+    Option("host", nonempty, "--host", "DISTCONV_HOST", ("bind_address",)),
+    Option("port", integer(0, 65535), "--port", "DISTCONV_PORT", ("port",)),
+    Option("state_file", nonempty, "--state-file", "DISTCONV_STATE_FILE", ("state_file",)),
+    Option("log_level", one_of(LOG_LEVELS, upper=True), "--log-level", "DISTCONV_LOG_LEVEL",
             ("log_level",)),
-    _Option("log_file", _text, "--log-file", "DISTCONV_LOG_FILE", ("log_file",)),
-    _Option("log_rotation", _choice(LOG_ROTATIONS), None, None, ("log_rotation",)),
-    _Option("log_max_files", _int(1, 10000), None, None, ("log_max_files",)),
-    _Option("max_concurrent_jobs", _int(1), "--max-jobs", "DISTCONV_MAX_JOBS",
+    Option("log_file", nonempty, "--log-file", "DISTCONV_LOG_FILE", ("log_file",)),
+    Option("log_rotation", one_of(LOG_ROTATIONS), None, None, ("log_rotation",)),
+    Option("log_max_files", integer(1, 10000), None, None, ("log_max_files",)),
+    Option("max_concurrent_jobs", integer(1), "--max-jobs", "DISTCONV_MAX_JOBS",
             ("max_concurrent_jobs",)),
-    _Option("job_queue_max_size", _int(1), "--queue-size", "DISTCONV_QUEUE_SIZE",
+    Option("job_queue_max_size", integer(1), "--queue-size", "DISTCONV_QUEUE_SIZE",
             ("job_queue_max_size",)),
-    _Option("engine_heartbeat_timeout", _float(1), "--engine-timeout", "DISTCONV_ENGINE_TIMEOUT",
+    Option("engine_heartbeat_timeout", at_least(1), "--engine-timeout", "DISTCONV_ENGINE_TIMEOUT",
             ("engine_heartbeat_timeout", "engine_timeout_seconds")),
-    _Option("auto_save_interval", _float(0.1), None, "DISTCONV_AUTO_SAVE_INTERVAL",
+    Option("auto_save_interval", at_least(0.1), None, "DISTCONV_AUTO_SAVE_INTERVAL",
             ("auto_save_interval",)),
-    _Option("retry_backoff_seconds", _float(0), None, "DISTCONV_RETRY_BACKOFF",
+    Option("retry_backoff_seconds", at_least(0), None, "DISTCONV_RETRY_BACKOFF",
             ("retry_backoff_seconds",)),
-    _Option("retry_backoff_max_seconds", _float(0), None, "DISTCONV_RETRY_BACKOFF_MAX",
+    Option("retry_backoff_max_seconds", at_least(0), None, "DISTCONV_RETRY_BACKOFF_MAX",
             ("retry_backoff_max_seconds",)),
-    _Option("thread_pool_size", _int(1, 1024), "--threads", "DISTCONV_THREADS",
+    Option("thread_pool_size", integer(1, 1024), "--threads", "DISTCONV_THREADS",
             ("thread_pool_size",)),
-    _Option("max_job_retries", _int(0, 100), None, None, ("max_job_retries",)),
-    _Option("auto_retry_failed_jobs", _bool, None, None, ("auto_retry_failed_jobs",)),
-    _Option("finished_job_retention", _float(0), None, "DISTCONV_JOB_RETENTION",
+    Option("max_job_retries", integer(0, 100), None, None, ("max_job_retries",)),
+    Option("auto_retry_failed_jobs", boolean, None, None, ("auto_retry_failed_jobs",)),
+    Option("finished_job_retention", at_least(0), None, "DISTCONV_JOB_RETENTION",
             ("finished_job_retention",)),
-    _Option("cleanup_interval", _float(0.1), None, None, ("cleanup_interval",)),
-    _Option("engine_benchmark_interval", _float(0), None, None, ("engine_benchmark_interval",)),
-    _Option("priority_aging_seconds", _float(0), None, None, ("priority_aging_seconds",)),
-    _Option("large_job_threshold_mb", _float(0), None, None, ("large_job_threshold_mb",)),
-    _Option("trusted_proxies", _int(0, 10), "--trusted-proxies", "DISTCONV_TRUSTED_PROXIES",
+    Option("cleanup_interval", at_least(0.1), None, None, ("cleanup_interval",)),
+    Option("engine_benchmark_interval", at_least(0), None, None, ("engine_benchmark_interval",)),
+    Option("priority_aging_seconds", at_least(0), None, None, ("priority_aging_seconds",)),
+    Option("large_job_threshold_mb", at_least(0), None, None, ("large_job_threshold_mb",)),
+    Option("trusted_proxies", integer(0, 10), "--trusted-proxies", "DISTCONV_TRUSTED_PROXIES",
             ("trusted_proxies",)),
-    _Option("keys_file", _text, "--keys-file", "DISTCONV_KEYS_FILE", ("keys_file",)),
-    _Option("client_keys", _key_list, None, "DISTCONV_CLIENT_KEYS", ("client_keys",)),
-    _Option("engine_keys", _engine_key_list, None, "DISTCONV_ENGINE_KEYS", ("engine_keys",)),
-    _Option("webhook_allowed_hosts", _host_list, None, "DISTCONV_WEBHOOK_ALLOWED_HOSTS",
+    Option("keys_file", nonempty, "--keys-file", "DISTCONV_KEYS_FILE", ("keys_file",)),
+    Option("client_keys", _key_list, None, "DISTCONV_CLIENT_KEYS", ("client_keys",)),
+    Option("engine_keys", _engine_key_list, None, "DISTCONV_ENGINE_KEYS", ("engine_keys",)),
+    Option("webhook_allowed_hosts", _host_list, None, "DISTCONV_WEBHOOK_ALLOWED_HOSTS",
             ("webhook_allowed_hosts",)),
-    _Option("webhook_secret", _text, None, "DISTCONV_WEBHOOK_SECRET", ("webhook_secret",)),
-    _Option("webhook_timeout", _float(0.1), None, None, ("webhook_timeout",)),
-    _Option("webhook_retry_for", _float(0), None, None, ("webhook_retry_for",)),
-    _Option("idempotency_ttl", _float(1), None, None, ("idempotency_ttl",)),
-    _Option("job_stall_timeout", _float(0), None, "DISTCONV_JOB_STALL_TIMEOUT",
+    Option("webhook_secret", nonempty, None, "DISTCONV_WEBHOOK_SECRET", ("webhook_secret",)),
+    Option("webhook_timeout", at_least(0.1), None, None, ("webhook_timeout",)),
+    Option("webhook_retry_for", at_least(0), None, None, ("webhook_retry_for",)),
+    Option("idempotency_ttl", at_least(1), None, None, ("idempotency_ttl",)),
+    Option("job_stall_timeout", at_least(0), None, "DISTCONV_JOB_STALL_TIMEOUT",
             ("job_stall_timeout",)),
-    _Option("ui_secret", _secret, None, "DISTCONV_UI_SECRET", ("ui_secret",)),
-    _Option("ui_secret_file", _text, "--ui-secret-file", "DISTCONV_UI_SECRET_FILE",
+    Option("ui_secret", _secret, None, "DISTCONV_UI_SECRET", ("ui_secret",)),
+    Option("ui_secret_file", nonempty, "--ui-secret-file", "DISTCONV_UI_SECRET_FILE",
             ("ui_secret_file",)),
-    _Option("ui_session_lifetime", _float(60), None, "DISTCONV_UI_SESSION_LIFETIME",
+    Option("ui_session_lifetime", at_least(60), None, "DISTCONV_UI_SESSION_LIFETIME",
             ("ui_session_lifetime",)),
-    _Option("database_url", _database_url, "--database-url", "DISTCONV_DATABASE_URL",
+    Option("database_url", _database_url, "--database-url", "DISTCONV_DATABASE_URL",
             ("database_url",)),
-    _Option("database_password_file", _text, "--database-password-file",
+    Option("database_password_file", nonempty, "--database-password-file",
             "DISTCONV_DATABASE_PASSWORD_FILE", ("database_password_file",)),
-    _Option("workers", _int(1, 64), "--workers", "DISTCONV_WORKERS", ("workers",)),
-    _Option("leader_lease_seconds", _float(0.2), None, "DISTCONV_LEADER_LEASE",
+    Option("workers", integer(1, 64), "--workers", "DISTCONV_WORKERS", ("workers",)),
+    Option("leader_lease_seconds", at_least(0.2), None, "DISTCONV_LEADER_LEASE",
             ("leader_lease_seconds",)),
 )
 
@@ -350,7 +361,7 @@ def settings_from_args(args: argparse.Namespace,
     return Settings(api_key=api_key, config_file=config_path, **resolved)
 
 
-def add_flags(parser: argparse.ArgumentParser, options: Sequence[_Option],
+def add_flags(parser: argparse.ArgumentParser, options: Sequence[Option],
               helps: Mapping[str, str]) -> None:
     """One ``--flag VALUE`` per option that has a flag."""
     for option in options:
@@ -361,7 +372,7 @@ def add_flags(parser: argparse.ArgumentParser, options: Sequence[_Option],
             )
 
 
-def resolve_options(options: Sequence[_Option], args: argparse.Namespace,
+def resolve_options(options: Sequence[Option], args: argparse.Namespace,
                     environ: Mapping[str, str], config_path: str | None) -> dict[str, Any]:
     """The converted value of every option given somewhere (flag > variable > file),
     keyed by field; a value with a ``*_file`` option (``_FROM_FILE``) holds what that

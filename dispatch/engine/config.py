@@ -20,12 +20,12 @@ from dispatch import __version__
 from dispatch.models import ENGINE_ID
 from dispatch.settings import (
     LOG_LEVELS,
+    Option,
     SettingsError,
-    _choice,
-    _float,
-    _Option,
-    _text,
     add_flags,
+    at_least,
+    nonempty,
+    one_of,
     resolve_options,
 )
 
@@ -100,23 +100,23 @@ def _program(text: str) -> str:
     return found
 
 
-_OPTIONS: tuple[_Option, ...] = (
-    _Option("api_key", _text, "--api-key", "DISTCONV_API_KEY", ("api_key",)),
-    _Option("api_key_file", _text, "--api-key-file", "DISTCONV_API_KEY_FILE", ("api_key_file",)),
-    _Option("server", _server_url, "--server", "DISTCONV_SERVER", ("server",)),
-    _Option("engine_id", _engine_id, "--engine-id", "DISTCONV_ENGINE_ID", ("engine_id",)),
-    _Option("work_dir", _text, "--work-dir", "DISTCONV_WORK_DIR", ("work_dir",)),
-    _Option("output_dir", _text, "--output-dir", "DISTCONV_OUTPUT_DIR", ("output_dir",)),
-    _Option("output_url_base", _url_base, "--output-url-base", "DISTCONV_OUTPUT_URL_BASE",
+_OPTIONS: tuple[Option, ...] = (
+    Option("api_key", nonempty, "--api-key", "DISTCONV_API_KEY", ("api_key",)),
+    Option("api_key_file", nonempty, "--api-key-file", "DISTCONV_API_KEY_FILE", ("api_key_file",)),
+    Option("server", _server_url, "--server", "DISTCONV_SERVER", ("server",)),
+    Option("engine_id", _engine_id, "--engine-id", "DISTCONV_ENGINE_ID", ("engine_id",)),
+    Option("work_dir", nonempty, "--work-dir", "DISTCONV_WORK_DIR", ("work_dir",)),
+    Option("output_dir", nonempty, "--output-dir", "DISTCONV_OUTPUT_DIR", ("output_dir",)),
+    Option("output_url_base", _url_base, "--output-url-base", "DISTCONV_OUTPUT_URL_BASE",
             ("output_url_base",)),
-    _Option("heartbeat_interval", _float(0.1), "--heartbeat-interval",
+    Option("heartbeat_interval", at_least(0.1), "--heartbeat-interval",
             "DISTCONV_HEARTBEAT_INTERVAL", ("heartbeat_interval",)),
-    _Option("codecs", _codecs, "--codecs", "DISTCONV_CODECS", ("codecs",)),
-    _Option("ffmpeg", _program, "--ffmpeg", "DISTCONV_FFMPEG", ("ffmpeg",)),
-    _Option("ffprobe", _program, "--ffprobe", "DISTCONV_FFPROBE", ("ffprobe",)),
-    _Option("max_download_gb", _float(0.001), "--max-download-gb", "DISTCONV_MAX_DOWNLOAD_GB",
+    Option("codecs", _codecs, "--codecs", "DISTCONV_CODECS", ("codecs",)),
+    Option("ffmpeg", _program, "--ffmpeg", "DISTCONV_FFMPEG", ("ffmpeg",)),
+    Option("ffprobe", _program, "--ffprobe", "DISTCONV_FFPROBE", ("ffprobe",)),
+    Option("max_download_gb", at_least(0.001), "--max-download-gb", "DISTCONV_MAX_DOWNLOAD_GB",
             ("max_download_gb",)),
-    _Option("log_level", _choice(LOG_LEVELS, upper=True), "--log-level", "DISTCONV_LOG_LEVEL",
+    Option("log_level", one_of(LOG_LEVELS, upper=True), "--log-level", "DISTCONV_LOG_LEVEL",
             ("log_level",)),
 )
 
