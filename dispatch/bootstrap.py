@@ -37,6 +37,10 @@ class Backend:
     # the fork) from the settings, the clock and the metrics; ``open`` then only checks
     # that the state can be used (in the master, before gunicorn starts).
     open_service: Callable[[Settings, Clock | None, Metrics], DispatchService] | None = None
+    # The dashboard's session secret when none is set, for a backend whose processes
+    # may run on several machines: every one must sign with the same. None: the
+    # dashboard keeps its own beside the state file (``ui.secret``).
+    session_secret: Callable[[Settings], str] | None = None
 
 
 def _open_journal(settings: Settings, observer: SyncObserver) -> Store:
@@ -68,6 +72,12 @@ def _open_database_service(settings: Settings, clock: Clock | None,
     return open_service(settings, clock, metrics.registry)
 
 
+def _database_session_secret(settings: Settings) -> str:
+    from dispatch.postgres.wiring import shared_session_secret
+
+    return shared_session_secret(settings)
+
+
 def _describe_database(settings: Settings) -> str:
     from dispatch.postgres.pool import safe_url
 
@@ -75,7 +85,8 @@ def _describe_database(settings: Settings) -> str:
 
 
 SHARED_DATABASE = Backend("postgres", workers=1, open=_check_database,
-                          describe=_describe_database, open_service=_open_database_service)
+                          describe=_describe_database, open_service=_open_database_service,
+                          session_secret=_database_session_secret)
 
 
 def choose_backend(settings: Settings) -> Backend:
@@ -133,7 +144,10 @@ def build_app(server: Server, *, background: bool = True) -> Flask:
     """The WSGI app over the server's service, and the service's background work
     (started unless ``background`` is False; tests drive it by hand)."""
     service = server.loaded_service()
-    app = create_app(server.settings, service, server.metrics)
+    settings = server.settings
+    if not settings.ui_secret and server.backend.session_secret is not None:
+        settings = replace(settings, ui_secret=server.backend.session_secret(settings))
+    app = create_app(settings, service, server.metrics)
     app.extensions["dispatch.server"] = server  # for the ready line (``dispatch.ready``)
     runtime = Runtime(service)
     app.extensions["dispatch.runtime"] = runtime

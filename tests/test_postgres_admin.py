@@ -43,8 +43,27 @@ def test_db_upgrade_applies_the_schema_once(postgres: PostgresServer) -> None:
     again = run("db", "upgrade", "--database-url", url)
     assert (0, True) == (again.returncode, "schema up to date" in again.stdout)
     with psycopg.connect(url) as conn:
-        assert [(1, "0001_initial.sql")] == conn.execute(
-            "SELECT version, name FROM schema_migrations").fetchall()
+        assert [(1, "0001_initial.sql"), (2, "0002_farm_secrets.sql")] == conn.execute(
+            "SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+
+
+def test_db_upgrade_applies_only_what_is_missing(postgres: PostgresServer) -> None:
+    """A database at an older version (here: without 0002) gets the newer migrations
+    only, its rows untouched."""
+    url = postgres.create_database("upgrade_older")
+    assert 0 == run("db", "upgrade", "--database-url", url).returncode
+    with psycopg.connect(url) as conn:
+        conn.execute("DROP TABLE farm_secrets")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 2")
+        conn.execute("INSERT INTO engines (engine_id, record) VALUES ('e1', '{}')")
+    upgraded = run("db", "upgrade", "--database-url", url)
+    assert 0 == upgraded.returncode, upgraded.stderr
+    assert "applied 0002_farm_secrets.sql" in upgraded.stdout
+    assert "0001_initial.sql" not in upgraded.stdout
+    with psycopg.connect(url) as conn:
+        assert [(2,)] == conn.execute("SELECT max(version) FROM schema_migrations").fetchall()
+        assert [("e1",)] == conn.execute("SELECT engine_id FROM engines").fetchall()
+        assert [(0,)] == conn.execute("SELECT count(*) FROM farm_secrets").fetchall()
 
 
 def test_a_database_newer_than_the_server_is_refused(postgres: PostgresServer,
@@ -55,7 +74,7 @@ def test_a_database_newer_than_the_server_is_refused(postgres: PostgresServer,
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'future')")
     refused = run("db", "upgrade", "--database-url", url)
     assert 1 == refused.returncode
-    assert "version 9999, newer than this server knows (1)" in refused.stderr
+    assert "version 9999, newer than this server knows (2)" in refused.stderr
     server = Server(tmp_path, API_KEY, "--database-url", url)
     server.start(wait=False)
     assert server.proc is not None
@@ -71,9 +90,10 @@ def test_instances_starting_together_apply_each_migration_once(
              for _ in range(4)]
     outputs = [proc.communicate(timeout=60)[0] for proc in procs]
     assert [0, 0, 0, 0] == [proc.returncode for proc in procs]
-    assert 1 == sum("applied 0001_initial.sql" in out for out in outputs)
+    for migration in migrate.known():
+        assert 1 == sum(migration.name in out for out in outputs)
     with psycopg.connect(url) as conn:
-        assert migrate.current_version(conn) == 1
+        assert migrate.current_version(conn) == migrate.known()[-1].version == 2
 
 
 def test_an_unreachable_database_stops_the_start(tmp_path: Path) -> None:

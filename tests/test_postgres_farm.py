@@ -4,6 +4,7 @@ different instances, an instance killed with SIGKILL, PostgreSQL stopped under l
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -29,12 +30,15 @@ JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_s
 
 @pytest.fixture
 def farm(postgres: PostgresServer, tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start instances on the (emptied) session database; all killed at the end."""
+    """Start instances on the (emptied) session database, each in a folder of its own
+    as on a machine of its own; all killed at the end."""
     postgres.reset()
     servers: list[Server] = []
 
     def start(*args: str, workers: int = 4, **env: str) -> Server:
-        server = Server(tmp_path, KEY, "--database-url", postgres.url,
+        folder = tmp_path / f"instance-{len(servers)}"
+        folder.mkdir()
+        server = Server(folder, KEY, "--database-url", postgres.url,
                         "--workers", str(workers), "--threads", "8", *args,
                         env={"DISTCONV_LEADER_LEASE": "1", **env})
         servers.append(server)
@@ -288,3 +292,36 @@ def test_the_queue_limit_is_exact_across_instances(
         list(pool.map(submit, range(400)))
     assert {201: 250, 503: 150} == dict(Counter(statuses))
     assert [(250,)] == rows(postgres, "SELECT count(*) FROM jobs")
+
+
+def test_a_dashboard_sign_in_holds_on_every_instance(
+        farm: Callable[..., Server], postgres: PostgresServer) -> None:
+    """Behind nginx any instance answers: a dashboard session signed in through one
+    instance is honoured by the others, and by one started later, and so is its
+    form token (the session secret is the farm's, kept in the database)."""
+    a, b = farm(workers=2), farm(workers=2)
+    job = a.request("POST", "/jobs/", json=JOB).json()["job_id"]
+    browser = requests.Session()
+
+    def token(server: Server, path: str) -> str:
+        page = browser.get(server.url + path, timeout=10)
+        assert 200 == page.status_code, page.url
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert found, page.text[:300]
+        return found.group(1)
+
+    signed = browser.post(a.url + "/ui/login", timeout=10, allow_redirects=False,
+                          data={"api_key": KEY, "csrf_token": token(a, "/ui/login")},
+                          headers={"Origin": a.url})
+    assert 303 == signed.status_code
+    for server in (a, b, farm(workers=1)):
+        for _ in range(4):  # every worker of the instance
+            overview = browser.get(server.url + "/ui/", timeout=10, allow_redirects=False)
+            assert 200 == overview.status_code, (server.url, overview.headers)
+            assert "Sign out" in overview.text
+    cancel = browser.post(b.url + f"/ui/jobs/{job}/cancel", timeout=10, allow_redirects=False,
+                          data={"csrf_token": token(a, "/ui/jobs"), "confirmed": "yes"},
+                          headers={"Origin": b.url})
+    assert 303 == cancel.status_code, cancel.text[:300]
+    assert "cancelled" == a.request("GET", f"/jobs/{job}").json()["status"]
+    assert [(1,)] == rows(postgres, "SELECT count(*) FROM farm_secrets")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -44,6 +45,20 @@ def check_database(settings: Settings) -> None:
         log.warning("state_file %s is ignored: the state lives in the database",
                     settings.state_file)
     upgrade_schema(settings)
+
+
+def shared_session_secret(settings: Settings) -> str:
+    """The dashboard's session-signing secret, generated once into the database by the
+    first instance that asks (of several racing, one insert wins) and read by all, so
+    a sign-in holds on every instance. Raises Unavailable when there is no database."""
+    assert settings.database_url is not None
+    with connect(conninfo(settings.database_url, settings.database_password_file)) as conn:
+        conn.execute("INSERT INTO farm_secrets (name, value) VALUES ('ui_session', %s) "
+                     "ON CONFLICT (name) DO NOTHING", (secrets.token_hex(32),))
+        row = conn.execute(
+            "SELECT value FROM farm_secrets WHERE name = 'ui_session'").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def open_service(settings: Settings, clock: Clock | None = None,

@@ -1,6 +1,7 @@
 """The secret that signs dashboard sessions: from settings (``ui_secret`` or its file,
 checked by dispatch.settings), or generated once and kept beside the state file, so
-sign-ins survive a restart."""
+sign-ins survive a restart. (On PostgreSQL the farm's secret is kept in the database
+instead, and given here as ``ui_secret``: ``bootstrap.Backend.session_secret``.)"""
 
 from __future__ import annotations
 
