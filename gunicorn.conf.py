@@ -5,7 +5,10 @@ from the DistConv settings); prefer ``dispatch-server``, which also refuses a da
 already-owned state file with exit status 1 before gunicorn starts.
 """
 
+import shutil
+
 from dispatch.gunicorn_config import options
+from dispatch.metrics import share_across_processes
 from dispatch.settings import load_settings
 
 _settings = load_settings([])
@@ -27,6 +30,14 @@ loglevel = _options["loglevel"]
 proc_name = _options["proc_name"]
 control_socket_disable = _options["control_socket_disable"]
 worker_exit = _options["worker_exit"]
+child_exit = _options["child_exit"]
+
+
+if workers > 1:  # /metrics adds up every worker's values (dispatch.metrics)
+    _metrics_folder = share_across_processes()
+
+    def on_exit(server):  # noqa: ANN001, ANN201 - gunicorn's hook signature
+        shutil.rmtree(_metrics_folder, ignore_errors=True)
 
 
 def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature

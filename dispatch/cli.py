@@ -10,6 +10,7 @@ Subcommands: ``dispatch-server import-cpp ...`` (``dispatch.cpp_import``), and
 from __future__ import annotations
 
 import gc
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,10 +21,11 @@ from gunicorn.arbiter import Arbiter
 from dispatch import cpp_import
 from dispatch.app import make_keyring
 from dispatch.auth import KeyFileError
-from dispatch.bootstrap import Server, build_app, open_server
+from dispatch.bootstrap import Server, build_app, choose_backend, open_server
 from dispatch.errors import StateError, Unavailable
 from dispatch.gunicorn_config import options
 from dispatch.logs import configure_logging
+from dispatch.metrics import share_across_processes
 from dispatch.postgres.cli import ADMIN_COMMANDS, admin_main
 from dispatch.process_memory import release_free_memory
 from dispatch.settings import SettingsError, load_settings
@@ -90,16 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings, rotate=False)
+    shared_metrics = share_across_processes() if choose_backend(settings).workers > 1 else None
     try:
-        application = DispatchApplication(open_server(settings))
-    except (StateError, Unavailable) as exc:
-        print(f"dispatch-server: {exc}", file=sys.stderr)
-        return 1
-    # The loaded state is shared with the worker after the fork; frozen objects are
-    # not touched by the collector, so their pages stay shared instead of copied.
-    gc.freeze()
-    application.run()
-    return 0
+        try:
+            application = DispatchApplication(open_server(settings))
+        except (StateError, Unavailable) as exc:
+            print(f"dispatch-server: {exc}", file=sys.stderr)
+            return 1
+        # The loaded state is shared with the worker after the fork; frozen objects are
+        # not touched by the collector, so their pages stay shared instead of copied.
+        gc.freeze()
+        application.run()
+        return 0
+    finally:
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ from typing import Any
 
 from dispatch.bootstrap import choose_backend
 from dispatch.logs import GunicornLogger, add_secrets
+from dispatch.metrics import worker_exited
 from dispatch.ready import ready_line
 from dispatch.settings import Settings
 
@@ -46,12 +47,18 @@ def options(settings: Settings) -> dict[str, Any]:
         "loglevel": "warning" if settings.log_level in ("INFO", "DEBUG") else "error",
         "proc_name": "dispatch-server",
         "worker_exit": worker_exit,
+        "child_exit": child_exit,
         "post_worker_init": post_worker_init,
         # A control socket needs a writable runtime folder that a locked-down unit
         # does not give, and this server offers no runtime management through it.
         "control_socket_disable": True,
     }
     return opts
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, once a worker has exited."""
+    worker_exited(worker.pid)
 
 
 def post_worker_init(worker: Any) -> None:

@@ -1,11 +1,25 @@
-"""Prometheus metrics, one registry per app so tests and apps never share counters."""
+"""Prometheus metrics, one registry per app so tests and apps never share counters.
+
+With several gunicorn workers, a scrape is answered by one of them, so each worker
+writes its values into files of a shared folder (prometheus_client's multiprocess
+mode, ``share_across_processes``) and the answering worker adds them all up.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -13,6 +27,26 @@ if TYPE_CHECKING:
     from dispatch.service import DispatchService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SHARED_FOLDER = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's setting, by its name
+
+
+def share_across_processes() -> str:
+    """From now on, in this process and the workers it forks, metric values live in
+    per-process files of a new folder, which any worker's /metrics adds up. Call before
+    any metric is made; returns the folder, for the caller to remove at exit."""
+    folder = tempfile.mkdtemp(prefix="distconv-metrics-")
+    os.environ[SHARED_FOLDER] = folder
+    # prometheus_client chooses how values are kept when it is imported, from that
+    # variable; it was imported before the settings said how many workers there are.
+    values.ValueClass = values.get_value_class()
+    return folder
+
+
+def worker_exited(pid: int) -> None:
+    """In the master, for a worker gone: its gauges stop counting (its counters stay,
+    being totals of what it did)."""
+    if SHARED_FOLDER in os.environ:
+        multiprocess.mark_process_dead(pid)
 
 
 class _StateCollector(Collector):
@@ -68,6 +102,7 @@ class Metrics:
         # Label lookups cost as much as the counting; the children are kept per label
         # set (there are only as many as routes x methods x statuses).
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._at_scrape: list[Collector] = []  # values computed when scraped
 
     def observe_request(self, endpoint: str, method: str, status: int,
                         seconds: float) -> None:
@@ -82,7 +117,9 @@ class Metrics:
         children[1].observe(seconds)
 
     def watch(self, service: DispatchService) -> None:
-        self.registry.register(_StateCollector(service))
+        collector = _StateCollector(service)
+        self.registry.register(collector)
+        self._at_scrape.append(collector)
 
     def observe_sync(self, seconds: float) -> None:
         self.persist_latency.observe(seconds)
@@ -91,4 +128,10 @@ class Metrics:
         self.persist_failures.inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if SHARED_FOLDER not in os.environ:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        for collector in self._at_scrape:
+            every_worker.register(collector)
+        multiprocess.MultiProcessCollector(every_worker)
+        return generate_latest(every_worker)

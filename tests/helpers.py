@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
 
 Json = dict[str, Any]
@@ -53,3 +55,18 @@ def poll(condition: Callable[[], Any], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s (last seen: {last!r})")
         time.sleep(interval)
+
+
+def metric_families(text: str) -> dict[str, Any]:
+    """A /metrics page (Prometheus text), its families by name."""
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def metric_value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
+    """The first sample named ``sample_name`` with these labels; 0 when there is none."""
+    family_name = re.sub(r"(_total|_count|_sum|_bucket|_created)$", "", sample_name)
+    for sample in families[family_name].samples:
+        if sample.name == sample_name and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):
+            return float(sample.value)
+    return 0.0

@@ -32,7 +32,10 @@ class Server:
         self.headers = {"X-API-Key": api_key}
         self.args = ["--port", str(self.port), *args]
         self.command = [str(BIN), *self.args]  # a test may start another entry point
-        self.env = {**os.environ, "DISTCONV_API_KEY": api_key, **(env or {})}
+        # Its temporary files (the metrics folder of several workers) in the test's
+        # folder: a server killed with SIGKILL cannot remove them itself.
+        self.env = {**os.environ, "DISTCONV_API_KEY": api_key, "TMPDIR": str(workdir),
+                    **(env or {})}
         self.log = workdir / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()

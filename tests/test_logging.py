@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch.logs import configure_logging
 from dispatch.settings import Settings
 from tests.conftest import API_KEY, FakeClock
+from tests.helpers import metric_families, metric_value
 from tests.server import Server
 
 Json = dict[str, Any]
@@ -258,18 +258,8 @@ def scrape(client: FlaskClient) -> dict[str, Any]:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
-    families = {f.name: f for f in text_string_to_metric_families(response.get_data(
-        as_text=True))}
-    return families
+    return metric_families(response.get_data(as_text=True))
 
-
-def value(families: dict[str, Any], sample_name: str, **labels: str) -> float:
-    family_name = re.sub(r"(_total|_count|_sum|_bucket|_created)$", "", sample_name)
-    for sample in families[family_name].samples:
-        if sample.name == sample_name and all(sample.labels.get(k) == v
-                                               for k, v in labels.items()):
-            return sample.value
-    return 0.0
 
 
 def test_metrics_parse_and_move_with_the_jobs(
@@ -285,8 +275,8 @@ def test_metrics_parse_and_move_with_the_jobs(
                        ("distconv_jobs", "gauge"), ("distconv_engines", "gauge"),
                        ("distconv_oldest_pending_job_age_seconds", "gauge")):
         assert families[name].type == kind, name
-    assert value(families, "distconv_oldest_pending_job_age_seconds") == 0
-    syncs_before = value(families, "distconv_persistence_sync_seconds_count")
+    assert metric_value(families, "distconv_oldest_pending_job_age_seconds") == 0
+    syncs_before = metric_value(families, "distconv_persistence_sync_seconds_count")
 
     post(client, "/engines/heartbeat", {"engine_id": "enc-1"})
     first = post(client, "/jobs/", JOB, 201)["job_id"]
@@ -297,39 +287,39 @@ def test_metrics_parse_and_move_with_the_jobs(
     assert client.get("/jobs/", headers={"X-API-Key": "wrong"}).status_code == 401
 
     families = scrape(client)
-    assert value(families, "distconv_jobs", status="pending") == 2
-    assert value(families, "distconv_engines", status="idle") == 1
-    assert value(families, "distconv_oldest_pending_job_age_seconds") == 42
-    assert value(families, "distconv_http_requests_total", endpoint="/jobs/",
-                 method="POST", status="201") == 2
-    assert value(families, "distconv_http_requests_total", endpoint="/jobs/<job_id>",
-                 method="GET", status="404") == 1
-    assert value(families, "distconv_http_requests_total", endpoint="/jobs/",
-                 method="GET", status="401") == 1
-    assert value(families, "distconv_http_request_duration_seconds_count",
-                 endpoint="/jobs/", status="201") == 2
-    assert value(families, "distconv_http_request_duration_seconds_count",
-                 endpoint="/jobs/", status="401") == 1
-    assert value(families, "distconv_http_request_duration_seconds_bucket",
-                 endpoint="/jobs/", status="201", le="+Inf") == 2
+    assert metric_value(families, "distconv_jobs", status="pending") == 2
+    assert metric_value(families, "distconv_engines", status="idle") == 1
+    assert metric_value(families, "distconv_oldest_pending_job_age_seconds") == 42
+    assert metric_value(families, "distconv_http_requests_total", endpoint="/jobs/",
+                        method="POST", status="201") == 2
+    assert metric_value(families, "distconv_http_requests_total", endpoint="/jobs/<job_id>",
+                        method="GET", status="404") == 1
+    assert metric_value(families, "distconv_http_requests_total", endpoint="/jobs/",
+                        method="GET", status="401") == 1
+    assert metric_value(families, "distconv_http_request_duration_seconds_count",
+                        endpoint="/jobs/", status="201") == 2
+    assert metric_value(families, "distconv_http_request_duration_seconds_count",
+                        endpoint="/jobs/", status="401") == 1
+    assert metric_value(families, "distconv_http_request_duration_seconds_bucket",
+                        endpoint="/jobs/", status="201", le="+Inf") == 2
     # Every acknowledged change waited for a sync: heartbeat and two submissions.
-    assert value(families, "distconv_persistence_sync_seconds_count") >= syncs_before + 3
-    assert value(families, "distconv_persistence_sync_seconds_sum") >= 0
+    assert metric_value(families, "distconv_persistence_sync_seconds_count") >= syncs_before + 3
+    assert metric_value(families, "distconv_persistence_sync_seconds_sum") >= 0
 
     post(client, "/assign_job/", {"engine_id": "enc-1"})
     families = scrape(client)
-    assert value(families, "distconv_jobs", status="pending") == 1
-    assert value(families, "distconv_jobs", status="assigned") == 1
-    assert value(families, "distconv_engines", status="busy") == 1
-    assert value(families, "distconv_oldest_pending_job_age_seconds") == 12
+    assert metric_value(families, "distconv_jobs", status="pending") == 1
+    assert metric_value(families, "distconv_jobs", status="assigned") == 1
+    assert metric_value(families, "distconv_engines", status="busy") == 1
+    assert metric_value(families, "distconv_oldest_pending_job_age_seconds") == 12
 
     post(client, f"/jobs/{first}/complete", {"output_url": "http://out/a.mp4"})
     families = scrape(client)
-    assert value(families, "distconv_jobs", status="assigned") == 0
-    assert value(families, "distconv_jobs", status="completed") == 1
-    assert value(families, "distconv_engines", status="idle") == 1
-    assert value(families, "distconv_http_requests_total", endpoint="/jobs/<job_id>/complete",
-                 method="POST", status="200") == 1
+    assert metric_value(families, "distconv_jobs", status="assigned") == 0
+    assert metric_value(families, "distconv_jobs", status="completed") == 1
+    assert metric_value(families, "distconv_engines", status="idle") == 1
+    assert metric_value(families, "distconv_http_requests_total",
+                        endpoint="/jobs/<job_id>/complete", method="POST", status="200") == 1
     # Scrapes are requests too: the three before this one are counted.
-    assert value(families, "distconv_http_requests_total", endpoint="/metrics",
-                 method="GET", status="200") == 3
+    assert metric_value(families, "distconv_http_requests_total", endpoint="/metrics",
+                        method="GET", status="200") == 3

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.helpers import poll
+from tests.helpers import metric_families, metric_value, poll
 from tests.postgres import PostgresServer
 from tests.server import Server
 
@@ -325,3 +325,22 @@ def test_a_dashboard_sign_in_holds_on_every_instance(
     assert 303 == cancel.status_code, cancel.text[:300]
     assert "cancelled" == a.request("GET", f"/jobs/{job}").json()["status"]
     assert [(1,)] == rows(postgres, "SELECT count(*) FROM farm_secrets")
+
+
+def test_metrics_count_what_every_worker_served(farm: Callable[..., Server]) -> None:
+    """Whichever worker answers a scrape, /metrics counts the requests of all the
+    instance's workers (a counter that jumped between workers' own counts would read
+    as a reset to Prometheus), and the pool gauges add up every worker's pool."""
+    server = farm(workers=3)
+    for _ in range(30):  # a new connection each: any worker may answer
+        response = requests.get(server.url + "/jobs/", headers=server.headers, timeout=10)
+        assert 200 == response.status_code
+    for _ in range(9):
+        families = metric_families(requests.get(server.url + "/metrics", timeout=10).text)
+        assert 30 == metric_value(families, "distconv_http_requests_total", endpoint="/jobs/",
+                                  method="GET", status="200")
+        assert 30 == metric_value(families, "distconv_http_request_duration_seconds_count",
+                                  endpoint="/jobs/", status="200")
+        # Each worker's pool keeps at least 2 connections; each reports once started.
+        assert metric_value(families, "distconv_db_pool_size") >= 6
+        assert metric_value(families, "distconv_jobs", status="pending") == 0
