@@ -358,6 +358,14 @@ def settings_from_args(args: argparse.Namespace,
             "workers above 1 need database_url: with the state file, the state lives in "
             "one process"
         )
+    if resolved.get("workers", 1) > 1 and resolved.get("log_rotation", "none") != "none" \
+            and resolved.get("log_file"):
+        # Each worker would rotate the one file at the same moment; the second rollover
+        # deletes what the first had just rotated.
+        raise SettingsError(
+            "log_rotation needs a single worker: with workers above 1 set log_rotation = "
+            "none and rotate with logrotate, or log to the journal (empty log_file)"
+        )
     return Settings(api_key=api_key, config_file=config_path, **resolved)
 
 

@@ -233,6 +233,22 @@ def test_bad_database_settings_are_refused(argv: list[str], problem: str) -> Non
         load_settings(["--api-key", API_KEY, *argv], {})
 
 
+def test_several_workers_do_not_rotate_one_log_file(tmp_path: Path) -> None:
+    """Each worker would rotate the file at the same moment, the second deleting what
+    the first rotated: refused, with what to do instead; one worker still rotates."""
+    config = tmp_path / "server.conf"
+    config.write_text("database_url = postgresql://a@b/c\nlog_rotation = daily\n"
+                      f"log_file = {tmp_path / 'dispatch.log'}\n")
+    base = ["--api-key", API_KEY, "--config", str(config)]
+    with pytest.raises(SettingsError, match="log_rotation needs a single worker: with "
+                                            "workers above 1 set log_rotation = none"):
+        load_settings([*base, "--workers", "2"], {})
+    assert "daily" == load_settings([*base, "--workers", "1"], {}).log_rotation
+    config.write_text("database_url = postgresql://a@b/c\nlog_rotation = none\n"
+                      f"log_file = {tmp_path / 'dispatch.log'}\n")
+    assert 2 == load_settings([*base, "--workers", "2"], {}).workers
+
+
 def test_the_database_password_comes_from_its_file_and_never_shows(
         postgres: PostgresServer, tmp_path: Path, make_settings: Callable[..., Any]) -> None:
     settings = make_settings(database_url="postgresql://u:hunter2-secret@h/db")
