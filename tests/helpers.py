@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
 
@@ -60,6 +61,14 @@ def poll(condition: Callable[[], Any], timeout: float, what: str,
 def metric_families(text: str) -> dict[str, Any]:
     """A /metrics page (Prometheus text), its families by name."""
     return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def scrape(client: FlaskClient) -> dict[str, Any]:
+    """The app's /metrics (200, Prometheus text), its families by name."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    return metric_families(response.get_data(as_text=True))
 
 
 def metric_value(families: dict[str, Any], sample_name: str, **labels: str) -> float:

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import requests
 import urllib3
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch import __version__
 from dispatch.app import MAX_BODY
 from dispatch.gunicorn_config import GRACEFUL_TIMEOUT
+from tests.helpers import metric_families
 from tests.helpers import poll as wait_until
 from tests.server import Server, free_port
 
@@ -491,7 +491,7 @@ def test_readme_walkthrough_through_nginx(stack: tuple[Server, Nginx]) -> None:
     assert unauthorized.json()["error"]["code"] == "unauthorized"
     metrics = requests.get(nginx.url + "/metrics", timeout=10)
     assert metrics.status_code == 200
-    names = {family.name for family in text_string_to_metric_families(metrics.text)}
+    names = set(metric_families(metrics.text))
     assert {"distconv_jobs", "distconv_http_requests"} <= names
 
 

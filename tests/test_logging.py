@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from dispatch.logs import configure_logging
 from dispatch.settings import Settings
 from tests.conftest import API_KEY, FakeClock
-from tests.helpers import metric_families, metric_value
+from tests.helpers import metric_value, scrape
 from tests.server import Server
 
 Json = dict[str, Any]
@@ -253,13 +253,6 @@ def test_no_log_line_contains_the_api_key(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ metrics
-
-def scrape(client: FlaskClient) -> dict[str, Any]:
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.mimetype == "text/plain"
-    return metric_families(response.get_data(as_text=True))
-
 
 
 def test_metrics_parse_and_move_with_the_jobs(

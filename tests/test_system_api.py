@@ -11,7 +11,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from marshmallow import RAISE, Schema, ValidationError
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch import __version__
 from dispatch.schemas import (
@@ -25,6 +24,7 @@ from dispatch.schemas import (
     StatsSchema,
 )
 from tests.conftest import BOTH_BACKENDS, FakeClock
+from tests.helpers import scrape
 
 pytestmark = BOTH_BACKENDS
 
@@ -192,14 +192,6 @@ def test_stats_engine_counts_include_offline(
 
 
 # ----------------------------------------------------------------- /metrics
-
-
-def scrape(client: FlaskClient) -> dict[str, Any]:
-    response = client.get("/metrics")
-    assert 200 == response.status_code
-    assert response.mimetype == "text/plain"
-    return {family.name: family
-            for family in text_string_to_metric_families(response.get_data(as_text=True))}
 
 
 def by_label(families: dict[str, Any], name: str, label: str, sample: str) -> dict[str, float]:
