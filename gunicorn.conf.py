@@ -7,8 +7,7 @@ already-owned state file with exit status 1 before gunicorn starts.
 
 import shutil
 
-from dispatch.gunicorn_config import options
-from dispatch.metrics import share_across_processes
+from dispatch.gunicorn_config import options, share_metrics
 from dispatch.settings import load_settings
 
 _settings = load_settings([])
@@ -33,8 +32,8 @@ worker_exit = _options["worker_exit"]
 child_exit = _options["child_exit"]
 
 
-if workers > 1:  # /metrics adds up every worker's values (dispatch.metrics)
-    _metrics_folder = share_across_processes()
+_metrics_folder = share_metrics(_settings)
+if _metrics_folder is not None:
 
     def on_exit(server):  # noqa: ANN001, ANN201 - gunicorn's hook signature
         shutil.rmtree(_metrics_folder, ignore_errors=True)

@@ -21,11 +21,10 @@ from gunicorn.arbiter import Arbiter
 from dispatch import cpp_import
 from dispatch.app import make_keyring
 from dispatch.auth import KeyFileError
-from dispatch.bootstrap import Server, build_app, choose_backend, open_server
+from dispatch.bootstrap import Server, build_app, open_server
 from dispatch.errors import StateError, Unavailable
-from dispatch.gunicorn_config import options
+from dispatch.gunicorn_config import options, share_metrics
 from dispatch.logs import configure_logging
-from dispatch.metrics import share_across_processes
 from dispatch.postgres.cli import ADMIN_COMMANDS, admin_main
 from dispatch.process_memory import release_free_memory
 from dispatch.settings import SettingsError, load_settings
@@ -92,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatch-server: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings, rotate=False)
-    shared_metrics = share_across_processes() if choose_backend(settings).workers > 1 else None
+    shared_metrics = share_metrics(settings)
     try:
         try:
             application = DispatchApplication(open_server(settings))

@@ -15,7 +15,7 @@ from typing import Any
 
 from dispatch.bootstrap import choose_backend
 from dispatch.logs import GunicornLogger, add_secrets
-from dispatch.metrics import worker_exited
+from dispatch.metrics import share_across_processes, worker_exited
 from dispatch.ready import ready_line
 from dispatch.settings import Settings
 
@@ -54,6 +54,13 @@ def options(settings: Settings) -> dict[str, Any]:
         "control_socket_disable": True,
     }
     return opts
+
+
+def share_metrics(settings: Settings) -> str | None:
+    """Before any metric is made: with several workers, /metrics must add up every
+    worker's values, so they go into a folder of files (``metrics
+    .share_across_processes``); returns it, for the caller to remove at exit."""
+    return share_across_processes() if choose_backend(settings).workers > 1 else None
 
 
 def child_exit(server: Any, worker: Any) -> None:
