@@ -522,6 +522,7 @@ class Bench:
         are changes; its CPU time competes with the request threads for the GIL."""
         folder = self.cache.fresh_dir(n)
         try:
+            from dispatch.memory_backend import MemoryBackend
             from dispatch.service import DispatchService
             from dispatch.settings import Settings
             from dispatch.storage.journal import JournalStore
@@ -530,14 +531,14 @@ class Bench:
                                 state_file=str(folder / "server_state.json"),
                                 job_queue_max_size=1_000_000, max_concurrent_jobs=100_000)
             started = time.perf_counter()
-            service = DispatchService(settings, JournalStore(settings.state_file))
+            service = DispatchService(settings, MemoryBackend(JournalStore(settings.state_file)))
             loaded = time.perf_counter()
-            service.submit_job({"source_url": "https://media.example.com/x.mp4",
-                                "target_codec": "h264", "job_size": 10.0})
+            service.commands.submit_job({"source_url": "https://media.example.com/x.mp4",
+                                         "target_codec": "h264", "job_size": 10.0})
             before = time.perf_counter()
-            service.snapshot()
+            service.maintenance.snapshot()
             done = time.perf_counter()
-            service.store.close()
+            service.close()
             return {"jobs": n, "load_seconds": loaded - started,
                     "snapshot_seconds": done - before}
         except Exception as exc:  # the service API moves; this figure is optional

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-from dispatch.persistence import MemoryStore
 from dispatch.service import DispatchService
 from dispatch.settings import Settings
 
@@ -24,18 +23,18 @@ def main() -> None:
     settings = Settings(api_key="k" * 32, job_queue_max_size=10**6, max_concurrent_jobs=10**6)
     best: dict[str, float] = {}
     for _ in range(ROUNDS):
-        service = DispatchService(settings, MemoryStore())
+        service = DispatchService(settings)
         started = time.perf_counter()
-        ids = [service.submit_job(JOB).job_id for _ in range(N)]
+        ids = [service.commands.submit_job(JOB).job_id for _ in range(N)]
         submitted = time.perf_counter()
         for job_id in ids:
-            service.describe(service.get_job(job_id))
+            service.queries.describe(service.queries.get_job(job_id))
         described = time.perf_counter()
-        service.heartbeat({"engine_id": "e1"})
+        service.commands.heartbeat({"engine_id": "e1"})
         for _ in range(N):
-            job = service.assign_job("e1", None).job
+            job = service.commands.assign_job("e1", None).job
             assert job is not None
-            service.complete_job(job.job_id, "http://example.com/out.mp4")
+            service.commands.complete_job(job.job_id, "http://example.com/out.mp4")
         done = time.perf_counter()
         for name, seconds in (("submit", submitted - started),
                               ("describe", described - submitted),

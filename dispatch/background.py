@@ -58,35 +58,34 @@ class _LedOutbox:
 class Runtime:
     """Owns the background threads and the orderly shutdown of one app.
 
-    With a backend shared by several instances (it has a ``lease``), the background
-    work runs only while this instance holds the lease."""
+    With a backend shared by several instances, the background work runs only while
+    this instance leads it (``UnitOfWork.leads``)."""
 
     def __init__(self, service: DispatchService) -> None:
         self.service = service
         settings = service.settings
-        lease = getattr(service.uow, "lease", None)
-        lead: Callable[[], bool] = lease.leads if lease is not None else (lambda: True)
+        lead = service.uow.leads
         # Liveness must be noticed well within one heartbeat timeout, even when the
         # purge interval (cleanup_interval) is long.
         sweep_every = min(settings.cleanup_interval,
                           max(0.1, settings.engine_heartbeat_timeout / 4))
         self.threads: list[Any] = [
-            Periodic("snapshot", settings.auto_save_interval, _led(lead, service.snapshot)),
-            Periodic("sweeper", sweep_every, _led(lead, service.sweep)),
+            Periodic("snapshot", settings.auto_save_interval,
+                     _led(lead, service.maintenance.snapshot)),
+            Periodic("sweeper", sweep_every, _led(lead, service.maintenance.sweep)),
             Periodic("purge", settings.cleanup_interval, _led(lead, self._purge)),
         ]
         self.sender = Sender(_LedOutbox(service.maintenance, lead), settings, service.clock)
         self.threads.append(self.sender)
-        if lease is not None:
-            self.threads.append(lease)
         self._closed = False
         self._close_lock = threading.Lock()
 
     def _purge(self) -> None:
-        self.service.purge()
-        self.service.expire_idempotency_keys()
+        self.service.maintenance.purge()
+        self.service.maintenance.expire_idempotency_keys()
 
     def start(self) -> None:
+        self.service.uow.start()
         for thread in self.threads:
             thread.start()
 
@@ -102,7 +101,7 @@ class Runtime:
             if thread.is_alive():
                 thread.join(timeout=30)
         try:
-            self.service.snapshot()
+            self.service.maintenance.snapshot()
         except Exception:
             log.exception("final snapshot failed; the journal still holds every change")
         self.service.close()

@@ -1,143 +1,128 @@
-"""The one place the server is put together: settings -> backend -> service -> app,
-for ``wsgi.py`` and ``dispatch-server`` alike.
+"""The one place the server is put together: settings -> backend -> unit of work ->
+service -> app, for ``wsgi.py`` and ``dispatch-server`` alike.
 
-The backend is chosen from the settings (``choose_backend``); it says how it is opened
-and how many server processes may share it, which gunicorn's worker count follows.
+The backend is chosen from the settings (``choose_backend``), the one switch between
+backends; everything after it sees a ``ports.UnitOfWork`` and nothing else. A backend
+is checked once in the serving process's master (``Backend.check``) and opened in each
+worker (``Backend.open``); it says how many workers may share it, which gunicorn's
+worker count follows.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, replace
 
 from flask import Flask
 
 from dispatch.app import create_app
 from dispatch.background import Runtime
+from dispatch.memory_backend import MemoryBackend
 from dispatch.metrics import Metrics
-from dispatch.persistence import Store
-from dispatch.service import Clock, DispatchService
+from dispatch.ports import Backend, Clock, Observer, UnitOfWork
+from dispatch.service import DispatchService
 from dispatch.settings import Settings, load_settings
-from dispatch.storage.journal import JournalStore, SyncObserver
+from dispatch.storage.journal import JournalStore
 
 
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    # gunicorn worker processes it allows: a backend whose state lives in the serving
-    # process allows one (two would each hold their own copy of the queue).
-    workers: int
-    # Opens the state the settings name, telling ``observer`` of syncs and failures;
-    # raises StateError (or Unavailable) when it cannot be used.
-    open: Callable[[Settings, SyncObserver], Store | None]
-    # Where the state is, as the ready line names it.
-    describe: Callable[[Settings], str]
-    # A backend shared by several processes builds its service in each worker (after
-    # the fork) from the settings, the clock and the metrics; ``open`` then only checks
-    # that the state can be used (in the master, before gunicorn starts).
-    open_service: Callable[[Settings, Clock | None, Metrics], DispatchService] | None = None
-    # The dashboard's session secret when none is set, for a backend whose processes
-    # may run on several machines: every one must sign with the same. None: the
-    # dashboard keeps its own beside the state file (``ui.secret``).
-    session_secret: Callable[[Settings], str] | None = None
+class JournalBackend:
+    """The embedded default: the state in this process's memory, made durable by the
+    journal beside the state file. One worker: two would each hold their own queue."""
+
+    name = "journal"
+
+    def workers(self, settings: Settings) -> int:
+        return 1
+
+    def describe(self, settings: Settings) -> str:
+        return f"state file {os.path.abspath(settings.state_file)}"
+
+    def check(self, settings: Settings, clock: Clock, observer: Observer) -> UnitOfWork:
+        """The state file locked and loaded: a damaged or already-owned one is refused
+        here, before gunicorn starts, and the worker forked next serves what was
+        loaded instead of reading the files again."""
+        return self.open(settings, clock, observer)
+
+    def open(self, settings: Settings, clock: Clock, observer: Observer) -> UnitOfWork:
+        return MemoryBackend(JournalStore(settings.state_file, observer=observer), clock)
 
 
-def _open_journal(settings: Settings, observer: SyncObserver) -> Store:
-    return JournalStore(settings.state_file, observer=observer)
+class DatabaseBackend:
+    """PostgreSQL: the state in a database that several workers and machines share."""
 
+    name = "postgres"
 
-def _describe_journal(settings: Settings) -> str:
-    return f"state file {os.path.abspath(settings.state_file)}"
+    def workers(self, settings: Settings) -> int:
+        return settings.workers
 
+    def describe(self, settings: Settings) -> str:
+        from dispatch.postgres.pool import safe_url
 
-EMBEDDED_JOURNAL = Backend("journal", workers=1, open=_open_journal,
-                           describe=_describe_journal)
-# Every backend with a store; tests/contract/test_backends.py runs against each. The
-# PostgreSQL backend has no store: tests/contract/test_backend_contract.py runs the
-# ports' contract against it (tests/backends.py).
-BACKENDS = (EMBEDDED_JOURNAL,)
+        return f"PostgreSQL at {safe_url(settings.database_url or '')}"
 
+    def check(self, settings: Settings, clock: Clock, observer: Observer) -> None:
+        """The schema brought up to date; each worker opens its own pool."""
+        from dispatch.postgres.wiring import check_database
 
-def _check_database(settings: Settings, observer: SyncObserver) -> None:
-    from dispatch.postgres.wiring import check_database
+        check_database(settings)
+        return None
 
-    check_database(settings)
+    def open(self, settings: Settings, clock: Clock, observer: Observer) -> UnitOfWork:
+        from dispatch.postgres.wiring import open_backend
 
-
-def _open_database_service(settings: Settings, clock: Clock | None,
-                           metrics: Metrics) -> DispatchService:
-    from dispatch.postgres.wiring import open_service
-
-    return open_service(settings, clock, metrics.registry)
-
-
-def _database_session_secret(settings: Settings) -> str:
-    from dispatch.postgres.wiring import shared_session_secret
-
-    return shared_session_secret(settings)
-
-
-def _describe_database(settings: Settings) -> str:
-    from dispatch.postgres.pool import safe_url
-
-    return f"PostgreSQL at {safe_url(settings.database_url or '')}"
-
-
-SHARED_DATABASE = Backend("postgres", workers=1, open=_check_database,
-                          describe=_describe_database, open_service=_open_database_service,
-                          session_secret=_database_session_secret)
+        return open_backend(settings, clock, observer.registry)
 
 
 def choose_backend(settings: Settings) -> Backend:
-    """The backend for these settings: the one switch between backends. The embedded
-    journal, unless a ``database_url`` is given: then PostgreSQL, with as many
-    workers as ``workers`` says."""
-    if settings.database_url:
-        return replace(SHARED_DATABASE, workers=settings.workers)
-    return EMBEDDED_JOURNAL
+    """The backend for these settings: the embedded journal, unless a
+    ``database_url`` is given."""
+    return DatabaseBackend() if settings.database_url else JournalBackend()
 
 
 @dataclass
 class Server:
-    """What a serving process is built from. ``dispatch-server`` builds it before
-    gunicorn forks (to refuse a bad state file with exit status 1) and keeps it, without
-    its service, for a worker that replaces a dead one."""
+    """What a serving process is built from. ``dispatch-server`` checks its backend
+    before gunicorn forks (to refuse a bad state with exit status 1) and keeps it for
+    a worker that replaces a dead one."""
 
     settings: Settings
     backend: Backend
-    store: Store | None  # None for a shared database: each worker opens its own
     metrics: Metrics
-    clock: Clock | None
-    service: DispatchService | None
+    clock: Clock
+    checked: UnitOfWork | None = None  # what ``Backend.check`` opened, for first use
+    service: DispatchService | None = None
 
     def loaded_service(self) -> DispatchService:
-        """The service, loaded from the store again if it was released (or, on a
-        shared database, opened in this process)."""
+        """The service over the backend, opened in this process on first use."""
         if self.service is None:
-            if self.backend.open_service is not None:
-                self.service = self.backend.open_service(self.settings, self.clock,
-                                                         self.metrics)
-            else:
-                self.service = DispatchService(self.settings, self.store, self.clock)
+            uow, self.checked = self.checked, None
+            if uow is None:
+                uow = self.backend.open(self.settings, self.clock, self.metrics)
+            self.service = DispatchService(self.settings, uow, self.clock)
         return self.service
+
+    def release(self) -> None:
+        """In the master, once the first worker has forked with what ``check``
+        opened: close this process's copy (the worker's own stays open, its lock
+        held). A worker that replaces a dead one opens the state again, which holds
+        every change the dead one made."""
+        if self.checked is not None:
+            self.checked.close()
+            self.checked = None
 
 
 def open_server(settings: Settings, *, clock: Clock | None = None,
-                store: Store | None = None) -> Server:
-    """Open the backend the settings choose and load the service from it (a shared
-    database's service is opened by each worker); raises StateError or Unavailable
-    when the state cannot be used. A ``store`` passed in (tests) is used as
-    it is, unobserved by the metrics."""
+                uow: UnitOfWork | None = None) -> Server:
+    """Check the backend the settings choose (raises StateError or Unavailable when
+    the state cannot be used); a ``uow`` passed in (tests) is served as it is."""
     backend = choose_backend(settings)
-    metrics = Metrics()
-    if backend.open_service is not None and store is None:
-        backend.open(settings, metrics)  # the schema brought up to date, or refused
-        return Server(settings, backend, None, metrics, clock, None)
-    if store is None:
-        store = backend.open(settings, metrics)
-    service = DispatchService(settings, store, clock)
-    return Server(settings, backend, store, metrics, clock, service)
+    server = Server(settings, backend, Metrics(), clock or time.time)
+    if uow is not None:
+        server.service = DispatchService(settings, uow, server.clock)
+    else:
+        server.checked = backend.check(settings, server.clock, server.metrics)
+    return server
 
 
 def build_app(server: Server, *, background: bool = True) -> Flask:
@@ -145,8 +130,9 @@ def build_app(server: Server, *, background: bool = True) -> Flask:
     (started unless ``background`` is False; tests drive it by hand)."""
     service = server.loaded_service()
     settings = server.settings
-    if not settings.ui_secret and server.backend.session_secret is not None:
-        settings = replace(settings, ui_secret=server.backend.session_secret(settings))
+    shared_secret = service.uow.session_secret()
+    if shared_secret is not None:
+        settings = replace(settings, ui_secret=shared_secret)
     app = create_app(settings, service, server.metrics)
     app.extensions["dispatch.server"] = server  # for the ready line (``dispatch.ready``)
     runtime = Runtime(service)

@@ -37,6 +37,7 @@ class DispatchApplication(BaseApplication):
     def __init__(self, server: Server) -> None:
         self.settings = server.settings
         self.server = server
+        self._released = False
         super().__init__()
 
     def load_config(self) -> None:
@@ -52,9 +53,10 @@ class DispatchApplication(BaseApplication):
         """In this (master) process, once the first worker has forked: the worker
         owns the state now. A worker that replaces a dead one reads the files, which
         hold every change the dead one made, so the master keeps no copy."""
-        if self.server.service is None:
+        if self._released:
             return
-        self.server.service = None
+        self._released = True
+        self.server.release()
         gc.unfreeze()
         gc.collect()
         release_free_memory()

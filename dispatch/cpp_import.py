@@ -169,17 +169,17 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
     except StateError as exc:
         print(f"dispatch-server import-cpp: {exc}", file=err)
         return 1
-    store, service = server.store, server.loaded_service()
-    assert store is not None  # the state file's journal
+    service = server.loaded_service()
+    store = service.uow._store  # type: ignore[attr-defined]
     try:
-        held = service.counts()
+        held = service.queries.counts()
         if sum(held.values()) and not settings_args.merge:
             print(f"dispatch-server import-cpp: state file {state_file} already holds "
                   f"{sum(held.values())} jobs; nothing was imported and nothing changed "
                   "(use --merge to add to them)", file=err)
             return 1
-        existing_jobs = {job.job_id for job in service.list_jobs(None, 10**9, 0).jobs}
-        existing_engines = {e["engine_id"] for e in service.list_engines()}
+        existing_jobs = {job.job_id for job in service.queries.list_jobs(None, 10**9, 0).jobs}
+        existing_engines = {e["engine_id"] for e in service.queries.list_engines()}
         del service
         server.service = None
         try:
@@ -193,7 +193,7 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
     # Load what was written, as the server will, and save it as a snapshot.
     server = open_server(settings)
     try:
-        server.loaded_service().snapshot()
+        server.loaded_service().maintenance.snapshot()
     finally:
         server.loaded_service().close()
     for kind, key, reason in report.skipped:

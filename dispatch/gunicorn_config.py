@@ -33,7 +33,7 @@ def options(settings: Settings) -> dict[str, Any]:
         host = f"[{host}]"
     opts: dict[str, Any] = {
         "bind": [f"{host}:{settings.port}"],
-        "workers": choose_backend(settings).workers,
+        "workers": choose_backend(settings).workers(settings),
         "worker_class": "gthread",
         "threads": settings.thread_pool_size,
         "graceful_timeout": GRACEFUL_TIMEOUT,
@@ -60,7 +60,7 @@ def share_metrics(settings: Settings) -> str | None:
     """Before any metric is made: with several workers, /metrics must add up every
     worker's values, so they go into a folder of files (``metrics
     .share_across_processes``); returns it, for the caller to remove at exit."""
-    return share_across_processes() if choose_backend(settings).workers > 1 else None
+    return share_across_processes() if choose_backend(settings).workers(settings) > 1 else None
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -12,21 +12,13 @@ import orjson
 
 from dispatch import callbacks, history, rules
 from dispatch.models import ACTIVE_STATUSES, Engine, Job
-from dispatch.ports import UnitOfWork
-from dispatch.service_base import Clock, ServicePart
-from dispatch.settings import Settings
+from dispatch.service_base import ServicePart
 
 log = logging.getLogger("dispatch.service")
 events = logging.getLogger("dispatch.events")
 
 
 class Maintenance(ServicePart):
-    def __init__(self, settings: Settings, uow: UnitOfWork, clock: Clock,
-                 grace_start: float) -> None:
-        super().__init__(settings, uow, clock)
-        # Engines silent since before the server started get a full timeout from now.
-        self.grace_start = grace_start
-
     # -------------------------------------------------------------- webhooks
 
     def due_deliveries(self) -> list[dict[str, Any]]:
@@ -58,12 +50,14 @@ class Maintenance(ServicePart):
         """Mark silent engines offline and fail the jobs they held; return how many."""
         timeout = self.settings.engine_heartbeat_timeout
         stall_limit = self.settings.job_stall_timeout
+        # Engines silent since before the state was opened get a full timeout from then.
+        grace_start = self.uow.grace_start
         with self.uow.transaction() as tx:
             now = self.now()
 
             def silent(engine: Engine | None) -> bool:
                 return engine is not None and not engine.offline \
-                    and max(engine.last_heartbeat, self.grace_start) + timeout < now
+                    and max(engine.last_heartbeat, grace_start) + timeout < now
 
             # Found without locks, then locked and checked again: a heartbeat or a
             # report from another process may have come in between.

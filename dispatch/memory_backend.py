@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from itertools import islice
@@ -25,8 +26,9 @@ import orjson
 from dispatch import errors, history
 from dispatch.history import Event, FailureKind
 from dispatch.job_search import JobFilter, matcher
-from dispatch.models import Engine, Job
-from dispatch.persistence import Op, SnapshotData, Store
+from dispatch.models import Engine, Job, to_micros
+from dispatch.persistence import MemoryStore, Op, SnapshotData, Store
+from dispatch.ports import Clock
 from dispatch.process_memory import release_free_memory
 from dispatch.scheduler import Policy, pick_job
 from dispatch.state import State
@@ -39,9 +41,15 @@ Change = tuple[str, str, Any]  # (kind, key, the value it replaced)
 class MemoryBackend:
     """The unit of work of the memory backend (``ports.UnitOfWork``)."""
 
-    def __init__(self, store: Store, now: Callable[[], float]) -> None:
-        self.store = store
+    def __init__(self, store: Store | None = None, clock: Clock = time.time) -> None:
+        """The state ``store`` recovers (nothing kept at all without one), moved by
+        ``clock``."""
+        self._store: Store = store if store is not None else MemoryStore()
         self.lock = threading.Lock()
+
+        def now() -> float:
+            return to_micros(clock())
+
         self.state = State(now)
         self._undo: deque[tuple[int, list[Change]]] = deque()  # not yet durable
         self._ops: list[Op] = []  # the open unit's operations
@@ -52,13 +60,14 @@ class MemoryBackend:
         self.engines = MemoryEngines(self)
         self.idempotency = MemoryIdempotency(self)
         self.deliveries = MemoryDeliveries(self)
-        recovered = store.recover()
+        recovered = self._store.recover()
         self.state.load(recovered)
         del recovered
         if self.state.jobs or self.state.engines:
             log.info("loaded %d jobs and %d engines", len(self.state.jobs),
                      len(self.state.engines))
             release_free_memory()
+        self._grace_start = now()
 
     # ------------------------------------------------------------- units
 
@@ -100,11 +109,11 @@ class MemoryBackend:
                         ops.clear()
                 return None
             self._ops, self._changes = [], []  # these two go to the store and undo log
-            durable = self.store.durable_seq
+            durable = self._store.durable_seq
             while self._undo and self._undo[0][0] <= durable:
                 self._undo.popleft()
             try:
-                seq = self.store.append(ops)
+                seq = self._store.append(ops)
             except errors.PersistenceError as exc:
                 self._revert(changes)
                 raise errors.Unavailable(f"the change could not be saved: {exc}") from None
@@ -121,10 +130,10 @@ class MemoryBackend:
         """Wait outside the lock until unit ``seq`` is on disk, or undo it and every
         later unit."""
         try:
-            self.store.wait_durable(seq)
+            self._store.wait_durable(seq)
         except errors.PersistenceError as exc:
             with self.lock:
-                durable = self.store.durable_seq
+                durable = self._store.durable_seq
                 while self._undo and self._undo[-1][0] > durable:
                     self._revert(self._undo.pop()[1])
             raise errors.Unavailable(f"the change could not be saved: {exc}") from None
@@ -136,7 +145,7 @@ class MemoryBackend:
         lock (references only: entries are immutable, history stays encoded) and
         serialised outside it."""
         with self.lock:
-            seq = self.store.begin_snapshot()
+            seq = self._store.begin_snapshot()
             if seq is None:
                 return False
             state = self.state
@@ -148,18 +157,31 @@ class MemoryBackend:
                         "idempotency": dict(state.idempotency),
                         "delivery": dict(state.deliveries)},
             )
-        self.store.write_snapshot(data)
+        self._store.write_snapshot(data)
         return True
 
     @property
+    def grace_start(self) -> float:
+        return self._grace_start
+
+    def leads(self) -> bool:
+        return True  # the state lives in this process alone
+
+    def start(self) -> None:
+        return None
+
+    def session_secret(self) -> str | None:
+        return None
+
+    @property
     def failure(self) -> str | None:
-        return self.store.failure
+        return self._store.failure
 
     def check(self) -> str | None:
-        return self.store.check()
+        return self._store.check()
 
     def close(self) -> None:
-        self.store.close()
+        self._store.close()
 
 
 class _Unit:

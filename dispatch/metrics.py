@@ -57,14 +57,14 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("distconv_jobs", "Jobs by status", labels=["status"])
-        for status, count in self._service.counts().items():
+        for status, count in self._service.queries.counts().items():
             jobs.add_metric([status], count)
         yield jobs
         engines = GaugeMetricFamily("distconv_engines", "Engines by status", labels=["status"])
-        for status, count in self._service.engine_counts().items():
+        for status, count in self._service.queries.engine_counts().items():
             engines.add_metric([status], count)
         yield engines
-        age = self._service.oldest_pending_age()
+        age = self._service.queries.oldest_pending_age()
         yield GaugeMetricFamily(
             "distconv_oldest_pending_job_age_seconds",
             "Age of the oldest pending job (0 when none)", value=age,

@@ -30,14 +30,21 @@ this with those pure functions, so no rule can forget them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dispatch.history import Event, FailureKind
 from dispatch.job_search import JobFilter
 from dispatch.models import Engine, Job
 from dispatch.scheduler import Policy
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from dispatch.settings import Settings
+
+Clock = Callable[[], float]
 
 
 class JobRepository(Protocol):
@@ -194,5 +201,57 @@ class UnitOfWork(Protocol):
     def check(self) -> str | None:
         """Try to recover from a failure; return the failure that remains, if any."""
 
+    @property
+    def grace_start(self) -> float:
+        """Since when an engine silent before it gets a full heartbeat timeout: when
+        this state was opened, or on a shared database when the farm's first instance
+        started after every one was down."""
+
+    def leads(self) -> bool:
+        """Whether this process runs the farm's background work (sweeps, purges,
+        webhooks) now: always, unless several instances share the state."""
+
+    def start(self) -> None:
+        """Start what the backend runs beside its units (on PostgreSQL the lease
+        that elects the instance leading the background work); ``close`` stops it."""
+
+    def session_secret(self) -> str | None:
+        """The dashboard's session-signing secret that every instance sharing this
+        state must use, or None when the dashboard may keep its own."""
+
     def close(self) -> None:
         """Release files, locks and connections."""
+
+
+class Observer(Protocol):
+    """What a backend reports to the metrics as it works (``runtime.metrics``)."""
+
+    registry: CollectorRegistry
+
+    def observe_sync(self, seconds: float) -> None: ...
+
+    def observe_failure(self) -> None: ...
+
+
+class Backend(Protocol):
+    """A kind of state storage, as the bootstrap opens it. ``check`` runs once in
+    the serving process's master, before any worker (the schema brought up to date,
+    the lock and files taken); ``open`` runs in each worker and returns the unit of
+    work the service uses. Neither is followed by any patching of what it made."""
+
+    name: str
+
+    def workers(self, settings: Settings) -> int:
+        """How many server processes may share the state: one where the state lives
+        in the serving process (two would each hold their own copy of the queue)."""
+
+    def describe(self, settings: Settings) -> str:
+        """Where the state is, as the ready line names it."""
+
+    def check(self, settings: Settings, clock: Clock, observer: Observer) -> UnitOfWork | None:
+        """Raise StateError or Unavailable when the state cannot be used. A backend
+        that loads its state to check it returns what it loaded: the first worker,
+        forked with it, serves it instead of opening the state again."""
+
+    def open(self, settings: Settings, clock: Clock, observer: Observer) -> UnitOfWork:
+        """The state, ready for the service; raises as ``check`` does."""

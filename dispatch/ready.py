@@ -24,8 +24,8 @@ def url(address: Any, family: int) -> str:
 def ready_line(server: Server, listeners: Iterable[socket.socket]) -> str:
     urls = ", ".join(url(sock.getsockname(), sock.family) for sock in listeners)
     service = server.loaded_service()
-    jobs = sum(service.counts().values())
-    engines = sum(service.engine_counts().values())
+    jobs = sum(service.queries.counts().values())
+    engines = sum(service.queries.engine_counts().values())
     return (f"dispatch-server ready: serving {urls or '(no socket)'}, "
             f"{server.backend.describe(server.settings)}, {jobs} jobs and {engines} "
             "engines loaded")

@@ -97,7 +97,7 @@ class Harness:
 
     def open(self) -> UnitOfWork:
         self.store = FlakyStore(self.inner_store())
-        self.backend = MemoryBackend(self.store, self.now)
+        self.backend = MemoryBackend(self.store, self.clock)
         return self.backend
 
     def restart(self, snapshot: bool = False) -> UnitOfWork:

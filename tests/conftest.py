@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from dispatch.bootstrap import build_app, open_server
+from dispatch.memory_backend import MemoryBackend
 from dispatch.settings import Settings
 
 API_KEY = "test-key-0123456789"
@@ -91,7 +92,8 @@ def make_app(clock: FakeClock, backend_kind: str,
         if shared:
             settings = replace(settings, database_url=database.url,
                                leader_lease_seconds=3600.0)
-        app = build_app(open_server(settings, clock=clock, store=store), background=False)
+        uow = None if store is None else MemoryBackend(store, clock)
+        app = build_app(open_server(settings, clock=clock, uow=uow), background=False)
         if shared:
             # This app takes the background-work lease now (its thread is not started:
             # the test drives the background work by hand).

@@ -190,4 +190,4 @@ def open_service(server: PostgresServer, settings: Any, clock: Callable[[], floa
     from dispatch.service import DispatchService
 
     backend = PostgresBackend(Pool(conninfo(server.url), 10), lambda: to_micros(clock()))
-    return DispatchService(settings, clock=clock, backend=backend)
+    return DispatchService(settings, backend, clock)

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from dispatch.bootstrap import EMBEDDED_JOURNAL, open_server
+from dispatch.bootstrap import JournalBackend, open_server
 from dispatch.cli import DispatchApplication
 from dispatch.settings import Settings
 from tests.conftest import API_KEY, JOB
@@ -25,10 +25,10 @@ def test_gunicorn_runs_the_workers_the_backend_allows(
     tell gunicorn to run exactly one worker."""
     server = open_server(settings)
     try:
-        assert EMBEDDED_JOURNAL == server.backend
+        assert isinstance(server.backend, JournalBackend)
         assert 1 == DispatchApplication(server).cfg.workers
     finally:
-        server.store.close()
+        server.loaded_service().close()
     monkeypatch.setenv("DISTCONV_API_KEY", API_KEY)
     monkeypatch.delenv("DISTCONV_CONFIG", raising=False)
     assert 1 == runpy.run_path(str(REPO / "gunicorn.conf.py"))["workers"]

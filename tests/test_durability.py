@@ -34,7 +34,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _service(settings: Any, **kwargs: Any) -> DispatchService:
-    return DispatchService(settings, JournalStore(settings.state_file, **kwargs))
+    return DispatchService(settings, MemoryBackend(JournalStore(settings.state_file, **kwargs)))
 
 
 def _job(n: int = 0) -> dict[str, Any]:
@@ -166,20 +166,21 @@ def test_torn_last_record_is_dropped(make_settings: Any) -> None:
     dropped and everything before it is kept; new changes append after it."""
     settings = make_settings()
     service = _service(settings)
-    kept = service.submit_job(_job(1))
-    service.store.close()
+    kept = service.commands.submit_job(_job(1))
+    service.close()
     wal = Path(settings.state_file + ".wal")
     whole = wal.read_bytes()
     torn = whole + whole[: len(whole) // 2].replace(kept.job_id.encode(), b"9_9")
     wal.write_bytes(torn)
 
     service = _service(settings)
-    assert [kept] == service.list_jobs(None, 10, 0).jobs
-    later = service.submit_job(_job(2))
-    service.store.close()
+    assert [kept] == service.queries.list_jobs(None, 10, 0).jobs
+    later = service.commands.submit_job(_job(2))
+    service.close()
     service = _service(settings)
-    assert [kept.job_id, later.job_id] == [j.job_id for j in service.list_jobs(None, 10, 0).jobs]
-    service.store.close()
+    listed = service.queries.list_jobs(None, 10, 0).jobs
+    assert [kept.job_id, later.job_id] == [j.job_id for j in listed]
+    service.close()
 
 
 def test_original_cpp_state_file_loads(make_settings: Any, tmp_path: Path) -> None:
@@ -208,16 +209,16 @@ def test_original_cpp_state_file_loads(make_settings: Any, tmp_path: Path) -> No
     }
     (tmp_path / "server_state.json").write_bytes(orjson.dumps(cpp))
     service = _service(make_settings())
-    jobs = service.list_jobs(None, 10, 0).jobs
+    jobs = service.queries.list_jobs(None, 10, 0).jobs
     assert ["1704067200123456_0", "1704067300000000_1"] == [j.job_id for j in jobs]
     assert ("completed", "http://s/a.mp4") == (jobs[0].status, jobs[0].output_url)
-    engine = service.get_engine("engine-001")
+    engine = service.queries.get_engine("engine-001")
     assert (["h264", "vp9"], 125.5, "idle") == (
         engine["supported_codecs"], engine["benchmark_time"], engine["status"])
     # New ids never collide with the loaded ones.
-    assert service.submit_job(_job()).job_id.endswith("_2")
-    assert service.snapshot()
-    service.store.close()
+    assert service.commands.submit_job(_job()).job_id.endswith("_2")
+    assert service.maintenance.snapshot()
+    service.close()
     rewritten = orjson.loads((tmp_path / "server_state.json").read_bytes())
     assert 2 == rewritten["version"]
     assert 3 == len(rewritten["jobs"])
@@ -255,7 +256,8 @@ def test_failing_disk_answers_503_and_memory_never_runs_ahead(
     settings = make_settings()
     io = FailingIO()
     store = JournalStore(settings.state_file, io=io)
-    app = build_app(open_server(settings, clock=clock, store=store), background=False)
+    app = build_app(open_server(settings, clock=clock, uow=MemoryBackend(store, clock)),
+                    background=False)
     client = app.test_client()
     headers = {"X-API-Key": API_KEY}
     first = client.post("/jobs/", json=_job(1), headers=headers).get_json()
@@ -282,9 +284,9 @@ def test_failing_disk_answers_503_and_memory_never_runs_ahead(
 
     service = _service(settings)
     assert [first["job_id"], third.get_json()["job_id"]] == [
-        job.job_id for job in service.list_jobs(None, 10, 0).jobs
+        job.job_id for job in service.queries.list_jobs(None, 10, 0).jobs
     ]
-    service.store.close()
+    service.close()
 
 
 def test_failed_fsync_undoes_every_change_it_covered(make_settings: Any) -> None:
@@ -292,9 +294,9 @@ def test_failed_fsync_undoes_every_change_it_covered(make_settings: Any) -> None
     later ones first, so a job assigned on top of a refused submission vanishes too."""
     settings = make_settings()
     io = FailingIO()
-    service = DispatchService(settings, JournalStore(settings.state_file, io=io))
-    service.heartbeat({"engine_id": "e1"})
-    before_jobs = service.counts()
+    service = DispatchService(settings, MemoryBackend(JournalStore(settings.state_file, io=io)))
+    service.commands.heartbeat({"engine_id": "e1"})
+    before_jobs = service.queries.counts()
     backend = service.uow
     assert isinstance(backend, MemoryBackend)
     backend.begin()  # a unit appended to the journal, not yet durable
@@ -305,9 +307,9 @@ def test_failed_fsync_undoes_every_change_it_covered(make_settings: Any) -> None
     with pytest.raises(Exception) as raised:
         backend.wait_durable(job_seq)
     assert "could not be saved" in str(raised.value)
-    assert before_jobs == service.counts()
-    assert [] == service.list_jobs(None, 10, 0).jobs
-    service.store.close()
+    assert before_jobs == service.queries.counts()
+    assert [] == service.queries.list_jobs(None, 10, 0).jobs
+    service.close()
 
 
 def _pending_job(service: DispatchService) -> Any:
@@ -324,12 +326,12 @@ def test_concurrent_writers_share_fsyncs(make_settings: Any) -> None:
     settings = make_settings(job_queue_max_size=10_000)
     io = FailingIO()
     io.sync_delay = 0.005  # a slow disk, so that writers queue behind a sync
-    service = DispatchService(settings, JournalStore(settings.state_file, io=io))
+    service = DispatchService(settings, MemoryBackend(JournalStore(settings.state_file, io=io)))
     ids: list[str] = []
 
     def work() -> None:
         for n in range(20):
-            ids.append(service.submit_job(_job(n)).job_id)
+            ids.append(service.commands.submit_job(_job(n)).job_id)
 
     threads = [threading.Thread(target=work) for _ in range(16)]
     for thread in threads:
@@ -338,10 +340,10 @@ def test_concurrent_writers_share_fsyncs(make_settings: Any) -> None:
         thread.join()
     assert 320 == len(set(ids))
     assert io.syncs < 320 / 2
-    service.store.close()
+    service.close()
     reloaded = _service(settings)
-    assert 320 == reloaded.list_jobs(None, 1, 0).total
-    reloaded.store.close()
+    assert 320 == reloaded.queries.list_jobs(None, 1, 0).total
+    reloaded.close()
 
 
 @pytest.mark.parametrize("crash_after", ["rotation", "snapshot"])
@@ -352,21 +354,20 @@ def test_crash_inside_the_snapshot_sequence_loses_and_duplicates_nothing(
     into place but before the old journal segment was deleted: the restart has
     every change exactly once."""
     settings = make_settings()
-    service = _service(settings)
-    ids = [service.submit_job(_job(n)).job_id for n in range(5)]
+    store = JournalStore(settings.state_file)
+    service = DispatchService(settings, MemoryBackend(store))
+    ids = [service.commands.submit_job(_job(n)).job_id for n in range(5)]
     backend = service.uow
     assert isinstance(backend, MemoryBackend)
     with backend.lock:
-        seq = service.store.begin_snapshot()
+        seq = store.begin_snapshot()
         jobs = list(backend.state.ordered)
         engines = list(backend.state.engines.values())
     assert seq is not None
-    after = service.submit_job(_job(99)).job_id  # lands in the new journal
+    after = service.commands.submit_job(_job(99)).job_id  # lands in the new journal
     if crash_after == "snapshot":
         from dispatch.persistence import SnapshotData
 
-        store = service.store
-        assert isinstance(store, JournalStore)
         # Write the snapshot but "crash" before the old segment is removed.
         original = store._segments
         store._segments = lambda: []  # type: ignore[method-assign]
@@ -374,12 +375,12 @@ def test_crash_inside_the_snapshot_sequence_loses_and_duplicates_nothing(
                                            tables={}))
         store._segments = original  # type: ignore[method-assign]
         assert original(), "the old segment is still there, as after a crash"
-    service.store.close()
+    service.close()
 
     reloaded = _service(settings)
-    listed = [job.job_id for job in reloaded.list_jobs(None, 100, 0).jobs]
+    listed = [job.job_id for job in reloaded.queries.list_jobs(None, 100, 0).jobs]
     assert ids + [after] == listed
-    reloaded.store.close()
+    reloaded.close()
 
 
 def test_second_owner_is_refused(make_settings: Any) -> None:
@@ -414,13 +415,13 @@ def test_state_file_is_replaced_atomically(make_settings: Any, tmp_path: Path) -
     """A snapshot leaves no temporary file behind and an empty journal."""
     settings = make_settings()
     service = _service(settings)
-    service.submit_job(_job())
-    assert service.snapshot()
-    assert not service.snapshot(), "nothing changed: no second snapshot"
+    service.commands.submit_job(_job())
+    assert service.maintenance.snapshot()
+    assert not service.maintenance.snapshot(), "nothing changed: no second snapshot"
     names = sorted(os.listdir(tmp_path))
     assert ["server_state.json", "server_state.json.lock", "server_state.json.wal"] == names
     assert 0 == (tmp_path / "server_state.json.wal").stat().st_size
-    service.store.close()
+    service.close()
 
 
 def test_journal_that_does_not_follow_its_snapshot_is_refused(make_settings: Any) -> None:
@@ -430,8 +431,8 @@ def test_journal_that_does_not_follow_its_snapshot_is_refused(make_settings: Any
     settings = make_settings()
     service = _service(settings)
     for n in range(3):
-        service.submit_job(_job(n))
-    service.store.close()
+        service.commands.submit_job(_job(n))
+    service.close()
     wal = Path(settings.state_file + ".wal")
     wal.write_bytes(b"".join(wal.read_bytes().splitlines(keepends=True)[1:]))
     before = _digest(wal.parent)
@@ -448,10 +449,10 @@ def test_snapshot_is_json_in_the_original_layout_one_entry_a_line(
     read the jobs one at a time."""
     settings = make_settings()
     service = _service(settings)
-    ids = [service.submit_job(_job(n)).job_id for n in range(3)]
-    service.heartbeat({"engine_id": "e1"})
-    assert service.snapshot()
-    service.store.close()
+    ids = [service.commands.submit_job(_job(n)).job_id for n in range(3)]
+    service.commands.heartbeat({"engine_id": "e1"})
+    assert service.maintenance.snapshot()
+    service.close()
     raw = (tmp_path / "server_state.json").read_bytes()
     document = orjson.loads(raw)
     assert ids == list(document["jobs"])
@@ -467,24 +468,27 @@ def test_journal_changes_replace_their_snapshot_jobs_in_place(make_settings: Any
     creates a third: the restart reads each job once, in creation order, as it is now."""
     settings = make_settings(finished_job_retention=10)
     clock_now = [1_704_067_200.0]
-    service = DispatchService(settings, JournalStore(settings.state_file),
+    service = DispatchService(settings, MemoryBackend(JournalStore(settings.state_file),
+                                                      lambda: clock_now[0]),
                               clock=lambda: clock_now[0])
-    first, second, third = (service.submit_job(_job(n)).job_id for n in range(3))
-    service.cancel_job(second)
+    first, second, third = (service.commands.submit_job(_job(n)).job_id for n in range(3))
+    service.commands.cancel_job(second)
     clock_now[0] += 5
-    assert service.snapshot()
-    service.cancel_job(third)  # changed after the snapshot
+    assert service.maintenance.snapshot()
+    service.commands.cancel_job(third)  # changed after the snapshot
     clock_now[0] += 6
-    assert 1 == service.purge()  # `second` finished 11 s ago: deleted after the snapshot
-    fourth = service.submit_job(_job(4)).job_id
-    service.store.close()
+    # `second` finished 11 s ago: deleted after the snapshot
+    assert 1 == service.maintenance.purge()
+    fourth = service.commands.submit_job(_job(4)).job_id
+    service.close()
 
-    reloaded = DispatchService(settings, JournalStore(settings.state_file),
+    reloaded = DispatchService(settings, MemoryBackend(JournalStore(settings.state_file),
+                                                       lambda: clock_now[0]),
                                clock=lambda: clock_now[0])
-    jobs = reloaded.list_jobs(None, 10, 0).jobs
+    jobs = reloaded.queries.list_jobs(None, 10, 0).jobs
     assert [(first, "pending"), (third, "cancelled"), (fourth, "pending")] == [
         (job.job_id, job.status) for job in jobs]
-    reloaded.store.close()
+    reloaded.close()
 
 
 @pytest.mark.parametrize("damage", ["bad-job-line", "cut-short"])
@@ -496,10 +500,10 @@ def test_damaged_job_lines_stop_the_start_and_change_no_file(
     settings = make_settings()
     service = _service(settings)
     for n in range(4):
-        service.submit_job(_job(n))
-    assert service.snapshot()
-    service.submit_job(_job(9))
-    service.store.close()
+        service.commands.submit_job(_job(n))
+    assert service.maintenance.snapshot()
+    service.commands.submit_job(_job(9))
+    service.close()
     state = tmp_path / "server_state.json"
     lines = state.read_bytes().splitlines(keepends=True)
     jobs_at = lines.index(b',"jobs":{\n')

@@ -566,11 +566,11 @@ def test_silent_engine_goes_offline_and_its_job_is_requeued(
     service = app.extensions["dispatch"]
 
     clock.advance(59)
-    service.sweep()
+    service.maintenance.sweep()
     assert "busy" == get_engine(client, auth, "e1")["status"]
 
     clock.advance(2)
-    service.sweep()
+    service.maintenance.sweep()
     engine = get_engine(client, auth, "e1")
     assert ("offline", []) == (engine["status"], engine["current_jobs"])
     job = get_job(client, auth, job_id)
@@ -586,7 +586,7 @@ def test_silent_engine_job_fails_without_retries(
     app, client = _liveness_client(make_app, make_settings)
     job_id = _hold_job(client, auth, max_retries=0)
     clock.advance(61)
-    app.extensions["dispatch"].sweep()
+    app.extensions["dispatch"].maintenance.sweep()
     job = get_job(client, auth, job_id)
     assert ("failed", None, 1) == (job["status"], job["assigned_engine"], job["retries"])
     assert "lost" in job["error_message"].lower()
@@ -601,7 +601,7 @@ def test_heartbeat_brings_offline_engine_back(
     app, client = _liveness_client(make_app, make_settings, retry_backoff_seconds=5)
     job_id = _hold_job(client, auth)
     clock.advance(61)
-    app.extensions["dispatch"].sweep()
+    app.extensions["dispatch"].maintenance.sweep()
     assert "offline" == get_engine(client, auth, "e1")["status"]
 
     response = client.post("/engines/heartbeat", json={"engine_id": "e1"}, headers=auth)
@@ -627,7 +627,7 @@ def test_heartbeating_engine_stays_online(
         clock.advance(40)
         client.post("/engines/heartbeat", json={"engine_id": "e1", "status": "idle"},
                     headers=auth)
-        app.extensions["dispatch"].sweep()
+        app.extensions["dispatch"].maintenance.sweep()
     assert "busy" == get_engine(client, auth, "e1")["status"]
     assert "assigned" == get_job(client, auth, job_id)["status"]
 

@@ -196,7 +196,7 @@ def test_a_lost_engine_is_an_event(farm_with: Callable[..., tuple[Flask, Farm]])
     farm.assign("e1")
     farm.tick(11)
 
-    assert 1 == app.extensions["dispatch"].sweep()
+    assert 1 == app.extensions["dispatch"].maintenance.sweep()
 
     job = farm.job(job_id)
     assert "pending" == job["status"] and "e1" in job["error_message"]
@@ -220,7 +220,7 @@ def test_a_stalled_job_is_an_event(farm_with: Callable[..., tuple[Flask, Farm]])
     farm.engine("e1")  # the engine is alive; only the job is stuck
     farm.tick(11)
 
-    assert 1 == app.extensions["dispatch"].sweep()
+    assert 1 == app.extensions["dispatch"].maintenance.sweep()
 
     job = farm.job(job_id)
     assert "pending" == job["status"] and job["error_message"].startswith("stalled")
@@ -352,7 +352,7 @@ def test_purged_job_takes_its_history_with_it(
     farm.cancel(job_id)
     farm.tick(61)
 
-    assert 1 == app.extensions["dispatch"].purge()
+    assert 1 == app.extensions["dispatch"].maintenance.purge()
 
     response = farm.client.get(f"/jobs/{job_id}/events", headers=farm.headers)
     assert 404 == response.status_code
@@ -380,7 +380,7 @@ def test_no_engine_for_codec(farm_with: Callable[..., tuple[Flask, Farm]]) -> No
     farm.engine("e-h264")
     assert "queued" == farm.reason(job_id)["code"]
     farm.tick(11)
-    app.extensions["dispatch"].sweep()
+    app.extensions["dispatch"].maintenance.sweep()
     assert NO_ENGINE == farm.reason(job_id)
 
 

@@ -206,8 +206,8 @@ def test_expiry_sweep_forgets_old_keys_durably(
                201)
     clock.advance(31)
 
-    assert 1 == app.extensions["dispatch"].expire_idempotency_keys()
-    assert 0 == app.extensions["dispatch"].expire_idempotency_keys()
+    assert 1 == app.extensions["dispatch"].maintenance.expire_idempotency_keys()
+    assert 0 == app.extensions["dispatch"].maintenance.expire_idempotency_keys()
     client = restart(app, make_app, settings)
 
     ok(client.post("/jobs/", json=OTHER, headers={**auth, "Idempotency-Key": "old"}), 201)
@@ -222,16 +222,16 @@ def test_a_key_reused_after_expiry_does_not_hold_back_older_keys(
     between still expire on time behind it."""
     settings = make_settings(idempotency_ttl=60)
     service = make_app(settings).extensions["dispatch"]
-    service.submit_once(JOB, "a")
+    service.commands.submit_once(JOB, "a")
     clock.advance(10)
-    service.submit_once(JOB, "b")
+    service.commands.submit_once(JOB, "b")
     clock.advance(55)  # a: 65 s old (expired), b: 55 s
-    assert service.submit_once(OTHER, "a")[1]  # a new job: the key counts from now
-    assert 0 == service.expire_idempotency_keys()
+    assert service.commands.submit_once(OTHER, "a")[1]  # a new job: the key counts from now
+    assert 0 == service.maintenance.expire_idempotency_keys()
     clock.advance(10)  # b: 65 s old, the new a: 10 s
-    assert 1 == service.expire_idempotency_keys()
-    assert not service.submit_once(OTHER, "a")[1]
-    assert service.submit_once(OTHER, "b")[1]
+    assert 1 == service.maintenance.expire_idempotency_keys()
+    assert not service.commands.submit_once(OTHER, "a")[1]
+    assert service.commands.submit_once(OTHER, "b")[1]
 
 
 @pytest.mark.parametrize("key", [
@@ -302,7 +302,7 @@ def test_concurrent_repeats_create_one_job(app: Flask) -> None:
 
     def submit() -> None:
         barrier.wait()
-        job, created = service.submit_once(dict(JOB), "k-race")
+        job, created = service.commands.submit_once(dict(JOB), "k-race")
         with lock:
             results.append((job.job_id, created))
 
@@ -315,7 +315,7 @@ def test_concurrent_repeats_create_one_job(app: Flask) -> None:
     assert 16 == len(results)
     assert 1 == len({job_id for job_id, _ in results})
     assert 1 == sum(created for _, created in results)
-    assert 1 == service.stats()["jobs"]["total"]
+    assert 1 == service.queries.stats()["jobs"]["total"]
 
 
 # ------------------------------------------------------------------- batch

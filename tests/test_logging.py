@@ -161,7 +161,7 @@ def test_lifecycle_events_are_lines_with_their_ids(
     lost = post(client, "/jobs/", JOB, 201)["job_id"]
     post(client, "/assign_job/", {"engine_id": "enc-1"})
     clock.advance(61)
-    assert app.extensions["dispatch"].sweep() == 1
+    assert app.extensions["dispatch"].maintenance.sweep() == 1
 
     expected = [
         ("job submitted", f"job={done}$"),

@@ -118,31 +118,31 @@ def farm_with_every_record(path: Path, clock: FakeClock) -> Farm:
                         max_job_retries=1)
     service = DispatchService(settings, JournalStore(str(path)), clock)
     hook = {**JOB, "callback_url": "http://hooks.test/done", "priority": 5}
-    service.heartbeat({"engine_id": "fast", "supported_codecs": ["h264"],
+    service.commands.heartbeat({"engine_id": "fast", "supported_codecs": ["h264"],
                        "storage_capacity_gb": 100.0, "streaming_support": True})
-    service.heartbeat({"engine_id": "drained"})
-    service.set_drain("drained", True)
-    done = service.submit_job(hook)
-    failing = service.submit_job({**JOB, "priority": 3})
-    service.submit_once({**JOB, "priority": -2}, "key-1")
-    assert done.job_id == service.assign_job("fast", None).job.job_id  # type: ignore[union-attr]
-    service.report_progress(done.job_id, 50.0, "fast")
-    service.complete_job(done.job_id, "http://example.com/out.mp4", "fast")
-    service.record_delivery(done.job_id, 1, None)
+    service.commands.heartbeat({"engine_id": "drained"})
+    service.commands.set_drain("drained", True)
+    done = service.commands.submit_job(hook)
+    failing = service.commands.submit_job({**JOB, "priority": 3})
+    service.commands.submit_once({**JOB, "priority": -2}, "key-1")
+    assert done.job_id == service.commands.assign_job("fast", None).job.job_id  # type: ignore[union-attr]
+    service.commands.report_progress(done.job_id, 50.0, "fast")
+    service.commands.complete_job(done.job_id, "http://example.com/out.mp4", "fast")
+    service.maintenance.record_delivery(done.job_id, 1, None)
     for _ in range(2):
         clock.advance(3600)
-        job = service.assign_job("fast", None).job
+        job = service.commands.assign_job("fast", None).job
         assert job is not None and job.job_id == failing.job_id
-        service.fail_job(failing.job_id, "encoder crashed", "fast")
-    cancelled = service.submit_job(hook)
-    service.cancel_job(cancelled.job_id)
-    service.submit_job(JOB)
-    service.submit_job(JOB)
-    assert service.assign_job("fast", None).job is not None
-    service.heartbeat({"engine_id": "gone"})
+        service.commands.fail_job(failing.job_id, "encoder crashed", "fast")
+    cancelled = service.commands.submit_job(hook)
+    service.commands.cancel_job(cancelled.job_id)
+    service.commands.submit_job(JOB)
+    service.commands.submit_job(JOB)
+    assert service.commands.assign_job("fast", None).job is not None
+    service.commands.heartbeat({"engine_id": "gone"})
     clock.advance(10_000)
-    service.heartbeat({"engine_id": "fast"})
-    service.sweep()  # "gone" and "drained" go offline
+    service.commands.heartbeat({"engine_id": "fast"})
+    service.maintenance.sweep()  # "gone" and "drained" go offline
     service.close()
     farm = read_file(str(path))
     statuses = {job.status for job in farm.jobs}

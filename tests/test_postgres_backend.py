@@ -20,9 +20,8 @@ JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_s
 
 
 def instance(server: PostgresServer, clock: FakeClock, name: str) -> PostgresBackend:
-    backend = PostgresBackend(Pool(conninfo(server.url), 4), lambda: to_micros(clock()))
-    backend.instance = name
-    return backend
+    return PostgresBackend(Pool(conninfo(server.url), 4), lambda: to_micros(clock()),
+                           instance=name)
 
 
 def test_each_due_delivery_goes_to_one_instance_until_its_claim_runs_out(

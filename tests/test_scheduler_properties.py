@@ -33,7 +33,6 @@ from hypothesis import strategies as st
 
 from dispatch import errors
 from dispatch.models import ACTIVE_STATUSES, FINISHED_STATUSES, Job, parse_time
-from dispatch.persistence import MemoryStore
 from dispatch.service import DispatchService
 from dispatch.settings import Settings
 from tests.conftest import API_KEY, FakeClock
@@ -131,7 +130,7 @@ class Farm:
                  registered: int, initial_jobs: list[dict[str, Any]]) -> None:
         self.clock = FakeClock()
         self.settings = Settings(api_key=API_KEY, state_file="unused.json", **config)
-        self.service = DispatchService(self.settings, MemoryStore(), clock=self.clock)
+        self.service = DispatchService(self.settings, clock=self.clock)
         self.specs = dict(zip(ENGINES, specs, strict=True))
         self.job_ids: list[str] = []
         self.assignments: Counter[str] = Counter()  # job id -> times newly assigned
@@ -149,10 +148,10 @@ class Farm:
             self.check()
 
     def jobs(self) -> dict[str, Job]:
-        return {job.job_id: job for job in self.service.list_jobs(None, 10**6, 0).jobs}
+        return {job.job_id: job for job in self.service.queries.list_jobs(None, 10**6, 0).jobs}
 
     def engines(self) -> dict[str, dict[str, Any]]:
-        return {view["engine_id"]: view for view in self.service.list_engines()}
+        return {view["engine_id"]: view for view in self.service.queries.list_engines()}
 
     def now(self) -> float:
         return self.clock()
@@ -240,7 +239,7 @@ class Farm:
         if max_retries is not None:
             data["max_retries"] = max_retries
         try:
-            job = self.service.submit_job(data)
+            job = self.service.commands.submit_job(data)
         except errors.QueueFull:
             assert pending >= self.settings.job_queue_max_size
             return
@@ -257,7 +256,7 @@ class Farm:
             data["status"] = status
         if queue is not None and self.job_ids:
             data["local_job_queue"] = [self.job_ids[i % len(self.job_ids)] for i in queue]
-        answer = self.service.heartbeat(data)
+        answer = self.service.commands.heartbeat(data)
 
         drain = self.drain.get(engine_id)
         if status == "draining" and drain is None:
@@ -283,11 +282,11 @@ class Farm:
         jobs, views, now = self.jobs(), self.engines(), self.now()
         if engine_id not in views:
             try:
-                self.service.assign_job(engine_id, capabilities)
+                self.service.commands.assign_job(engine_id, capabilities)
             except errors.EngineNotFound:
                 return
             raise AssertionError("assign for an unknown engine must be 404")
-        result = self.service.assign_job(engine_id, capabilities)
+        result = self.service.commands.assign_job(engine_id, capabilities)
         view = views[engine_id]
         if view["current_jobs"]:
             assert result.redelivered and result.job is not None
@@ -331,11 +330,11 @@ class Farm:
             attempt = None
         jobs_before, views_before, now = self.jobs(), self.engines(), self.now()
         call = {
-            "progress": lambda: self.service.report_progress(job.job_id, percent, engine_id,
-                                                             attempt),
-            "complete": lambda: self.service.complete_job(job.job_id, "http://out/x.mp4",
+            "progress": lambda: self.service.commands.report_progress(
+                job.job_id, percent, engine_id, attempt),
+            "complete": lambda: self.service.commands.complete_job(job.job_id, "http://out/x.mp4",
                                                           engine_id, attempt),
-            "fail": lambda: self.service.fail_job(job.job_id, "boom", engine_id, attempt),
+            "fail": lambda: self.service.commands.fail_job(job.job_id, "boom", engine_id, attempt),
         }[action]
         refused = (
             (attempt is not None and attempt != job.attempt)
@@ -366,7 +365,7 @@ class Farm:
         else:
             changes = self.requeued(job, "boom", now)
         self.assert_became(job, after, changes)
-        assert after == self.service.get_job(job.job_id)
+        assert after == self.service.queries.get_job(job.job_id)
 
     def cancel(self, index: int) -> None:
         job = self.pick_job(index)
@@ -375,11 +374,11 @@ class Farm:
         now = self.now()
         if job.status in FINISHED_STATUSES:
             try:
-                self.service.cancel_job(job.job_id)
+                self.service.commands.cancel_job(job.job_id)
             except errors.InvalidTransition:
                 return
             raise AssertionError("cancelling a finished job must be a conflict")
-        after = self.service.cancel_job(job.job_id)
+        after = self.service.commands.cancel_job(job.job_id)
         self.assert_became(job, after, dict(status="cancelled", completed_at=now,
                                             updated_at=now, retry_at=None))
 
@@ -389,7 +388,7 @@ class Farm:
             return
         pending = sum(1 for j in self.jobs().values() if j.status == "pending")
         try:
-            after = self.service.retry_job(job.job_id)
+            after = self.service.commands.retry_job(job.job_id)
         except errors.InvalidTransition:
             assert job.status not in ("failed", "cancelled")
             return
@@ -405,7 +404,7 @@ class Farm:
     def operator_drain(self, engine_id: str, draining: bool) -> None:
         if engine_id not in self.engines():
             return
-        view = self.service.set_drain(engine_id, draining)
+        view = self.service.commands.set_drain(engine_id, draining)
         self.drain[engine_id] = "api" if draining else None
         if view["status"] != "offline":
             assert (view["status"] == "draining") == draining
@@ -437,7 +436,7 @@ class Farm:
                     expected[job.job_id] = self.requeued(
                         job, f"stalled: no progress for {stall:g} s on engine "
                         f"{job.assigned_engine}", now)
-        self.service.sweep()
+        self.service.maintenance.sweep()
         after_jobs, after_views = self.jobs(), self.engines()
         for job_id, job in jobs.items():
             if job_id in expected:
@@ -480,7 +479,7 @@ class Farm:
         while time passes; then no job that some engine can take may still wait."""
         views = self.engines()
         for engine_id in views:
-            self.service.set_drain(engine_id, False)
+            self.service.commands.set_drain(engine_id, False)
             self.drain[engine_id] = None
         step = 20.0
         rounds = (len(self.job_ids) + 5
@@ -490,10 +489,10 @@ class Farm:
             for engine_id in views:
                 self.heartbeat(engine_id, "idle", None)
             for engine_id in views:
-                result = self.service.assign_job(engine_id, None)
+                result = self.service.commands.assign_job(engine_id, None)
                 if result.job is not None:
                     self.assignments[result.job.job_id] += int(not result.redelivered)
-                    self.service.complete_job(result.job.job_id, "http://out/x.mp4",
+                    self.service.commands.complete_job(result.job.job_id, "http://out/x.mp4",
                                               engine_id, result.job.attempt)
             self.check()
             self.clock.advance(step)

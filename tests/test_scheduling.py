@@ -164,7 +164,7 @@ def test_lost_engine_backoff_uses_settings(
     job = api.held("e1")
     clock.advance(61)
     api.heartbeat("e2")
-    api.service.sweep()
+    api.service.maintenance.sweep()
     requeued = api.job(job["job_id"])
     assert ("pending", 1, START + 64) == (
         requeued["status"], requeued["retries"], epoch(requeued["retry_at"]))
@@ -211,7 +211,7 @@ def test_auto_retry_off_makes_a_lost_engine_final(
     api = make_api(auto_retry_failed_jobs=False, engine_heartbeat_timeout=60)
     job = api.held("e1", max_retries=5)
     clock.advance(61)
-    api.service.sweep()
+    api.service.maintenance.sweep()
     assert {**jv(job), "status": "failed", "assigned_engine": None, "retries": 1,
             "error_message": "engine e1 lost (no heartbeat for 60 s)", "retry_at": None,
             "completed_at": START + 61, "updated_at": START + 61} == jv(api.job(job["job_id"]))
@@ -252,7 +252,7 @@ def test_late_report_from_replaced_engine_is_409_and_second_result_counts(
     job = api.held("e1")
     assert 1 == job["attempt"]
     clock.advance(61)
-    api.service.sweep()
+    api.service.maintenance.sweep()
     clock.advance(5)
     api.heartbeat("e2")
     second = api.assigned("e2")
@@ -308,17 +308,17 @@ def test_restart_gives_loaded_engines_a_full_timeout_from_the_start(
     api = restart(api, make_app)
     restarted = clock()
 
-    api.service.sweep()
+    api.service.maintenance.sweep()
     assert ("busy", "idle") == (api.engine("e1")["status"], api.engine("e2")["status"])
     assert ("assigned", "e1") == pick(api.job(job["job_id"]), "status", "assigned_engine")
     clock.advance(30)
     api.heartbeat("e2")
     clock.advance(30)  # exactly the timeout since the start
-    api.service.sweep()
+    api.service.maintenance.sweep()
     assert ("busy", "idle") == (api.engine("e1")["status"], api.engine("e2")["status"])
 
     clock.advance(1)
-    api.service.sweep()
+    api.service.maintenance.sweep()
     assert ("offline", "idle") == (api.engine("e1")["status"], api.engine("e2")["status"])
     assert {**jv(job), "status": "pending", "assigned_engine": None, "retries": 1,
             "error_message": "engine e1 lost (no heartbeat for 60 s)",
@@ -326,7 +326,7 @@ def test_restart_gives_loaded_engines_a_full_timeout_from_the_start(
         == jv(api.job(job["job_id"]))
 
     clock.advance(30)
-    api.service.sweep()
+    api.service.maintenance.sweep()
     assert "offline" == api.engine("e2")["status"]
 
 
@@ -438,12 +438,12 @@ def test_job_whose_progress_does_not_change_stalls(
     same = api.reported(job["job_id"], "progress", progress=10)
     clock.advance(10)  # 100 s since progress last changed
     api.heartbeat("e1")
-    assert 0 == api.service.sweep()
+    assert 0 == api.service.maintenance.sweep()
     assert jv(same) == jv(api.job(job["job_id"]))
 
     clock.advance(1)
     api.heartbeat("e1")
-    assert 1 == api.service.sweep()
+    assert 1 == api.service.maintenance.sweep()
     assert {**jv(same), "status": "pending", "assigned_engine": None, "progress": None,
             "retries": 1, "error_message": "stalled: no progress for 100 s on engine e1",
             "retry_at": START + 156, "updated_at": START + 151} == jv(api.job(job["job_id"]))
@@ -459,10 +459,10 @@ def test_assigned_job_without_any_progress_stalls(
                    auto_retry_failed_jobs=False)
     job = api.held("e1")
     clock.advance(100)
-    api.service.sweep()
+    api.service.maintenance.sweep()
     assert "assigned" == api.job(job["job_id"])["status"]
     clock.advance(1)
-    api.service.sweep()
+    api.service.maintenance.sweep()
     body = api.job(job["job_id"])
     assert ("failed", 1, "stalled: no progress for 100 s on engine e1") == (
         body["status"], body["retries"], body["error_message"])
@@ -477,7 +477,7 @@ def test_changing_progress_keeps_a_job_from_stalling(
     for percent in (10, 20, 30, 40, 50):
         clock.advance(90)
         api.reported(job["job_id"], "progress", progress=percent)
-        api.service.sweep()
+        api.service.maintenance.sweep()
     body = api.job(job["job_id"])
     assert ("processing", "e1", 50) == (body["status"], body["assigned_engine"],
                                         body["progress"])
@@ -490,7 +490,7 @@ def test_stall_detection_is_off_by_default(api: Api, clock: FakeClock) -> None:
     for _ in range(10):
         clock.advance(150)
         api.heartbeat("e1")
-        api.service.sweep()
+        api.service.maintenance.sweep()
     assert ("assigned", "e1") == pick(api.job(job["job_id"]), "status", "assigned_engine")
 
 
@@ -521,7 +521,7 @@ def test_heartbeat_answer_lists_a_job_given_to_another_engine(
     job = api.held("e1")
     api.heartbeat("e1", local_job_queue=[job["job_id"]])
     clock.advance(61)
-    api.service.sweep()
+    api.service.maintenance.sweep()
     answer = api.heartbeat("e1", local_job_queue=[job["job_id"]])
     assert ([job["job_id"]], "idle") == (answer["cancelled_jobs"], answer["status"])
 
@@ -615,16 +615,16 @@ def test_retention_purges_old_finished_jobs_and_the_purge_survives_restart(
     pending = api.submit()
 
     clock.advance(3400)  # the completed job finished exactly 3600 s ago
-    assert 0 == api.service.purge()
+    assert 0 == api.service.maintenance.purge()
     clock.advance(1)
-    assert 1 == api.service.purge()
+    assert 1 == api.service.maintenance.purge()
     assert_error(api.call("GET", f"/jobs/{completed['job_id']}"), 404, "not_found")
     assert 4 == api.ok("GET", "/jobs/")["total"]
 
     api = restart(api, make_app)
     assert_error(api.call("GET", f"/jobs/{completed['job_id']}"), 404, "not_found")
     clock.advance(200)
-    assert 2 == api.service.purge()
+    assert 2 == api.service.maintenance.purge()
     assert [active["job_id"], pending["job_id"]] == [
         j["job_id"] for j in api.ok("GET", "/jobs/")["jobs"]]
 
@@ -632,7 +632,7 @@ def test_retention_purges_old_finished_jobs_and_the_purge_survives_restart(
     assert [active["job_id"], pending["job_id"]] == [
         j["job_id"] for j in api.ok("GET", "/jobs/")["jobs"]]
     clock.advance(10**6)
-    assert 0 == api.service.purge()
+    assert 0 == api.service.maintenance.purge()
 
 
 def test_retention_zero_keeps_finished_jobs_forever(api: Api, clock: FakeClock) -> None:
@@ -640,7 +640,7 @@ def test_retention_zero_keeps_finished_jobs_forever(api: Api, clock: FakeClock) 
     job = api.held("e1")
     api.reported(job["job_id"], "complete")
     clock.advance(10**8)
-    assert 0 == api.service.purge()
+    assert 0 == api.service.maintenance.purge()
     assert "completed" == api.job(job["job_id"])["status"]
 
 
@@ -716,7 +716,7 @@ def test_slow_engine_takes_large_job_when_no_fast_engine_is_active(
     else:
         clock.advance(61)
         api.heartbeat("slow", benchmark_time=50.0)
-        api.service.sweep()
+        api.service.maintenance.sweep()
         assert "offline" == api.engine("fast")["status"]
     assert large["job_id"] == api.assigned("slow")["job_id"]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dispatch.memory_backend import MemoryBackend
 from dispatch.service import DispatchService
 from dispatch.storage.journal import JournalStore
 from tests.conftest import BOTH_BACKENDS
@@ -32,7 +33,7 @@ def service(make_settings: Callable[..., Any], backend_kind: str,
         database.reset()
         service = open_service(database, settings, time.time)
     else:
-        service = DispatchService(settings, JournalStore(settings.state_file))
+        service = DispatchService(settings, MemoryBackend(JournalStore(settings.state_file)))
     try:
         yield service
     finally:
@@ -56,41 +57,42 @@ def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
 def test_concurrent_submissions_get_distinct_ids(service: DispatchService) -> None:
     """16 threads x 100 submissions give 1,600 jobs with 1,600 distinct ids."""
     def submit_many(index: int) -> list[str]:
-        return [service.submit_job({**JOB, "priority": index % 5}).job_id for _ in range(100)]
+        submit = service.commands.submit_job
+        return [submit({**JOB, "priority": index % 5}).job_id for _ in range(100)]
 
     ids = [job_id for batch in run_together(16, submit_many) for job_id in batch]
     assert 1600 == len(ids)
     assert 1600 == len(set(ids))
-    page = service.list_jobs(None, 1000, 0)
+    page = service.queries.list_jobs(None, 1000, 0)
     assert 1600 == page.total
-    assert 1600 == service.list_jobs("pending", 1, 0).total
+    assert 1600 == service.queries.list_jobs("pending", 1, 0).total
     listed = [job.job_id for job in page.jobs]
-    listed += [job.job_id for job in service.list_jobs(None, 1000, 1000).jobs]
+    listed += [job.job_id for job in service.queries.list_jobs(None, 1000, 1000).jobs]
     assert set(ids) == set(listed)
 
 
 def test_racing_engines_each_job_assigned_exactly_once(service: DispatchService) -> None:
     """8 engines racing for 200 jobs: every job is assigned once (attempt 1) and completed
     once, and no engine ever holds two jobs at once."""
-    job_ids = [service.submit_job(JOB).job_id for _ in range(200)]
+    job_ids = [service.commands.submit_job(JOB).job_id for _ in range(200)]
     engines = [f"engine-{n}" for n in range(8)]
     for engine_id in engines:
-        service.heartbeat({"engine_id": engine_id})
+        service.commands.heartbeat({"engine_id": engine_id})
 
     def work(index: int) -> list[str]:
         engine_id = engines[index]
         done: list[str] = []
         while True:
-            result = service.assign_job(engine_id, None)
+            result = service.commands.assign_job(engine_id, None)
             job = result.job
             if job is None:
                 return done
             assert not result.redelivered, (engine_id, job.job_id)
             assert engine_id == job.assigned_engine
             assert "assigned" == job.status
-            held = service.get_engine(engine_id)["current_jobs"]
+            held = service.queries.get_engine(engine_id)["current_jobs"]
             assert [job.job_id] == held, (engine_id, held)
-            completed = service.complete_job(job.job_id, "http://out/o.mp4", engine_id)
+            completed = service.commands.complete_job(job.job_id, "http://out/o.mp4", engine_id)
             assert "completed" == completed.status
             done.append(job.job_id)
 
@@ -100,29 +102,29 @@ def test_racing_engines_each_job_assigned_exactly_once(service: DispatchService)
     assert [] == [job_id for job_id, count in served.items() if count != 1]
 
     for job_id in job_ids:
-        job = service.get_job(job_id)
+        job = service.queries.get_job(job_id)
         assert ("completed", 1) == (job.status, job.attempt), job_id
-    completed_by_engine = {e: service.get_engine(e)["jobs_completed"] for e in engines}
+    completed_by_engine = {e: service.queries.get_engine(e)["jobs_completed"] for e in engines}
     assert {e: len(done) for e, done in zip(engines, per_engine, strict=True)} \
         == completed_by_engine
     for engine_id in engines:
-        assert [] == service.get_engine(engine_id)["current_jobs"]
-    assert 200 == service.list_jobs("completed", 1, 0).total
-    assert 0 == service.list_jobs("pending", 1, 0).total
+        assert [] == service.queries.get_engine(engine_id)["current_jobs"]
+    assert 200 == service.queries.list_jobs("completed", 1, 0).total
+    assert 0 == service.queries.list_jobs("pending", 1, 0).total
 
 
 def test_racing_engines_single_job_goes_to_one(service: DispatchService) -> None:
     """8 engines asking at the same moment for the only job: exactly one gets it."""
-    job_id = service.submit_job(JOB).job_id
+    job_id = service.commands.submit_job(JOB).job_id
     engines = [f"engine-{n}" for n in range(8)]
     for engine_id in engines:
-        service.heartbeat({"engine_id": engine_id})
+        service.commands.heartbeat({"engine_id": engine_id})
 
-    results = run_together(8, lambda index: service.assign_job(engines[index], None).job)
+    results = run_together(8, lambda index: service.commands.assign_job(engines[index], None).job)
     winners = [(engines[i], job.job_id) for i, job in enumerate(results) if job is not None]
     assert 1 == len(winners), winners
     winner, won = winners[0]
     assert job_id == won
-    assert winner == service.get_job(job_id).assigned_engine
-    holding = {e: service.get_engine(e)["current_jobs"] for e in engines}
+    assert winner == service.queries.get_job(job_id).assigned_engine
+    holding = {e: service.queries.get_engine(e)["current_jobs"] for e in engines}
     assert {e: ([job_id] if e == winner else []) for e in engines} == holding

@@ -103,7 +103,7 @@ def test_health_counts_move(
     clock.advance(40)
     post(client, auth, "/engines/heartbeat", {"engine_id": "e2"})
     clock.advance(30)  # e1 silent for 70 s, e2 for 30 s
-    app.extensions["dispatch"].sweep()
+    app.extensions["dispatch"].maintenance.sweep()
     assert (2, 1) == counts()
 
 
@@ -186,7 +186,7 @@ def test_stats_engine_counts_include_offline(
     post(client, auth, "/engines/heartbeat", {"engine_id": "e1"})
     post(client, auth, "/engines/heartbeat", {"engine_id": "e2"})
     clock.advance(30)
-    app.extensions["dispatch"].sweep()
+    app.extensions["dispatch"].maintenance.sweep()
     expected = {"total": 3, "active": 2, "idle": 1, "busy": 1, "draining": 0, "offline": 1}
     assert expected == stats(client, auth)["engines"]
 

@@ -35,7 +35,7 @@ def _service() -> DispatchService:
 
 
 def _job_response(job: Job) -> Response:
-    return json_response(_service().describe(job))
+    return json_response(_service().queries.describe(job))
 
 
 @blp.route("/", methods=["POST"], strict_slashes=False)
@@ -54,9 +54,9 @@ def _job_response(job: Job) -> Response:
 def submit(data: dict[str, Any], headers: dict[str, Any]) -> Response:
     """Submit a job."""
     service = _service()
-    job, created = service.submit_once(data, headers.get("key"))
+    job, created = service.commands.submit_once(data, headers.get("key"))
     log_ids(job_id=job.job_id)
-    return json_response(service.describe(job), 201 if created else 200,
+    return json_response(service.queries.describe(job), 201 if created else 200,
                          {"Location": f"/jobs/{job.job_id}"})
 
 
@@ -70,8 +70,8 @@ def submit_batch(data: dict[str, Any]) -> Response:
     """Submit 1-1000 jobs at once: all are created, or none (a 400 names the index
     and errors of each invalid item)."""
     service = _service()
-    jobs = service.submit_batch(data["jobs"])
-    return json_response({"jobs": [service.describe(job) for job in jobs]}, 201)
+    jobs = service.commands.submit_batch(data["jobs"])
+    return json_response({"jobs": [service.queries.describe(job) for job in jobs]}, 201)
 
 
 @blp.route("/", methods=["GET"], strict_slashes=False)
@@ -82,8 +82,8 @@ def list_jobs(query: dict[str, Any]) -> Response:
     """List jobs, oldest first; `total` counts every match."""
     limit, offset = query["limit"], query["offset"]
     service = _service()
-    page = service.list_jobs(query.get("status"), limit, offset)
-    return json_response({"jobs": [service.describe(job) for job in page.jobs],
+    page = service.queries.list_jobs(query.get("status"), limit, offset)
+    return json_response({"jobs": [service.queries.describe(job) for job in page.jobs],
                           "total": page.total, "limit": limit, "offset": offset})
 
 
@@ -94,11 +94,11 @@ def list_jobs(query: dict[str, Any]) -> Response:
 def get_job(job_id: str) -> Response:
     """One job. An engine key bound to an engine reads that engine's jobs only."""
     service = _service()
-    job = service.get_job(job_id)
+    job = service.queries.get_job(job_id)
     bound = current().engine_id
     if bound is not None and job.assigned_engine != bound:
         raise Forbidden(f"this key reads the jobs of engine {bound!r} only")
-    return json_response(service.describe(job))
+    return json_response(service.queries.describe(job))
 
 
 @blp.route("/<job_id:job_id>/events", methods=["GET"], strict_slashes=False)
@@ -108,7 +108,7 @@ def get_job(job_id: str) -> Response:
 def job_events(job_id: str) -> Response:
     """The job's history, oldest first: every state change with its time, engine,
     attempt and reason (the first and the latest 99 events are kept)."""
-    return json_response({"job_id": job_id, "events": _service().job_events(job_id)})
+    return json_response({"job_id": job_id, "events": _service().queries.job_events(job_id)})
 
 
 @blp.route("/<job_id:job_id>", methods=["DELETE"], strict_slashes=False)
@@ -118,7 +118,7 @@ def job_events(job_id: str) -> Response:
 @blp.alt_response(409, schema=ErrorSchema, description="Already finished")
 def cancel_job(job_id: str) -> Response:
     """Cancel a job that has not finished; its engine is freed."""
-    return _job_response(_service().cancel_job(job_id))
+    return _job_response(_service().commands.cancel_job(job_id))
 
 
 @blp.route("/<job_id:job_id>/progress", methods=["POST"], strict_slashes=False)
@@ -130,8 +130,8 @@ def cancel_job(job_id: str) -> Response:
                   "not held by engine_id, or not the job's current attempt")
 def progress(data: dict[str, Any], job_id: str) -> Response:
     """Report progress (0-100)."""
-    job = _service().report_progress(job_id, data["progress"], acting_engine(data.get("engine_id")),
-                                        data.get("attempt"))
+    job = _service().commands.report_progress(
+        job_id, data["progress"], acting_engine(data.get("engine_id")), data.get("attempt"))
     return _job_response(job)
 
 
@@ -144,8 +144,8 @@ def progress(data: dict[str, Any], job_id: str) -> Response:
                   "not held by engine_id, or not the job's current attempt")
 def complete(data: dict[str, Any], job_id: str) -> Response:
     """Report a job done, with where its output is."""
-    job = _service().complete_job(job_id, data["output_url"], acting_engine(data.get("engine_id")),
-                                        data.get("attempt"))
+    job = _service().commands.complete_job(
+        job_id, data["output_url"], acting_engine(data.get("engine_id")), data.get("attempt"))
     return _job_response(job)
 
 
@@ -158,8 +158,8 @@ def complete(data: dict[str, Any], job_id: str) -> Response:
                   "not held by engine_id, or not the job's current attempt")
 def fail(data: dict[str, Any], job_id: str) -> Response:
     """Report a failed attempt; the job is retried with backoff while retries remain."""
-    job = _service().fail_job(job_id, data["error_message"], acting_engine(data.get("engine_id")),
-                                        data.get("attempt"))
+    job = _service().commands.fail_job(
+        job_id, data["error_message"], acting_engine(data.get("engine_id")), data.get("attempt"))
     return _job_response(job)
 
 
@@ -170,7 +170,7 @@ def fail(data: dict[str, Any], job_id: str) -> Response:
 @blp.alt_response(409, schema=ErrorSchema, description="Not failed or cancelled")
 def retry(job_id: str) -> Response:
     """Send a failed or cancelled job back to the queue."""
-    return _job_response(_service().retry_job(job_id))
+    return _job_response(_service().commands.retry_job(job_id))
 
 
 @blp.route("/<job_id>/priority", methods=["POST"], strict_slashes=False)
@@ -182,4 +182,4 @@ def retry(job_id: str) -> Response:
 def set_priority(data: dict[str, Any], job_id: str) -> Response:
     """Change the priority of a job that has not finished (a `priority` event in its
     history); a pending job moves to its new place in the queue."""
-    return _job_response(_service().set_priority(job_id, data["priority"]))
+    return _job_response(_service().commands.set_priority(job_id, data["priority"]))

@@ -19,7 +19,7 @@ blp = Blueprint("system", __name__, description="Health, statistics and metrics"
 @blp.doc(security=[])
 def health() -> Response:
     """Liveness for load balancers and systemd; no key needed."""
-    info = current_app.extensions["dispatch"].health()
+    info = current_app.extensions["dispatch"].queries.health()
     failure = info.pop("failure")
     body = {"status": "unhealthy" if failure else "healthy", "version": __version__, **info}
     if failure:
@@ -32,7 +32,7 @@ def health() -> Response:
 @auth.login_required(role=JOB_WRITERS)
 def stats() -> Response:
     """Counts of jobs and engines, and throughput over the last hour."""
-    return json_response(current_app.extensions["dispatch"].stats())
+    return json_response(current_app.extensions["dispatch"].queries.stats())
 
 
 @blp.route("/metrics", methods=["GET"], strict_slashes=False)

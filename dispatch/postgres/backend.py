@@ -24,6 +24,7 @@ from dispatch.models import Job
 from dispatch.ports import Transaction
 from dispatch.postgres.job_rows import SELECT_JOB, job_from_row
 from dispatch.postgres.jobs import Jobs
+from dispatch.postgres.lease import Lease
 from dispatch.postgres.pool import DATABASE_DOWN, Pool, reason
 from dispatch.postgres.records import Deliveries, Engines, Idempotency
 
@@ -36,6 +37,12 @@ COMPACT_COUNTS = (
     "SELECT status, sum(n), sum(time_sum), sum(time_n), codec_family, priority FROM d "
     "GROUP BY status, codec_family, priority"
 )
+
+
+def compact(pool: Pool) -> None:
+    """Fold the job count deltas (by the lease holder, on each renewal)."""
+    with pool.connection("maintenance") as conn:
+        conn.execute(COMPACT_COUNTS)
 
 
 class Unit:
@@ -61,12 +68,19 @@ class Unit:
 class PostgresBackend:
     """The unit of work over a connection pool."""
 
-    def __init__(self, pool: Pool, now: Callable[[], float]) -> None:
+    def __init__(self, pool: Pool, now: Callable[[], float], *, instance: str | None = None,
+                 lease: Lease | None = None, grace_start: float | None = None,
+                 session_secret: str | None = None) -> None:
+        """Units over ``pool``. A serving instance (``wiring.open_backend``) names
+        itself (then it claims the webhook deliveries it sends), holds a ``lease`` for
+        the background work, and has the farm's ``grace_start`` and dashboard secret;
+        a tool or a test needs none of them."""
         self.pool = pool
         self.now = now
-        self.lease: Any = None  # the background-work lease (``lease.Lease``), once started
-        # This instance's name, once it sends webhooks (then it claims the deliveries).
-        self.instance: str | None = None
+        self.instance = instance
+        self.lease = lease
+        self._grace_start = now() if grace_start is None else grace_start
+        self._session_secret = session_secret
         self._connections: int | None = None
 
     @contextmanager
@@ -118,12 +132,22 @@ class PostgresBackend:
 
     def snapshot(self) -> bool:
         """Nothing to compact but the count deltas: every change is in the database."""
-        self.compact()
+        compact(self.pool)
         return False
 
-    def compact(self) -> None:
-        with self.pool.connection("maintenance") as conn:
-            conn.execute(COMPACT_COUNTS)
+    @property
+    def grace_start(self) -> float:
+        return self._grace_start
+
+    def leads(self) -> bool:
+        return self.lease is None or self.lease.leads()
+
+    def start(self) -> None:
+        if self.lease is not None:
+            self.lease.start()
+
+    def session_secret(self) -> str | None:
+        return self._session_secret
 
     @property
     def failure(self) -> str | None:

@@ -7,18 +7,17 @@ import logging
 import os
 import secrets
 import socket
-import time
 import uuid
 
 from prometheus_client import CollectorRegistry
 
 from dispatch.models import to_micros
+from dispatch.ports import Clock
 from dispatch.postgres import migrate
-from dispatch.postgres.backend import PostgresBackend
+from dispatch.postgres.backend import PostgresBackend, compact
 from dispatch.postgres.lease import Lease, start_grace
 from dispatch.postgres.observe import DatabaseMetrics
 from dispatch.postgres.pool import Pool, connect, conninfo, safe_url
-from dispatch.service import Clock, DispatchService
 from dispatch.settings import Settings
 
 log = logging.getLogger("dispatch.postgres")
@@ -61,10 +60,12 @@ def shared_session_secret(settings: Settings) -> str:
     return str(row[0])
 
 
-def open_service(settings: Settings, clock: Clock | None = None,
-                 registry: CollectorRegistry | None = None) -> DispatchService:
-    """A service whose state lives in the settings' database. Raises StateError or
-    Unavailable when the database cannot be used."""
+def open_backend(settings: Settings, clock: Clock,
+                 registry: CollectorRegistry | None = None) -> PostgresBackend:
+    """The unit of work of one serving process on the settings' database: its pool,
+    this instance registered (the farm's restart grace), its background-work lease and
+    the farm's dashboard secret. Raises StateError or Unavailable when the database
+    cannot be used."""
     assert settings.database_url is not None
     info = conninfo(settings.database_url, settings.database_password_file)
     upgrade_schema(settings)
@@ -73,19 +74,16 @@ def open_service(settings: Settings, clock: Clock | None = None,
                 observer.observe if observer is not None else None)
     if observer is not None:
         observer.watch(pool)
-    backend = PostgresBackend(pool, lambda: to_micros((clock or time.time)()))
-    service = DispatchService(settings, clock=clock, backend=backend)
+    started_at = to_micros(clock())
     instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with connect(info) as conn:
-        grace = start_grace(conn, instance, service.started_at,
-                            2 * settings.leader_lease_seconds)
-    # Engines silent since before the farm's first instance started get a full
-    # heartbeat timeout from then, whichever instance sweeps.
-    service.maintenance.grace_start = grace
-    backend.instance = instance
-    backend.lease = Lease(info, instance, settings.leader_lease_seconds, service.started_at,
-                          on_lead=backend.compact)
+        # Engines silent since before the farm's first instance started get a full
+        # heartbeat timeout from then, whichever instance sweeps.
+        grace = start_grace(conn, instance, started_at, 2 * settings.leader_lease_seconds)
+    lease = Lease(info, instance, settings.leader_lease_seconds, started_at,
+                  on_lead=lambda: compact(pool))
+    secret = settings.ui_secret or shared_session_secret(settings)
     log.info("state in PostgreSQL at %s (instance %s)", safe_url(settings.database_url),
              instance)
-    return service
-
+    return PostgresBackend(pool, lambda: to_micros(clock()), instance=instance,
+                           lease=lease, grace_start=grace, session_secret=secret)

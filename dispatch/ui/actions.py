@@ -30,19 +30,19 @@ class Action:
 
 JOB_ACTIONS = {
     "cancel": Action("cancel", "Cancel job",
-                     lambda service, job_id: service.cancel_job(job_id),
+                     lambda service, job_id: service.commands.cancel_job(job_id),
                      rules.can_cancel),
     "retry": Action("retry", "Retry job",
-                    lambda service, job_id: service.retry_job(job_id),
+                    lambda service, job_id: service.commands.retry_job(job_id),
                     rules.can_retry),
 }
 ENGINE_ACTIONS = {
     "drain": Action("drain", "Drain engine",
-                    lambda service, engine_id: service.set_drain(engine_id, True)),
+                    lambda service, engine_id: service.commands.set_drain(engine_id, True)),
     "resume": Action("resume", "Resume engine",
-                     lambda service, engine_id: service.set_drain(engine_id, False)),
+                     lambda service, engine_id: service.commands.set_drain(engine_id, False)),
     "remove": Action("remove", "Remove engine",
-                     lambda service, engine_id: service.delete_engine(engine_id)),
+                     lambda service, engine_id: service.commands.delete_engine(engine_id)),
 }
 
 

@@ -184,7 +184,7 @@ def logout() -> ResponseReturnValue:
 
 @blp.route("/")
 def overview() -> Any:
-    data = _service().overview(CHART_MINUTES)
+    data = _service().queries.overview(CHART_MINUTES)
     per_minute = data["per_minute"]
     return _page("ui/overview.html", "ui/_overview_live.html", data=data,
                  completed_bars=present.bars(per_minute["completed"]),
@@ -220,7 +220,7 @@ def _offset() -> int:
 def jobs() -> Any:
     where = _filter()
     offset = _offset()
-    page = _service().search_jobs(where, offset, PAGE_SIZE)
+    page = _service().queries.search_jobs(where, offset, PAGE_SIZE)
     base = where.args()
 
     def link(new_offset: int) -> str:
@@ -241,7 +241,7 @@ def jobs_bulk() -> Any:
     if action is None:
         raise Refused(400, "Unknown bulk action; choose retry or cancel.")
     where = _filter()
-    found = _service().search_jobs(where, 0, BULK_MAX)
+    found = _service().queries.search_jobs(where, 0, BULK_MAX)
     matching, matched = found.jobs, found.total
     applicable = sum(1 for job in matching if action.applies(job))
     description = ", ".join(f"{key}={value}" for key, value in where.args().items()) \
@@ -268,9 +268,9 @@ def jobs_bulk() -> Any:
 @blp.route("/jobs/<job_id>")
 def job(job_id: str) -> Any:
     service = _service()
-    found = service.get_job(job_id)
+    found = service.queries.get_job(job_id)
     return _page("ui/job.html", "ui/_job_live.html", job=found,
-                 view=service.describe(found), events=service.job_events(job_id),
+                 view=service.queries.describe(found), events=service.queries.job_events(job_id),
                  actions=JOB_ACTIONS.values(), nav="jobs")
 
 
@@ -278,7 +278,7 @@ def job(job_id: str) -> Any:
 def job_action(job_id: str, name: str) -> Any:
     who = _admin()
     service = _service()
-    found = service.get_job(job_id)
+    found = service.queries.get_job(job_id)
     back = url_for("ui.job", job_id=job_id)
     if name == "priority":
         try:
@@ -292,7 +292,7 @@ def job_action(job_id: str, name: str) -> Any:
                             f"to {priority}?", Action("priority", "Change priority",
                                                       lambda *_: None), job_id, back)
         problem = perform(who, f"priority {priority} for job", job_id,
-                          lambda: service.set_priority(job_id, priority))
+                          lambda: service.commands.set_priority(job_id, priority))
         flash(problem or f"Job {job_id}: priority is now {priority}.",
               "error" if problem else "ok")
         return redirect(back, 303)
@@ -329,18 +329,18 @@ def _first(messages: Any) -> str:
 def engines() -> Any:
     _admin_or_403_for_reading()
     return _page("ui/engines.html", "ui/_engines_live.html",
-                 rows=_service().engine_rows(), nav="engines")
+                 rows=_service().queries.engine_rows(), nav="engines")
 
 
 @blp.route("/engines/<engine_id>")
 def engine(engine_id: str) -> Any:
     _admin_or_403_for_reading()
     service = _service()
-    row = service.engine_row(engine_id)
+    row = service.queries.engine_row(engine_id)
     if row is None:
         raise errors.EngineNotFound(engine_id)
     return _page("ui/engine.html", "ui/_engine_live.html", row=row,
-                 recent=service.recent_jobs(engine_id, RECENT_JOBS),
+                 recent=service.queries.recent_jobs(engine_id, RECENT_JOBS),
                  actions=ENGINE_ACTIONS.values(), nav="engines")
 
 
@@ -358,7 +358,7 @@ def engine_action(engine_id: str, name: str) -> Any:
     action = ENGINE_ACTIONS.get(name)
     if action is None:
         raise Refused(404, f"No engine action {name!r}.")
-    if service.engine_row(engine_id) is None:
+    if service.queries.engine_row(engine_id) is None:
         raise errors.EngineNotFound(engine_id)
     if not _confirmed():
         return _confirm(f"{action.button} {engine_id}?", action, engine_id,

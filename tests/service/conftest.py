@@ -21,8 +21,6 @@ def make_service(harness: Harness) -> Callable[..., DispatchService]:
 
     def make(**overrides: Any) -> DispatchService:
         settings = Settings(api_key=API_KEY, **overrides)
-        backend = harness.open()
-        assert harness.store is not None
-        return DispatchService(settings, harness.store, harness.clock, backend=backend)
+        return DispatchService(settings, harness.open(), harness.clock)
 
     return make
