@@ -39,8 +39,8 @@ sys.path.insert(0, str(BENCH))
 import loadgen  # noqa: E402
 
 from dispatch.models import Job  # noqa: E402
-from dispatch.persistence import SnapshotData  # noqa: E402
 from dispatch.storage.journal.snapshot import write_lines  # noqa: E402
+from dispatch.storage.memory.store import SnapshotData  # noqa: E402
 
 SERVER_BIN = Path(sys.executable).with_name("dispatch-server")
 CODECS = loadgen.CODECS
@@ -522,10 +522,10 @@ class Bench:
         are changes; its CPU time competes with the request threads for the GIL."""
         folder = self.cache.fresh_dir(n)
         try:
-            from dispatch.memory_backend import MemoryBackend
             from dispatch.service import DispatchService
             from dispatch.settings import Settings
             from dispatch.storage.journal import JournalStore
+            from dispatch.storage.memory import MemoryBackend
 
             settings = Settings(api_key=self.api_key,
                                 state_file=str(folder / "server_state.json"),

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from dispatch.models import Delivery
 from dispatch.service import DispatchService
 from dispatch.webhooks import Outbox, Sender
 
@@ -48,7 +49,7 @@ class _LedOutbox:
         self.outbox = outbox
         self.lead = lead
 
-    def due_deliveries(self) -> list[dict[str, Any]]:
+    def due_deliveries(self) -> list[Delivery]:
         return self.outbox.due_deliveries() if self.lead() else []
 
     def record_delivery(self, job_id: str, generation: int, error: str | None) -> None:

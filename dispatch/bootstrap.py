@@ -18,12 +18,12 @@ from flask import Flask
 
 from dispatch.app import create_app
 from dispatch.background import Runtime
-from dispatch.memory_backend import MemoryBackend
 from dispatch.metrics import Metrics
 from dispatch.ports import Backend, Clock, Observer, UnitOfWork
 from dispatch.service import DispatchService
 from dispatch.settings import Settings, load_settings
 from dispatch.storage.journal import JournalStore
+from dispatch.storage.memory import MemoryBackend
 
 
 class JournalBackend:
@@ -140,6 +140,21 @@ def build_app(server: Server, *, background: bool = True) -> Flask:
     if background:
         runtime.start()
     return app
+
+
+def is_database(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def open_state(location: str, password_file: str | None = None) -> UnitOfWork:
+    """The state at ``location`` (a state file path or a ``postgresql://`` URL, its
+    schema brought up to date) for a tool that reads or writes it with no server
+    running; raises StateError or Unavailable."""
+    if is_database(location):
+        from dispatch.postgres.wiring import open_tool_backend
+
+        return open_tool_backend(location, password_file)
+    return MemoryBackend(JournalStore(location))
 
 
 def wsgi_app() -> Flask:

@@ -1,13 +1,13 @@
 """Webhook policy: which callback URLs are allowed, when a failed delivery is tried
 again, and what a finished job's delivery looks like. Pure functions; the service and
-every backend use them, the sender (``webhooks.py``) only sends."""
+every backend use them (through ``changes``), the sender (``webhooks.py``) only sends."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 from urllib.parse import urlsplit
 
-from dispatch.models import Job
+from dispatch.models import Delivery, Job
 from dispatch.urls import callback_pattern
 
 BACKOFF_CAP = 300.0
@@ -42,27 +42,24 @@ def backoff(attempts: int) -> float:
     return min(2.0 ** max(0, attempts - 1), BACKOFF_CAP)
 
 
-def new_delivery(job: Job, now: float, previous: dict[str, Any] | None) -> dict[str, Any]:
+def new_delivery(job: Job, now: float, previous: Delivery | None) -> Delivery:
     """The delivery a job that has just finished with a callback URL owes; each
     notification of the same job (a retried job finishes again) has a new generation."""
-    return {
-        "job_id": job.job_id, "url": job.callback_url, "state": "pending",
-        "event": job.status, "attempts": 0, "first_at": now, "next_at": now,
-        "last_error": None, "delivered_at": None, "payload": job.to_dict(),
-        "generation": (previous["generation"] + 1) if previous else 1,
-    }
+    assert job.callback_url is not None
+    return Delivery(job_id=job.job_id, url=job.callback_url, event=job.status,
+                    payload=job.to_dict(), first_at=now, next_at=now,
+                    generation=previous.generation + 1 if previous else 1)
 
 
-def after_attempt(delivery: dict[str, Any], error: str | None, now: float,
-                  retry_for: float) -> dict[str, Any]:
+def after_attempt(delivery: Delivery, error: str | None, now: float,
+                  retry_for: float) -> Delivery:
     """The delivery after one attempt: delivered, tried again later, or given up once
     it has been failing for ``retry_for`` seconds."""
-    attempts = delivery["attempts"] + 1
-    updated = {**delivery, "attempts": attempts, "last_error": error}
+    attempts = delivery.attempts + 1
     if error is None:
-        updated.update(state="delivered", delivered_at=now)
-    elif now - delivery["first_at"] >= retry_for:
-        updated.update(state="failed")
-    else:
-        updated.update(next_at=now + backoff(attempts))
-    return updated
+        return replace(delivery, attempts=attempts, last_error=None, state="delivered",
+                       delivered_at=now)
+    if now - delivery.first_at >= retry_for:
+        return replace(delivery, attempts=attempts, last_error=error, state="failed")
+    return replace(delivery, attempts=attempts, last_error=error,
+                   next_at=now + backoff(attempts))

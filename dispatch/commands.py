@@ -93,13 +93,13 @@ class Commands(ServicePart):
         entry = tx.idempotency.claim(key, now, self.settings.idempotency_ttl)
         if entry is None:
             return None
-        if entry["hash"] != fingerprint:
+        if entry.fingerprint != fingerprint:
             raise errors.Conflict(
                 "this Idempotency-Key was used with a different request body; "
                 "use a new key for a new job"
             )
         # None when purged since: the key has nothing left to protect.
-        return tx.jobs.get(entry["job_id"])
+        return tx.jobs.get(entry.job_id)
 
     def _held(self, tx: Transaction, job_id: str, engine_id: str | None,
               attempt: int | None, action: str) -> Job:

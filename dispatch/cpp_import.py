@@ -35,7 +35,7 @@ from dispatch import cpp_layout
 from dispatch.bootstrap import open_server
 from dispatch.errors import StateError
 from dispatch.models import Engine, Job
-from dispatch.persistence import Op, Store
+from dispatch.ports import UnitOfWork
 from dispatch.settings import SettingsError, build_parser, settings_from_args
 
 # Rows written per journal record: bounded records, whatever the database's size.
@@ -142,11 +142,16 @@ def convert(rows: Iterator[tuple[str, str, Any]], existing_jobs: set[str],
     return report
 
 
-def _write(store: Store, report: Report) -> None:
-    ops: list[Op] = [("engine", r["engine_id"], r) for r in report.engines]
-    ops += [("job", r["job_id"], r) for r in report.jobs]
-    for start in range(0, len(ops), CHUNK):
-        store.wait_durable(store.append(ops[start:start + CHUNK]))
+def _write(uow: UnitOfWork, report: Report) -> None:
+    """Through the ports, as given (``JobRepository.load``: no history is made up for
+    a job imported), a chunk of rows per unit."""
+    with uow.transaction() as tx:
+        for record in report.engines:
+            tx.engines.put(Engine.from_dict(record))
+    for start in range(0, len(report.jobs), CHUNK):
+        with uow.transaction() as tx:
+            for record in report.jobs[start:start + CHUNK]:
+                tx.jobs.load(Job.from_dict(record, tx.jobs.allocate_seq()), [])
 
 
 def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
@@ -170,7 +175,6 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
         print(f"dispatch-server import-cpp: {exc}", file=err)
         return 1
     service = server.loaded_service()
-    store = service.uow._store  # type: ignore[attr-defined]
     try:
         held = service.queries.counts()
         if sum(held.values()) and not settings_args.merge:
@@ -180,16 +184,14 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
             return 1
         existing_jobs = {job.job_id for job in service.queries.list_jobs(None, 10**9, 0).jobs}
         existing_engines = {e["engine_id"] for e in service.queries.list_engines()}
-        del service
-        server.service = None
         try:
             report = convert(read_rows(settings_args.paths), existing_jobs, existing_engines)
         except SourceError as exc:
             print(f"dispatch-server import-cpp: {exc}; nothing changed", file=err)
             return 2
-        _write(store, report)
+        _write(service.uow, report)
     finally:
-        store.close()
+        service.close()
     # Load what was written, as the server will, and save it as a snapshot.
     server = open_server(settings)
     try:

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
-
-import orjson
 
 from dispatch import callbacks, history, rules
-from dispatch.models import ACTIVE_STATUSES, Engine, Job
+from dispatch.models import ACTIVE_STATUSES, Delivery, Engine, Job
 from dispatch.service_base import ServicePart
 
 log = logging.getLogger("dispatch.service")
@@ -21,27 +18,26 @@ events = logging.getLogger("dispatch.events")
 class Maintenance(ServicePart):
     # -------------------------------------------------------------- webhooks
 
-    def due_deliveries(self) -> list[dict[str, Any]]:
-        """Pending deliveries whose time has come, with the body to send."""
+    def due_deliveries(self) -> list[Delivery]:
+        """Pending deliveries whose time has come, soonest first."""
         with self.uow.read() as tx:
-            due = tx.deliveries.due(self.now())
-        return [{**delivery, "body": orjson.dumps(delivery["payload"])} for delivery in due]
+            return tx.deliveries.due(self.now())
 
     def record_delivery(self, job_id: str, generation: int, error: str | None) -> None:
         """Note the outcome of one delivery attempt (durably)."""
         with self.uow.transaction() as tx:
             delivery = tx.deliveries.get_for_update(job_id)
-            if delivery is None or delivery["generation"] != generation \
-                    or delivery["state"] != "pending":
+            if delivery is None or delivery.generation != generation \
+                    or delivery.state != "pending":
                 return  # replaced or purged while it was being sent
             updated = callbacks.after_attempt(delivery, error, self.now(),
                                               self.settings.webhook_retry_for)
-            tx.deliveries.put(job_id, updated)
+            tx.deliveries.put(updated)
         if error is None:
             events.info("webhook delivered", extra={"job_id": job_id})
         else:
-            events.warning("webhook attempt %d failed (%s)%s", updated["attempts"], error,
-                           "; giving up" if updated["state"] == "failed" else "",
+            events.warning("webhook attempt %d failed (%s)%s", updated.attempts, error,
+                           "; giving up" if updated.state == "failed" else "",
                            extra={"job_id": job_id})
 
     # -------------------------------------------------------------- liveness

@@ -260,3 +260,58 @@ class Engine:
             drain=data.get("drain") if data.get("drain") in ("api", "engine") else None,
             telemetry=data.get("telemetry") or None,
         )
+
+
+DELIVERY_STATES = ("pending", "delivered", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The webhook a finished job owes its client (``callbacks`` makes and advances
+    it; the sender only sends). Each notification of the same job (a retried job
+    finishes again) is a new ``generation``."""
+
+    job_id: str
+    url: str
+    event: str  # the job's status when it finished
+    payload: dict[str, Any]  # the job's API form then
+    first_at: float
+    next_at: float
+    generation: int = 1
+    state: str = "pending"
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: float | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "url": self.url, "state": self.state,
+                "event": self.event, "attempts": self.attempts, "first_at": self.first_at,
+                "next_at": self.next_at, "last_error": self.last_error,
+                "delivered_at": self.delivered_at, "payload": self.payload,
+                "generation": self.generation}
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> Delivery:
+        return cls(job_id=data["job_id"], url=data["url"], event=data["event"],
+                   payload=data["payload"], first_at=data["first_at"],
+                   next_at=data.get("next_at") or 0.0, generation=data["generation"],
+                   state=data["state"], attempts=data["attempts"],
+                   last_error=data.get("last_error"),
+                   delivered_at=data.get("delivered_at"))
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyEntry:
+    """A submission made under an ``Idempotency-Key``: what it asked for (a hash of
+    the request) and the job it made, ``at`` when."""
+
+    fingerprint: str
+    job_id: str
+    at: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {"hash": self.fingerprint, "job_id": self.job_id, "at": self.at}
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> IdempotencyEntry:
+        return cls(fingerprint=data["hash"], job_id=data["job_id"], at=data["at"])

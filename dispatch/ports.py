@@ -20,10 +20,14 @@ lock:
 - ``IdempotencyRepository.claim`` (idempotent submission): a unique key;
 - ``JobRepository.allocate_seq`` (job ids): a sequence, never handed out twice.
 
-Derived records: putting a job records the history events its transition implies
-(``history.transition_events``) and, when the job has just finished with a callback
-URL, its webhook delivery (``callbacks.new_delivery``), in the same unit. Backends do
-this with those pure functions, so no rule can forget them.
+Derived records: putting a job stores what ``changes.derive`` says follows from it
+(the history events of its transition, the webhook delivery a job that has just
+finished with a callback URL owes, the cascade of a delete), in the same unit. Every
+backend stores what that one pure function returns, so no rule is written twice.
+
+Moving a farm (``import-cpp``, ``copy-state``) goes through the same ports:
+``JobRepository.load`` stores a job with its history as given, and the other records
+are put as they are.
 
 ``tests/contract/`` checks every behaviour described here against each backend.
 """
@@ -32,11 +36,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dispatch.history import Event, FailureKind
 from dispatch.job_search import JobFilter
-from dispatch.models import Engine, Job
+from dispatch.models import Delivery, Engine, IdempotencyEntry, Job
 from dispatch.scheduler import Policy
 
 if TYPE_CHECKING:
@@ -60,6 +64,13 @@ class JobRepository(Protocol):
 
     def delete(self, job_id: str) -> None:
         """Remove the job with its history and delivery."""
+
+    def load(self, job: Job, events: list[Event]) -> None:
+        """Store ``job`` (a new id, its ``seq`` kept) with ``events`` as its history,
+        exactly as given: nothing is derived (a farm imported or moved)."""
+
+    def dump(self) -> Iterable[tuple[Job, list[Event]]]:
+        """Every job in creation order with its history (a farm moved elsewhere)."""
 
     def allocate_seq(self) -> int:
         """A new creation sequence number; never handed out again, even when the
@@ -121,9 +132,9 @@ class JobRepository(Protocol):
     def pending_counts(self) -> dict[tuple[str, int], int]:
         """Pending jobs (those in backoff included) per (codec, priority)."""
 
-    def finished_per_minute(self, now: float, minutes: int) -> dict[str, list[int]]:
-        """Jobs completed and finally failed in each of the ``minutes`` minutes up to
-        ``now``, oldest minute first: ``{"completed": [...], "failed": [...]}``."""
+    def finished_since(self, since: float) -> list[tuple[str, float]]:
+        """The status and finishing time of every job that finished at or after
+        ``since``, in no particular order."""
 
     def recent_on(self, engine_id: str, limit: int) -> list[Job]:
         """Up to ``limit`` of the jobs the engine holds or held, newest first."""
@@ -144,7 +155,7 @@ class EngineRepository(Protocol):
 
 
 class IdempotencyRepository(Protocol):
-    def claim(self, key: str, now: float, ttl: float) -> dict[str, Any] | None:
+    def claim(self, key: str, now: float, ttl: float) -> IdempotencyEntry | None:
         """The live entry (recorded less than ``ttl`` seconds ago) under ``key``, or
         None: then the key is this unit's until it ends, to ``record``."""
 
@@ -155,16 +166,22 @@ class IdempotencyRepository(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def all(self) -> list[tuple[str, IdempotencyEntry]]:
+        """Every key with its entry, oldest first."""
+
 
 class DeliveryRepository(Protocol):
-    def get(self, job_id: str) -> dict[str, Any] | None: ...
+    def get(self, job_id: str) -> Delivery | None: ...
 
-    def get_for_update(self, job_id: str) -> dict[str, Any] | None: ...
+    def get_for_update(self, job_id: str) -> Delivery | None: ...
 
-    def put(self, job_id: str, delivery: dict[str, Any]) -> None: ...
+    def put(self, delivery: Delivery) -> None: ...
 
-    def due(self, now: float) -> list[dict[str, Any]]:
-        """Pending deliveries whose next attempt is due at ``now``."""
+    def due(self, now: float) -> list[Delivery]:
+        """Pending deliveries whose next attempt is due at ``now``, soonest first."""
+
+    def all(self) -> list[Delivery]:
+        """Every delivery, by job id."""
 
 
 class Transaction(Protocol):

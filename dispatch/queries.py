@@ -156,7 +156,8 @@ class Queries(ServicePart):
                 "oldest_pending_age": None if oldest is None
                 else max(0.0, now - oldest.created_at),
                 "engines": reports.engine_counts(tx),
-                "per_minute": tx.jobs.finished_per_minute(now, minutes),
+                "per_minute": reports.per_minute(
+                    tx.jobs.finished_since(now - minutes * 60), now, minutes),
                 "now": now,
             }
 

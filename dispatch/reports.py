@@ -4,11 +4,11 @@ state, an engine's view, statistics. Functions of what a unit of work reads (the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from dispatch.codecs import family
-from dispatch.models import Engine, Job, format_time
+from dispatch.models import Delivery, Engine, Job, format_time
 from dispatch.ports import Transaction
 from dispatch.scheduler import fits, takes_codec
 from dispatch.settings import Settings
@@ -60,16 +60,29 @@ def engine_view(tx: Transaction, engine: Engine) -> dict[str, Any]:
     return record
 
 
-def delivery_view(delivery: Mapping[str, Any]) -> dict[str, Any]:
+def delivery_view(delivery: Delivery) -> dict[str, Any]:
     return {
-        "url": delivery["url"],
-        "state": delivery["state"],
-        "attempts": delivery["attempts"],
-        "next_attempt_at": format_time(delivery["next_at"])
-        if delivery["state"] == "pending" else None,
-        "last_error": delivery["last_error"],
-        "delivered_at": format_time(delivery["delivered_at"]),
+        "url": delivery.url,
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "next_attempt_at": format_time(delivery.next_at)
+        if delivery.state == "pending" else None,
+        "last_error": delivery.last_error,
+        "delivered_at": format_time(delivery.delivered_at),
     }
+
+
+def per_minute(finished: Iterable[tuple[str, float]], now: float,
+               minutes: int) -> dict[str, list[int]]:
+    """Jobs completed and finally failed in each of the ``minutes`` minutes up to
+    ``now``, oldest minute first, from (status, finishing time) pairs."""
+    counts = {"completed": [0] * minutes, "failed": [0] * minutes}
+    for status, finished_at in finished:
+        # Minute 0 is the oldest, the last one the current minute.
+        minute = minutes - 1 - int((now - finished_at) // 60)
+        if 0 <= minute < minutes and status in counts:
+            counts[status][minute] += 1
+    return counts
 
 
 def stats(tx: Transaction, now: float) -> dict[str, Any]:

@@ -16,11 +16,11 @@ import time
 
 from dispatch.commands import AssignResult, Commands
 from dispatch.maintenance import Maintenance
-from dispatch.memory_backend import MemoryBackend
 from dispatch.models import to_micros
 from dispatch.ports import Clock, UnitOfWork
 from dispatch.queries import Page, Queries
 from dispatch.settings import Settings
+from dispatch.storage.memory import MemoryBackend
 
 __all__ = ["AssignResult", "Clock", "DispatchService", "Page"]
 

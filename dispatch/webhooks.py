@@ -26,6 +26,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+import orjson
+
+from dispatch.models import Delivery
 from dispatch.settings import Settings
 
 log = logging.getLogger("dispatch.webhooks")
@@ -37,7 +40,7 @@ class Outbox(Protocol):
     """What the sender needs from the service: the due deliveries, and a place to
     note each attempt's outcome (``maintenance.Maintenance`` is one)."""
 
-    def due_deliveries(self) -> list[dict[str, Any]]: ...
+    def due_deliveries(self) -> list[Delivery]: ...
 
     def record_delivery(self, job_id: str, generation: int, error: str | None) -> None: ...
 
@@ -102,33 +105,33 @@ class Sender(threading.Thread):
         futures = []
         for delivery in due:
             with self._lock:
-                if delivery["job_id"] in self._in_flight:
+                if delivery.job_id in self._in_flight:
                     continue
-                self._in_flight.add(delivery["job_id"])
+                self._in_flight.add(delivery.job_id)
             futures.append(self._pool.submit(self._deliver, delivery))
         if wait:
             for future in futures:
                 future.result()
         return len(futures)
 
-    def _deliver(self, delivery: dict[str, Any]) -> None:
+    def _deliver(self, delivery: Delivery) -> None:
         settings = self.settings
         try:
-            body = delivery["body"]
+            body = orjson.dumps(delivery.payload)
             timestamp = int(self.clock())
-            attempt = delivery["attempts"] + 1
+            attempt = delivery.attempts + 1
             headers = {
                 "X-DistConv-Timestamp": str(timestamp),
                 "X-DistConv-Signature": signature(settings.webhook_secret or "", timestamp,
                                                   body),
-                "X-DistConv-Delivery": f"{delivery['job_id']}.{delivery['generation']}"
+                "X-DistConv-Delivery": f"{delivery.job_id}.{delivery.generation}"
                                        f".{attempt}",
             }
-            error = post(delivery["url"], body, headers, settings.webhook_timeout)
-            self.outbox.record_delivery(delivery["job_id"], delivery["generation"], error)
+            error = post(delivery.url, body, headers, settings.webhook_timeout)
+            self.outbox.record_delivery(delivery.job_id, delivery.generation, error)
         finally:
             with self._lock:
-                self._in_flight.discard(delivery["job_id"])
+                self._in_flight.discard(delivery.job_id)
 
     def stop(self) -> None:
         self.stopped.set()

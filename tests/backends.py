@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from dispatch.errors import PersistenceError
-from dispatch.memory_backend import MemoryBackend
 from dispatch.models import to_micros
-from dispatch.persistence import MemoryStore, Op, RecoveredState, SnapshotData, Store
 from dispatch.ports import UnitOfWork
 from dispatch.postgres.pool import Pool, conninfo
 from dispatch.storage.journal import JournalStore
+from dispatch.storage.memory import MemoryBackend
+from dispatch.storage.memory.store import MemoryStore, Op, RecoveredState, SnapshotData, Store
 from tests.conftest import FakeClock
 from tests.postgres import FlakyPostgresBackend, PostgresServer, RefusingCommits
 

@@ -12,8 +12,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from dispatch.bootstrap import build_app, open_server
-from dispatch.memory_backend import MemoryBackend
 from dispatch.settings import Settings
+from dispatch.storage.memory import MemoryBackend
 
 API_KEY = "test-key-0123456789"
 START = 1_704_067_200.0  # 2024-01-01T00:00:00Z

@@ -17,9 +17,9 @@ import requests
 
 from dispatch.bootstrap import build_app, open_server
 from dispatch.errors import PersistenceError, StateError
-from dispatch.memory_backend import MemoryBackend
 from dispatch.service import DispatchService
 from dispatch.storage.journal import FileIO, JournalStore
+from dispatch.storage.memory import MemoryBackend
 from tests.conftest import API_KEY, JOB
 from tests.server import Server
 
@@ -300,7 +300,7 @@ def test_failed_fsync_undoes_every_change_it_covered(make_settings: Any) -> None
     backend = service.uow
     assert isinstance(backend, MemoryBackend)
     backend.begin()  # a unit appended to the journal, not yet durable
-    backend.jobs.put(_pending_job(service))
+    backend.transaction().repositories.jobs.put(_pending_job(service))
     job_seq = backend.end(failed=False)
     assert job_seq is not None
     io.broken = "sync"
@@ -361,12 +361,12 @@ def test_crash_inside_the_snapshot_sequence_loses_and_duplicates_nothing(
     assert isinstance(backend, MemoryBackend)
     with backend.lock:
         seq = store.begin_snapshot()
-        jobs = list(backend.state.ordered)
-        engines = list(backend.state.engines.values())
+        jobs = list(backend.jobs_table.ordered)
+        engines = list(backend.engines_table.rows.values())
     assert seq is not None
     after = service.commands.submit_job(_job(99)).job_id  # lands in the new journal
     if crash_after == "snapshot":
-        from dispatch.persistence import SnapshotData
+        from dispatch.storage.memory.store import SnapshotData
 
         # Write the snapshot but "crash" before the old segment is removed.
         original = store._segments

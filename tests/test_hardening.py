@@ -470,7 +470,7 @@ def _leak(world: World, path: str) -> TestResponse:
         raise RuntimeError(f"cannot open /etc/secret/{API_KEY} under {world.settings.state_file}")
 
     for name in ("stats", "get_job"):
-        world.monkeypatch.setattr(world.service, name, boom)
+        world.monkeypatch.setattr(world.service.queries, name, boom)
     return world.client.get(path, headers=HEADERS)
 
 

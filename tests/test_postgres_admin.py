@@ -15,10 +15,11 @@ import psycopg
 import pytest
 
 from dispatch.postgres import migrate
-from dispatch.postgres.copy import Farm, read_database, read_file
 from dispatch.service import DispatchService
 from dispatch.settings import Settings, SettingsError, load_settings
 from dispatch.storage.journal import JournalStore
+from dispatch.storage.memory import MemoryBackend
+from dispatch.tools.copy_state import Farm, read_state
 from tests.conftest import API_KEY, FakeClock
 from tests.postgres import ROLE_PASSWORD, PostgresServer
 from tests.server import Server
@@ -116,7 +117,7 @@ def farm_with_every_record(path: Path, clock: FakeClock) -> Farm:
     settings = Settings(api_key=API_KEY, state_file=str(path),
                         webhook_allowed_hosts=("hooks.test",), webhook_secret="s" * 20,
                         max_job_retries=1)
-    service = DispatchService(settings, JournalStore(str(path)), clock)
+    service = DispatchService(settings, MemoryBackend(JournalStore(str(path)), clock), clock)
     hook = {**JOB, "callback_url": "http://hooks.test/done", "priority": 5}
     service.commands.heartbeat({"engine_id": "fast", "supported_codecs": ["h264"],
                        "storage_capacity_gb": 100.0, "streaming_support": True})
@@ -144,10 +145,10 @@ def farm_with_every_record(path: Path, clock: FakeClock) -> Farm:
     service.commands.heartbeat({"engine_id": "fast"})
     service.maintenance.sweep()  # "gone" and "drained" go offline
     service.close()
-    farm = read_file(str(path))
+    farm = read_state(str(path))
     statuses = {job.status for job in farm.jobs}
     assert {"pending", "assigned", "completed", "failed", "cancelled"} <= statuses
-    assert {"delivered", "pending"} == {d["state"] for d in farm.deliveries.values()}
+    assert {"delivered", "pending"} == {d.state for d in farm.deliveries.values()}
     assert ["key-1"] == list(farm.idempotency)
     assert {"fast", "drained", "gone"} == {e.engine_id for e in farm.engines}
     assert any(e.offline for e in farm.engines) and any(e.drain for e in farm.engines)
@@ -172,13 +173,12 @@ def test_copy_state_round_trips_every_record_both_ways(
     to_db = run("copy-state", "--from", str(source), "--to", url)
     assert 0 == to_db.returncode, to_db.stderr
     assert f"copied {original.summary()}" in to_db.stdout
-    with psycopg.connect(url) as conn:
-        same(original, read_database(conn))
+    same(original, read_state(url))
     back = tmp_path / "back" / "server_state.json"
     back.parent.mkdir()
     to_file = run("copy-state", "--from", url, "--to", str(back))
     assert 0 == to_file.returncode, to_file.stderr
-    same(original, read_file(str(back)))
+    same(original, read_state(str(back)))
     # New jobs in the database get ids after every copied one.
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT nextval('job_seq'), max(seq) FROM jobs").fetchone()

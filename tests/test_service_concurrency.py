@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dispatch.memory_backend import MemoryBackend
 from dispatch.service import DispatchService
 from dispatch.storage.journal import JournalStore
+from dispatch.storage.memory import MemoryBackend
 from tests.conftest import BOTH_BACKENDS
 from tests.postgres import open_service
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from dispatch.models import Job
 from dispatch.ports import Transaction
@@ -63,6 +64,12 @@ class Unit:
 
     def execute(self, query: str, params: Any = None) -> psycopg.Cursor[Any]:
         return self.conn.execute(query, params)  # type: ignore[arg-type]
+
+    def rows(self, query: str, params: Any = None) -> psycopg.Cursor[dict[str, Any]]:
+        """``execute``, with each row a dict by column name: how records are mapped
+        to jobs and engines."""
+        cursor = self.conn.cursor(row_factory=dict_row)
+        return cursor.execute(query, params)  # type: ignore[arg-type]
 
 
 class PostgresBackend:
@@ -127,7 +134,8 @@ class PostgresBackend:
 
     def peek_job(self, job_id: str) -> Job | None:
         with self.pool.connection("peek") as conn:
-            row = conn.execute(SELECT_JOB + " WHERE job_id = %s", (job_id,)).fetchone()
+            row = conn.cursor(row_factory=dict_row).execute(
+                SELECT_JOB + " WHERE job_id = %s", (job_id,)).fetchone()
         return job_from_row(row) if row else None
 
     def snapshot(self) -> bool:

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from dispatch import errors
-from dispatch.postgres.copy import copy_state
 from dispatch.postgres.pool import safe_url
+from dispatch.tools.copy_state import copy_state
 
 ADMIN_COMMANDS = ("db", "copy-state")
 

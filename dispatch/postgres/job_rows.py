@@ -4,7 +4,7 @@ single-job read and ``copy-state`` all write and read jobs through these."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -12,11 +12,13 @@ from psycopg.types.json import Jsonb
 from dispatch import codecs
 from dispatch.models import Job
 
+# Read with ``Unit.rows`` (rows by column name).
 SELECT_JOB = "SELECT record, seq FROM jobs"
+SELECT_JOB_EVENTS = "SELECT record, seq, events FROM jobs"
 
 
-def job_from_row(row: Sequence[Any]) -> Job:
-    return Job.from_dict(row[0], row[1])
+def job_from_row(row: Mapping[str, Any]) -> Job:
+    return Job.from_dict(row["record"], row["seq"])
 
 
 def job_columns(job: Job, events: bytes | None) -> tuple[Any, ...]:

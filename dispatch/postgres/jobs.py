@@ -18,16 +18,23 @@ How each rule that reads and then writes is made atomic across processes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dispatch import callbacks, codecs, history
+from dispatch import codecs, history
+from dispatch.changes import derive
 from dispatch.history import Event, FailureKind
 from dispatch.job_search import JobFilter
-from dispatch.models import FINISHED_STATUSES, JOB_STATUSES, Engine, Job
-from dispatch.postgres.job_rows import SELECT_JOB, UPSERT_JOB, job_columns, job_from_row
+from dispatch.models import JOB_STATUSES, Engine, Job
+from dispatch.postgres.job_rows import (
+    SELECT_JOB,
+    SELECT_JOB_EVENTS,
+    UPSERT_JOB,
+    job_columns,
+    job_from_row,
+)
 from dispatch.postgres.migrate import LOCK_SPACE
 from dispatch.postgres.records import Repository
 from dispatch.scheduler import LOOKAHEAD, PendingIndex, Policy, pick_job
@@ -54,9 +61,9 @@ WITH RECURSIVE p AS (
             AND j.priority < p.priority ORDER BY j.priority DESC LIMIT 1)
     FROM p WHERE p.priority IS NOT NULL
 )
-SELECT c.job_id, c.seq, c.target_codec, c.job_size, c.priority, c.created_at, c.retry_at
+SELECT c.record, c.seq
 FROM p {families} CROSS JOIN LATERAL (
-    SELECT job_id, seq, target_codec, job_size, priority, created_at, retry_at FROM jobs
+    SELECT record, seq FROM jobs
     WHERE status = 'pending' AND priority = p.priority {family_match}
       AND (retry_at IS NULL OR retry_at <= %(now)s)
       AND (%(capacity)s::float8 IS NULL OR job_size <= %(capacity)s::float8)
@@ -81,16 +88,15 @@ class Jobs(Repository):
         cached = self.unit.locked.get(job_id)
         if cached is not None:
             return cached[0]
-        row = self.unit.execute(SELECT_JOB + " WHERE job_id = %s", (job_id,)).fetchone()
+        row = self.unit.rows(SELECT_JOB + " WHERE job_id = %s", (job_id,)).fetchone()
         return job_from_row(row) if row else None
 
     def _lock(self, job_id: str) -> tuple[Job | None, bytes | None]:
         cached = self.unit.locked.get(job_id)
         if cached is None:
-            row = self.unit.execute(
-                "SELECT record, seq, events FROM jobs WHERE job_id = %s FOR UPDATE",
-                (job_id,)).fetchone()
-            cached = (job_from_row(row), row[2]) if row else (None, None)
+            row = self.unit.rows(f"{SELECT_JOB_EVENTS} WHERE job_id = %s FOR UPDATE",
+                                 (job_id,)).fetchone()
+            cached = (job_from_row(row), row["events"]) if row else (None, None)
             self.unit.locked[job_id] = cached
         return cached
 
@@ -102,23 +108,33 @@ class Jobs(Repository):
             old, old_events = None, None  # created in this unit: nothing to read
         else:
             old, old_events = self._lock(job.job_id)
-        now = job.updated_at  # the job's own time of this change
-        events = history.transition_events(old, job, now, failure)
-        encoded = history.encode(history.append(old_events, events)) if events \
-            else old_events
+        deliveries = self.unit.deliveries
+        derived = derive(old, job, failure, old_events,
+                         lambda: deliveries.get_for_update(job.job_id))
+        encoded = old_events if derived.history is None else history.encode(derived.history)
+        self._write(job, encoded)
+        if derived.delivery is not None:
+            deliveries.put(derived.delivery)
+
+    def _write(self, job: Job, encoded: bytes | None) -> None:
         self.unit.execute(UPSERT_JOB, job_columns(job, encoded))
         self.unit.locked[job.job_id] = (job, encoded)
-        finished_now = job.status in FINISHED_STATUSES and (
-            old is None or old.status not in FINISHED_STATUSES)
-        if finished_now and job.callback_url:
-            deliveries = self.unit.deliveries
-            deliveries.put(job.job_id, callbacks.new_delivery(
-                job, now, deliveries.get_for_update(job.job_id)))
 
     def delete(self, job_id: str) -> None:
+        # ``changes.derive`` of a delete: the history is the row's, the delivery goes.
         self.unit.execute("WITH gone AS (DELETE FROM jobs WHERE job_id = %s) "
                           "DELETE FROM deliveries WHERE job_id = %s", (job_id, job_id))
         self.unit.locked[job_id] = (None, None)
+
+    def load(self, job: Job, events: list[Event]) -> None:
+        self._write(job, history.encode(events) if events else None)
+        # New ids go on after every one loaded.
+        self.unit.execute("SELECT setval('job_seq', greatest(%s, "
+                          "(SELECT last_value + 1 FROM job_seq)), false)", (job.seq + 1,))
+
+    def dump(self) -> Iterator[tuple[Job, list[Event]]]:
+        for row in self.unit.rows(f"{SELECT_JOB_EVENTS} ORDER BY seq"):
+            yield job_from_row(row), history.decode(row["events"])
 
     def allocate_seq(self) -> int:
         row = self.unit.execute("SELECT nextval('job_seq')").fetchone()
@@ -174,23 +190,20 @@ class Jobs(Repository):
                                   "families": sorted(codecs.families(names))}
         query = _CANDIDATES_OF if names else _CANDIDATES_ANY
         for _ in range(CLAIM_ROUNDS):
-            rows = self.unit.execute(query, params).fetchall()
+            rows = self.unit.rows(query, params).fetchall()
             if not rows:
                 return None
             index = PendingIndex()
-            for job_id, seq, codec, size, priority, created, retry_at in rows:
-                # Only what the scheduler reads; the whole row comes with the lock.
-                index.add(Job(job_id, seq, "", codec, size, priority, 0, created, created,
-                              retry_at=retry_at), now)
+            for candidate in rows:
+                index.add(job_from_row(candidate), now)
             while (choice := pick_job(index, engine, engines, capabilities, now,
                                       policy)) is not None:
-                row = self.unit.execute(
-                    "SELECT record, seq, events FROM jobs WHERE job_id = %s "
-                    "AND status = 'pending' FOR UPDATE SKIP LOCKED",
-                    (choice.job_id,)).fetchone()
-                if row is not None:
-                    job = job_from_row(row)
-                    self.unit.locked[job.job_id] = (job, row[2])
+                locked = self.unit.rows(
+                    f"{SELECT_JOB_EVENTS} WHERE job_id = %s "
+                    "AND status = 'pending' FOR UPDATE SKIP LOCKED", (choice.job_id,)).fetchone()
+                if locked is not None:
+                    job = job_from_row(locked)
+                    self.unit.locked[job.job_id] = (job, locked["events"])
                     return job
                 index.remove(choice)  # taken by another unit meanwhile
                 params["passed"].append(choice.job_id)
@@ -211,7 +224,7 @@ class Jobs(Repository):
         return bool(row and row[0])
 
     def held(self) -> list[Job]:
-        rows = self.unit.execute(
+        rows = self.unit.rows(
             f"{SELECT_JOB} WHERE {_ACTIVE} AND assigned_engine IS NOT NULL ORDER BY seq"
         ).fetchall()
         return [job_from_row(row) for row in rows]
@@ -221,11 +234,11 @@ class Jobs(Repository):
 
     def page(self, status: str | None, offset: int, limit: int) -> tuple[list[Job], int]:
         if status is None:
-            rows = self.unit.execute(f"{SELECT_JOB} ORDER BY seq OFFSET %s LIMIT %s",
+            rows = self.unit.rows(f"{SELECT_JOB} ORDER BY seq OFFSET %s LIMIT %s",
                                      (offset, limit)).fetchall()
             total = self.total()
         else:
-            rows = self.unit.execute(
+            rows = self.unit.rows(
                 f"{SELECT_JOB} WHERE status = %s ORDER BY seq OFFSET %s LIMIT %s",
                 (status, offset, limit)).fetchall()
             total = self._count(status)
@@ -242,7 +255,7 @@ class Jobs(Repository):
         return self._count(*JOB_STATUSES)
 
     def oldest_pending(self) -> Job | None:
-        row = self.unit.execute(
+        row = self.unit.rows(
             f"{SELECT_JOB} WHERE status = 'pending' ORDER BY seq LIMIT 1").fetchone()
         return job_from_row(row) if row else None
 
@@ -283,7 +296,7 @@ class Jobs(Repository):
         return 1 + higher - backoff_higher + before
 
     def finished_before(self, cutoff: float, limit: int) -> list[Job]:
-        rows = self.unit.execute(
+        rows = self.unit.rows(
             f"{SELECT_JOB} WHERE {_FINISHED} AND coalesce(completed_at, 0) < %s "
             "ORDER BY coalesce(completed_at, 0), seq LIMIT %s", (cutoff, limit)).fetchall()
         return [job_from_row(row) for row in rows]
@@ -321,7 +334,7 @@ class Jobs(Repository):
                            " OR strpos(lower(coalesce(record->>'error_message', '')), %s) > 0)")
             params += [where.text.lower()] * 3
         condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self.unit.execute(f"{SELECT_JOB} {condition} ORDER BY seq DESC OFFSET %s LIMIT %s",
+        rows = self.unit.rows(f"{SELECT_JOB} {condition} ORDER BY seq DESC OFFSET %s LIMIT %s",
                                  (*params, offset, limit)).fetchall()
         if where.indexed:
             total = self._count(where.status) if where.status else self.total()
@@ -337,20 +350,14 @@ class Jobs(Repository):
             " GROUP BY codec_family, priority HAVING sum(n) <> 0").fetchall()
         return {(family, priority): int(count) for family, priority, count in rows}
 
-    def finished_per_minute(self, now: float, minutes: int) -> dict[str, list[int]]:
-        counts = {"completed": [0] * minutes, "failed": [0] * minutes}
-        rows = self.unit.execute(
+    def finished_since(self, since: float) -> list[tuple[str, float]]:
+        rows = self.unit.rows(
             f"SELECT status, completed_at FROM jobs WHERE {_FINISHED}"
-            " AND coalesce(completed_at, 0) >= %s", (now - minutes * 60,)).fetchall()
-        for status, completed_at in rows:
-            # Minute 0 is the oldest, the last one the current minute.
-            minute = minutes - 1 - int((now - (completed_at or now)) // 60)
-            if 0 <= minute < minutes and status in counts:
-                counts[status][minute] += 1
-        return counts
+            " AND coalesce(completed_at, 0) >= %s", (since,)).fetchall()
+        return [(row["status"], row["completed_at"] or since) for row in rows]
 
     def recent_on(self, engine_id: str, limit: int) -> list[Job]:
-        rows = self.unit.execute(
+        rows = self.unit.rows(
             f"{SELECT_JOB} WHERE assigned_engine = %s OR position(%s::bytea IN events) > 0"
             " ORDER BY seq DESC LIMIT %s",
             (engine_id, orjson.dumps(engine_id), limit)).fetchall()

@@ -7,9 +7,11 @@ import logging
 import os
 import secrets
 import socket
+import time
 import uuid
 
 from prometheus_client import CollectorRegistry
+from psycopg.conninfo import make_conninfo
 
 from dispatch.models import to_micros
 from dispatch.ports import Clock
@@ -34,6 +36,16 @@ def upgrade_url(url: str, password_file: str | None) -> list[str]:
 def upgrade_schema(settings: Settings) -> list[str]:
     assert settings.database_url is not None
     return upgrade_url(settings.database_url, settings.database_password_file)
+
+
+def open_tool_backend(url: str, password_file: str | None) -> PostgresBackend:
+    """A unit of work for a tool (``copy-state``): the schema brought up to date and
+    a small pool; no instance, no lease."""
+    upgrade_url(url, password_file)
+    # Without the timeouts that bound a request: reading a whole farm takes long.
+    info = make_conninfo(conninfo(url, password_file, application="copy-state"),
+                         options="-c statement_timeout=0 -c lock_timeout=0")
+    return PostgresBackend(Pool(info, 2), lambda: to_micros(time.time()))
 
 
 def check_database(settings: Settings) -> None:

@@ -17,8 +17,9 @@ import pytest
 
 from dispatch import errors, history, rules
 from dispatch.job_search import JobFilter
-from dispatch.models import Engine, Job
+from dispatch.models import Delivery, Engine, IdempotencyEntry, Job
 from dispatch.ports import Transaction, UnitOfWork
+from dispatch.reports import per_minute
 from dispatch.scheduler import Policy
 from dispatch.settings import Settings
 from tests.backends import Harness
@@ -91,7 +92,8 @@ def test_a_unit_that_raises_leaves_no_trace(harness: Harness) -> None:
         tx.jobs.put(replace(kept, status="cancelled", completed_at=now, updated_at=now))
         tx.engines.put(engine("e1"))
         tx.idempotency.record("key-1", "hash", lost.job_id, now)
-        tx.deliveries.put(kept.job_id, {"job_id": kept.job_id, "state": "pending"})
+        tx.deliveries.put(Delivery(job_id=kept.job_id, url="http://hooks.test/x",
+                                   event="cancelled", payload={}, first_at=now, next_at=now))
         raise RuntimeError("a rule said no")
     with backend.read() as tx:
         assert tx.jobs.get(lost.job_id) is None
@@ -206,7 +208,7 @@ def test_a_finished_job_with_a_callback_owes_a_delivery(harness: Harness) -> Non
             delivery = tx.deliveries.get(job.job_id)
             assert delivery is not None
             assert (generation, "pending", "cancelled", "http://hooks.test/done") == (
-                delivery["generation"], delivery["state"], delivery["event"], delivery["url"])
+                delivery.generation, delivery.state, delivery.event, delivery.url)
             assert [delivery] == tx.deliveries.due(now)
             assert tx.deliveries.get(plain.job_id) is None
         with backend.transaction() as tx:
@@ -216,12 +218,12 @@ def test_a_finished_job_with_a_callback_owes_a_delivery(harness: Harness) -> Non
     with backend.transaction() as tx:
         owed = tx.deliveries.get_for_update(job.job_id)
         assert owed is not None
-        tx.deliveries.put(job.job_id, {**owed, "next_at": now + 5})
+        tx.deliveries.put(replace(owed, next_at=now + 5))
     with backend.read() as tx:
         assert [] == tx.deliveries.due(now)
         assert 1 == len(tx.deliveries.due(now + 5))
     with backend.transaction() as tx:
-        tx.deliveries.put(job.job_id, {**owed, "state": "delivered"})
+        tx.deliveries.put(replace(owed, state="delivered"))
     with backend.read() as tx:
         assert [] == tx.deliveries.due(now + 5)
 
@@ -399,9 +401,9 @@ def test_the_dashboards_reads(harness: Harness, clock: FakeClock) -> None:
         assert [c.job_id, b.job_id] == [job.job_id for job in tx.jobs.recent_on("e1", 2)]
         assert [] == tx.jobs.recent_on("e2", 5)
         assert {("h264", 5): 1} == tx.jobs.pending_counts()
-        minutes = tx.jobs.finished_per_minute(now, 3)
+        minutes = per_minute(tx.jobs.finished_since(now - 3 * 60), now, 3)
         assert {"completed": [0, 0, 1], "failed": [0, 1, 0]} == minutes
-        assert {"completed": [0], "failed": [0]} == tx.jobs.finished_per_minute(now + 3600, 1)
+        assert [] == tx.jobs.finished_since(now + 3600)
 
 
 # --------------------------------------------------------- other tables
@@ -428,7 +430,7 @@ def test_idempotency_keys_claim_record_expire(harness: Harness, clock: FakeClock
         tx.idempotency.record("k1", "h1", "job-1", now)
         tx.idempotency.record("k2", "h2", "job-2", now + 1)
     with backend.transaction() as tx:
-        assert {"hash": "h1", "job_id": "job-1", "at": now} == tx.idempotency.claim(
+        assert IdempotencyEntry("h1", "job-1", now) == tx.idempotency.claim(
             "k1", now + 59, 60)
         assert tx.idempotency.claim("k1", now + 60, 60) is None  # too old to count
         assert [] == tx.idempotency.expired(now - 1, 10)

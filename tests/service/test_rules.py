@@ -211,15 +211,15 @@ def test_a_failed_delivery_is_retried_with_backoff_then_given_up(
     submitted = service.commands.submit_job(job(callback_url="http://hooks.test/done"))
     service.commands.cancel_job(submitted.job_id)
     (due,) = service.maintenance.due_deliveries()
-    stale = due["generation"] + 1
+    stale = due.generation + 1
     service.maintenance.record_delivery(submitted.job_id, stale, "HTTP 500")
-    service.maintenance.record_delivery(submitted.job_id, due["generation"], "HTTP 500")
+    service.maintenance.record_delivery(submitted.job_id, due.generation, "HTTP 500")
     assert [] == service.maintenance.due_deliveries()
     clock.advance(1)  # backoff(1) = 1 s
     (again,) = service.maintenance.due_deliveries()
-    assert 1 == again["attempts"]
+    assert 1 == again.attempts
     clock.advance(5)
-    service.maintenance.record_delivery(submitted.job_id, again["generation"], "HTTP 500")
+    service.maintenance.record_delivery(submitted.job_id, again.generation, "HTTP 500")
     webhook = service.queries.describe(service.queries.get_job(submitted.job_id))["webhook"]
     assert ("failed", 2, "HTTP 500") == (webhook["state"], webhook["attempts"],
                                          webhook["last_error"])

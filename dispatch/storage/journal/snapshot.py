@@ -26,8 +26,8 @@ import orjson
 
 from dispatch import cpp_layout
 from dispatch.errors import StateError
-from dispatch.persistence import SnapshotData
 from dispatch.storage.journal.files import WHAT_TO_DO, StateFiles, fsync_dir
+from dispatch.storage.memory.store import SnapshotData
 
 STATE_VERSION = 2
 TABLES = ("events", "idempotency", "delivery")

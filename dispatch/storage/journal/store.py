@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from dispatch.errors import PersistenceError
-from dispatch.persistence import Op, RecoveredState, SnapshotData
 from dispatch.storage.journal import recovery
 from dispatch.storage.journal.files import StateFiles, fsync_dir
 from dispatch.storage.journal.lockfile import take_lock
 from dispatch.storage.journal.snapshot import read_snapshot, write_snapshot_file
 from dispatch.storage.journal.wal import FileIO, SyncObserver, WriteAheadLog
+from dispatch.storage.memory.store import Op, RecoveredState, SnapshotData
 
 
 class JournalStore:

@@ -23,8 +23,8 @@ import orjson
 
 from dispatch import folder_watch
 from dispatch.errors import PersistenceError, StateError
-from dispatch.persistence import Op
 from dispatch.storage.journal.files import WHAT_TO_DO, StateFiles, fsync_dir
+from dispatch.storage.memory.store import Op
 
 log = logging.getLogger("dispatch.journal")
 

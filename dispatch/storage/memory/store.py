@@ -1,10 +1,11 @@
-"""The persistence seam: every change the service makes passes through a ``Store``.
+"""What makes the memory backend durable: every change it commits passes through a
+``Store`` (the journal, ``storage.journal``, or ``MemoryStore``, which keeps nothing).
+Only the memory backend sees it.
 
-A change is a list of operations ``(kind, key, record)``: ``kind`` is ``"job"``,
-``"engine"`` or the name of another table (job events, idempotency keys, webhook
-deliveries), ``record`` the entry's full new JSON form, or ``None`` when it is
-deleted. Full post-images make replay idempotent: applying a change twice leaves the
-same state as applying it once.
+A change is a list of operations ``(kind, key, record)``: ``kind`` names one of the
+backend's tables (``tables.Table.kind``), ``record`` the entry's full new JSON form,
+or ``None`` when it is deleted. Full post-images make replay idempotent: applying a
+change twice leaves the same state as applying it once.
 
 The memory backend calls ``append`` under its lock (so changes reach the store in the order
 they were applied) and ``wait_durable`` after releasing it, so that one fsync can serve
