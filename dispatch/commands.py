@@ -12,9 +12,16 @@ from typing import Any
 from dispatch import errors, reports, rules
 from dispatch.callbacks import callback_problem
 from dispatch.models import FINISHED_STATUSES, Engine, Job
-from dispatch.ports import Transaction, UnitOfWork
+from dispatch.ports import (
+    Clock,
+    ServicePart,
+    Transaction,
+    UnitOfWork,
+    engine_for_update,
+    job_for_update,
+)
+from dispatch.reports import Beat, EngineState
 from dispatch.scheduler import Policy
-from dispatch.service_base import Clock, ServicePart, engine_for_update, job_for_update
 from dispatch.settings import Settings
 
 events = logging.getLogger("dispatch.events")
@@ -217,7 +224,7 @@ class Commands(ServicePart):
 
     # --------------------------------------------------------------- engines
 
-    def heartbeat(self, data: Mapping[str, Any]) -> dict[str, Any]:
+    def heartbeat(self, data: Mapping[str, Any]) -> Beat:
         engine_id = data["engine_id"]
         with self.uow.transaction() as tx:
             now = self.now()
@@ -243,28 +250,27 @@ class Commands(ServicePart):
                     changes["benchmark_count"] = 1
             new = replace(engine, **changes)
             tx.engines.put(new)
-            view = reports.engine_view(tx, new)
-            view["cancelled_jobs"] = [job_id for job_id in new.local_job_queue
-                                      if rules.withdrawn(tx.jobs.get(job_id), new)]
-            view["draining"] = new.drain is not None
+            answer = Beat(reports.engine_state(tx, new),
+                          [job_id for job_id in new.local_job_queue
+                           if rules.withdrawn(tx.jobs.get(job_id), new)])
         if old is None:
             events.info("engine registered", extra={"engine_id": engine_id})
         elif old.offline:
             events.info("engine back online", extra={"engine_id": engine_id})
-        return view
+        return answer
 
-    def set_drain(self, engine_id: str, draining: bool) -> dict[str, Any]:
+    def set_drain(self, engine_id: str, draining: bool) -> EngineState:
         """Start or end an operator's drain: no new jobs until it is ended."""
         with self.uow.transaction() as tx:
             engine = engine_for_update(tx, engine_id)
             new = replace(engine, drain="api" if draining else None)
             tx.engines.put(new)
-            view = reports.engine_view(tx, new)
+            state = reports.engine_state(tx, new)
         events.info("engine %s", "draining" if draining else "undrained",
                     extra={"engine_id": engine_id})
-        return view
+        return state
 
-    def benchmark_result(self, engine_id: str, benchmark_time: float) -> dict[str, Any]:
+    def benchmark_result(self, engine_id: str, benchmark_time: float) -> EngineState:
         with self.uow.transaction() as tx:
             engine = engine_for_update(tx, engine_id)
             count = engine.benchmark_count + 1
@@ -273,13 +279,12 @@ class Commands(ServicePart):
             new = replace(engine, benchmark_time=benchmark_time,
                           avg_benchmark_time=average, benchmark_count=count)
             tx.engines.put(new)
-            view = reports.engine_view(tx, new)
-        return view
+            return reports.engine_state(tx, new)
 
-    def delete_engine(self, engine_id: str) -> dict[str, Any]:
+    def delete_engine(self, engine_id: str) -> EngineState:
         with self.uow.transaction() as tx:
             engine = engine_for_update(tx, engine_id)
-            view = reports.engine_view(tx, engine)
+            state = reports.engine_state(tx, engine)
             now = self.now()
             for job_id in tx.jobs.held_by(engine_id):
                 job = job_for_update(tx, job_id)
@@ -287,4 +292,4 @@ class Commands(ServicePart):
                                     progress=None, updated_at=now))
             tx.engines.delete(engine_id)
         events.info("engine removed", extra={"engine_id": engine_id})
-        return view
+        return state

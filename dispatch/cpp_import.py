@@ -183,7 +183,7 @@ def run(settings_args: argparse.Namespace, out: TextIO = sys.stdout,
                   "(use --merge to add to them)", file=err)
             return 1
         existing_jobs = {job.job_id for job in service.queries.list_jobs(None, 10**9, 0).jobs}
-        existing_engines = {e["engine_id"] for e in service.queries.list_engines()}
+        existing_engines = {e.engine.engine_id for e in service.queries.list_engines()}
         try:
             report = convert(read_rows(settings_args.paths), existing_jobs, existing_engines)
         except SourceError as exc:

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from dispatch import callbacks, history, rules
 from dispatch.models import ACTIVE_STATUSES, Delivery, Engine, Job
-from dispatch.service_base import ServicePart
+from dispatch.ports import ServicePart
 
 log = logging.getLogger("dispatch.service")
 events = logging.getLogger("dispatch.events")

@@ -38,9 +38,10 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
+from dispatch import errors
 from dispatch.history import Event, FailureKind
 from dispatch.job_search import JobFilter
-from dispatch.models import Delivery, Engine, IdempotencyEntry, Job
+from dispatch.models import Delivery, Engine, IdempotencyEntry, Job, to_micros
 from dispatch.scheduler import Policy
 
 if TYPE_CHECKING:
@@ -272,3 +273,32 @@ class Backend(Protocol):
 
     def open(self, settings: Settings, clock: Clock, observer: Observer) -> UnitOfWork:
         """The state, ready for the service; raises as ``check`` does."""
+
+
+class ServicePart:
+    """What each part of the service (commands, queries, maintenance) is built on:
+    the settings, the unit of work and the clock."""
+
+    def __init__(self, settings: Settings, uow: UnitOfWork, clock: Clock) -> None:
+        self.settings = settings
+        self.uow = uow
+        self.clock = clock
+
+    def now(self) -> float:
+        return to_micros(self.clock())
+
+
+def job_for_update(tx: Transaction, job_id: str) -> Job:
+    """The job, locked for this unit; JobNotFound when there is none."""
+    job = tx.jobs.get_for_update(job_id)
+    if job is None:
+        raise errors.JobNotFound(job_id)
+    return job
+
+
+def engine_for_update(tx: Transaction, engine_id: str) -> Engine:
+    """The engine, locked for this unit; EngineNotFound when there is none."""
+    engine = tx.engines.get_for_update(engine_id)
+    if engine is None:
+        raise errors.EngineNotFound(engine_id)
+    return engine

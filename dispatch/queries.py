@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dispatch import errors, history, reports
+from dispatch import errors, reports
+from dispatch.history import Event
 from dispatch.job_search import JobFilter
 from dispatch.models import Engine, Job
-from dispatch.ports import Transaction, UnitOfWork
-from dispatch.service_base import Clock, ServicePart
+from dispatch.ports import Clock, ServicePart, Transaction, UnitOfWork
+from dispatch.reports import EngineState, JobState
 from dispatch.settings import Settings
 
 
@@ -45,27 +46,20 @@ class Queries(ServicePart):
             raise errors.JobNotFound(job_id)
         return job
 
-    def describe(self, job: Job) -> dict[str, Any]:
-        """A job's API form: its fields, why it waits (pending jobs) and the state of
-        its webhook (jobs with a callback URL)."""
-        body = job.to_dict()
-        body["waiting_reason"] = None
-        body["webhook"] = None
-        if job.status == "pending" or job.callback_url:
-            with self.uow.read() as tx:
-                if job.status == "pending":
-                    body["waiting_reason"] = reports.waiting_reason(
-                        tx, self.settings, job, self.now())
-                delivery = tx.deliveries.get(job.job_id)
-            if delivery is not None:
-                body["webhook"] = reports.delivery_view(delivery)
-        return body
+    def describe(self, job: Job) -> JobState:
+        """The job with why it waits (pending jobs) and its webhook (jobs with a
+        callback URL)."""
+        if job.status != "pending" and not job.callback_url:
+            return JobState(job)
+        with self.uow.read() as tx:
+            waiting = reports.waiting_reason(tx, self.settings, job, self.now()) \
+                if job.status == "pending" else None
+            return JobState(job, waiting, tx.deliveries.get(job.job_id))
 
-    def job_events(self, job_id: str) -> list[dict[str, Any]]:
+    def job_events(self, job_id: str) -> list[Event]:
         self.get_job(job_id)
         with self.uow.read() as tx:
-            events = tx.jobs.history(job_id)
-        return history.view(events)
+            return tx.jobs.history(job_id)
 
     def list_jobs(self, status: str | None, limit: int, offset: int) -> Page:
         with self.uow.read() as tx:
@@ -80,16 +74,16 @@ class Queries(ServicePart):
 
     # --------------------------------------------------------------- engines
 
-    def list_engines(self) -> list[dict[str, Any]]:
+    def list_engines(self) -> list[EngineState]:
         with self.uow.read() as tx:
-            return [reports.engine_view(tx, engine) for engine in tx.engines.all()]
+            return [reports.engine_state(tx, engine) for engine in tx.engines.all()]
 
-    def get_engine(self, engine_id: str) -> dict[str, Any]:
+    def get_engine(self, engine_id: str) -> EngineState:
         with self.uow.read() as tx:
             engine = tx.engines.get(engine_id)
             if engine is None:
                 raise errors.EngineNotFound(engine_id)
-            return reports.engine_view(tx, engine)
+            return reports.engine_state(tx, engine)
 
     def engine_rows(self) -> list[EngineRow]:
         with self.uow.read() as tx:

@@ -1,10 +1,12 @@
-"""What the service reports about its state: a job's waiting reason and webhook
-state, an engine's view, statistics. Functions of what a unit of work reads (the
-``ports``); the service calls them inside one, so each report sees one state."""
+"""What the service reports about its state: a job with why it waits and its webhook,
+an engine with the jobs it holds, statistics. Functions of what a unit of work reads
+(the ``ports``); the service calls them inside one, so each report sees one state.
+Their API forms are made in one place, ``present``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from dispatch.codecs import family
@@ -12,6 +14,40 @@ from dispatch.models import Delivery, Engine, Job, format_time
 from dispatch.ports import Transaction
 from dispatch.scheduler import fits, takes_codec
 from dispatch.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job as its client sees it."""
+
+    job: Job
+    waiting_reason: dict[str, Any] | None = None  # pending jobs: why (``waiting_reason``)
+    delivery: Delivery | None = None  # jobs with a callback URL: their webhook
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """An engine with what the server derives: the jobs it holds, and so its status."""
+
+    engine: Engine
+    current_jobs: tuple[str, ...]
+
+    @property
+    def status(self) -> str:
+        return engine_status(self.engine, bool(self.current_jobs))
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """The answer to a heartbeat: the engine, and the jobs in its queue it must stop
+    (cancelled, or no longer its own)."""
+
+    state: EngineState
+    cancelled_jobs: list[str]
+
+
+def engine_state(tx: Transaction, engine: Engine) -> EngineState:
+    return EngineState(engine, tuple(tx.jobs.held_by(engine.engine_id)))
 
 
 def waiting_reason(tx: Transaction, settings: Settings, job: Job, now: float) -> dict[str, Any]:
@@ -47,29 +83,6 @@ def _codec_name(codec: str) -> str:
 
 def _reason(code: str, message: str, position: int | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "position": position}
-
-
-def engine_view(tx: Transaction, engine: Engine) -> dict[str, Any]:
-    """An engine's API form: its record plus what the server derives."""
-    record = engine.to_record()
-    del record["benchmark_count"]
-    del record["drain"]
-    held = tx.jobs.held_by(engine.engine_id)
-    record["current_jobs"] = list(held)
-    record["status"] = engine_status(engine, bool(held))
-    return record
-
-
-def delivery_view(delivery: Delivery) -> dict[str, Any]:
-    return {
-        "url": delivery.url,
-        "state": delivery.state,
-        "attempts": delivery.attempts,
-        "next_attempt_at": format_time(delivery.next_at)
-        if delivery.state == "pending" else None,
-        "last_error": delivery.last_error,
-        "delivered_at": format_time(delivery.delivered_at),
-    }
 
 
 def per_minute(finished: Iterable[tuple[str, float]], now: float,

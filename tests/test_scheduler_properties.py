@@ -31,7 +31,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dispatch import errors
+from dispatch import errors, present
 from dispatch.models import ACTIVE_STATUSES, FINISHED_STATUSES, Job, parse_time
 from dispatch.service import DispatchService
 from dispatch.settings import Settings
@@ -151,7 +151,8 @@ class Farm:
         return {job.job_id: job for job in self.service.queries.list_jobs(None, 10**6, 0).jobs}
 
     def engines(self) -> dict[str, dict[str, Any]]:
-        return {view["engine_id"]: view for view in self.service.queries.list_engines()}
+        views = map(present.engine, self.service.queries.list_engines())
+        return {view["engine_id"]: view for view in views}
 
     def now(self) -> float:
         return self.clock()
@@ -256,7 +257,7 @@ class Farm:
             data["status"] = status
         if queue is not None and self.job_ids:
             data["local_job_queue"] = [self.job_ids[i % len(self.job_ids)] for i in queue]
-        answer = self.service.commands.heartbeat(data)
+        answer = present.beat(self.service.commands.heartbeat(data))
 
         drain = self.drain.get(engine_id)
         if status == "draining" and drain is None:
@@ -404,7 +405,7 @@ class Farm:
     def operator_drain(self, engine_id: str, draining: bool) -> None:
         if engine_id not in self.engines():
             return
-        view = self.service.commands.set_drain(engine_id, draining)
+        view = present.engine(self.service.commands.set_drain(engine_id, draining))
         self.drain[engine_id] = "api" if draining else None
         if view["status"] != "offline":
             assert (view["status"] == "draining") == draining

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dispatch import present
 from dispatch.service import DispatchService
 from dispatch.storage.journal import JournalStore
 from dispatch.storage.memory import MemoryBackend
@@ -90,7 +91,7 @@ def test_racing_engines_each_job_assigned_exactly_once(service: DispatchService)
             assert not result.redelivered, (engine_id, job.job_id)
             assert engine_id == job.assigned_engine
             assert "assigned" == job.status
-            held = service.queries.get_engine(engine_id)["current_jobs"]
+            held = present.engine(service.queries.get_engine(engine_id))["current_jobs"]
             assert [job.job_id] == held, (engine_id, held)
             completed = service.commands.complete_job(job.job_id, "http://out/o.mp4", engine_id)
             assert "completed" == completed.status
@@ -104,11 +105,12 @@ def test_racing_engines_each_job_assigned_exactly_once(service: DispatchService)
     for job_id in job_ids:
         job = service.queries.get_job(job_id)
         assert ("completed", 1) == (job.status, job.attempt), job_id
-    completed_by_engine = {e: service.queries.get_engine(e)["jobs_completed"] for e in engines}
+    completed_by_engine = {e: service.queries.get_engine(e).engine.jobs_completed
+                           for e in engines}
     assert {e: len(done) for e, done in zip(engines, per_engine, strict=True)} \
         == completed_by_engine
     for engine_id in engines:
-        assert [] == service.queries.get_engine(engine_id)["current_jobs"]
+        assert [] == present.engine(service.queries.get_engine(engine_id))["current_jobs"]
     assert 200 == service.queries.list_jobs("completed", 1, 0).total
     assert 0 == service.queries.list_jobs("pending", 1, 0).total
 
@@ -126,5 +128,5 @@ def test_racing_engines_single_job_goes_to_one(service: DispatchService) -> None
     winner, won = winners[0]
     assert job_id == won
     assert winner == service.queries.get_job(job_id).assigned_engine
-    holding = {e: service.queries.get_engine(e)["current_jobs"] for e in engines}
+    holding = {e: present.engine(service.queries.get_engine(e))["current_jobs"] for e in engines}
     assert {e: ([job_id] if e == winner else []) for e in engines} == holding

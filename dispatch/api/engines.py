@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Response, current_app
 
+from dispatch import present
 from dispatch.api.common import Blueprint, json_response, log_ids
 from dispatch.auth import ENGINE_REPORTERS, OPERATORS, acting_engine, auth
 from dispatch.schemas import (
@@ -42,7 +43,7 @@ def heartbeat(data: dict[str, Any]) -> Response:
     `idle` or `busy` again."""
     data["engine_id"] = acting_engine(data["engine_id"])
     log_ids(engine_id=data["engine_id"])
-    return json_response(_service().commands.heartbeat(data))
+    return json_response(present.beat(_service().commands.heartbeat(data)))
 
 
 @blp.route("/engines/benchmark_result", methods=["POST"], strict_slashes=False)
@@ -54,7 +55,8 @@ def benchmark_result(data: dict[str, Any]) -> Response:
     """Record a benchmark run (seconds, lower is faster)."""
     engine_id = acting_engine(data["engine_id"])
     log_ids(engine_id=engine_id)
-    return json_response(_service().commands.benchmark_result(engine_id, data["benchmark_time"]))
+    return json_response(present.engine(
+        _service().commands.benchmark_result(engine_id, data["benchmark_time"])))
 
 
 @blp.route("/engines/", methods=["GET"], strict_slashes=False)
@@ -62,7 +64,8 @@ def benchmark_result(data: dict[str, Any]) -> Response:
 @blp.response(200, EngineListSchema)
 def list_engines() -> Response:
     """Every engine the server knows."""
-    return json_response({"engines": _service().queries.list_engines()})
+    return json_response({"engines": [present.engine(state)
+                                      for state in _service().queries.list_engines()]})
 
 
 @blp.route("/engines/<engine_id:engine_id>", methods=["GET"], strict_slashes=False)
@@ -71,7 +74,7 @@ def list_engines() -> Response:
 @blp.alt_response(404, schema=ErrorSchema)
 def get_engine(engine_id: str) -> Response:
     """One engine."""
-    return json_response(_service().queries.get_engine(engine_id))
+    return json_response(present.engine(_service().queries.get_engine(engine_id)))
 
 
 @blp.route("/engines/<engine_id:engine_id>", methods=["DELETE"], strict_slashes=False)
@@ -80,7 +83,7 @@ def get_engine(engine_id: str) -> Response:
 @blp.alt_response(404, schema=ErrorSchema)
 def delete_engine(engine_id: str) -> Response:
     """Forget an engine; the jobs it held go back to the queue."""
-    return json_response(_service().commands.delete_engine(engine_id))
+    return json_response(present.engine(_service().commands.delete_engine(engine_id)))
 
 
 @blp.route("/engines/<engine_id:engine_id>/drain", methods=["POST"], strict_slashes=False)
@@ -90,7 +93,7 @@ def delete_engine(engine_id: str) -> Response:
 def drain(engine_id: str) -> Response:
     """Give the engine no new jobs (it finishes what it holds) until the drain is
     ended with DELETE, whatever its heartbeats say."""
-    return json_response(_service().commands.set_drain(engine_id, True))
+    return json_response(present.engine(_service().commands.set_drain(engine_id, True)))
 
 
 @blp.route("/engines/<engine_id:engine_id>/drain", methods=["DELETE"], strict_slashes=False)
@@ -99,7 +102,7 @@ def drain(engine_id: str) -> Response:
 @blp.alt_response(404, schema=ErrorSchema)
 def undrain(engine_id: str) -> Response:
     """End an operator's drain."""
-    return json_response(_service().commands.set_drain(engine_id, False))
+    return json_response(present.engine(_service().commands.set_drain(engine_id, False)))
 
 
 @blp.route("/assign_job/", methods=["POST"], strict_slashes=False)
@@ -116,4 +119,4 @@ def assign(data: dict[str, Any]) -> Response:
     log_ids(engine_id=engine_id, job_id=result.job.job_id if result.job else None)
     if result.job is None:
         return Response(status=204)
-    return json_response(_service().queries.describe(result.job))
+    return json_response(present.job(_service().queries.describe(result.job)))

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Response, current_app
 
+from dispatch import present
 from dispatch.api.common import Blueprint, json_response, log_ids
 from dispatch.api.errors import Forbidden
 from dispatch.auth import ENGINE_REPORTERS, JOB_READERS, JOB_WRITERS, acting_engine, auth, current
@@ -35,7 +36,7 @@ def _service() -> DispatchService:
 
 
 def _job_response(job: Job) -> Response:
-    return json_response(_service().queries.describe(job))
+    return json_response(present.job(_service().queries.describe(job)))
 
 
 @blp.route("/", methods=["POST"], strict_slashes=False)
@@ -56,7 +57,7 @@ def submit(data: dict[str, Any], headers: dict[str, Any]) -> Response:
     service = _service()
     job, created = service.commands.submit_once(data, headers.get("key"))
     log_ids(job_id=job.job_id)
-    return json_response(service.queries.describe(job), 201 if created else 200,
+    return json_response(present.job(service.queries.describe(job)), 201 if created else 200,
                          {"Location": f"/jobs/{job.job_id}"})
 
 
@@ -71,7 +72,8 @@ def submit_batch(data: dict[str, Any]) -> Response:
     and errors of each invalid item)."""
     service = _service()
     jobs = service.commands.submit_batch(data["jobs"])
-    return json_response({"jobs": [service.queries.describe(job) for job in jobs]}, 201)
+    describe = service.queries.describe
+    return json_response({"jobs": [present.job(describe(job)) for job in jobs]}, 201)
 
 
 @blp.route("/", methods=["GET"], strict_slashes=False)
@@ -83,7 +85,8 @@ def list_jobs(query: dict[str, Any]) -> Response:
     limit, offset = query["limit"], query["offset"]
     service = _service()
     page = service.queries.list_jobs(query.get("status"), limit, offset)
-    return json_response({"jobs": [service.queries.describe(job) for job in page.jobs],
+    describe = service.queries.describe
+    return json_response({"jobs": [present.job(describe(job)) for job in page.jobs],
                           "total": page.total, "limit": limit, "offset": offset})
 
 
@@ -98,7 +101,7 @@ def get_job(job_id: str) -> Response:
     bound = current().engine_id
     if bound is not None and job.assigned_engine != bound:
         raise Forbidden(f"this key reads the jobs of engine {bound!r} only")
-    return json_response(service.queries.describe(job))
+    return json_response(present.job(service.queries.describe(job)))
 
 
 @blp.route("/<job_id:job_id>/events", methods=["GET"], strict_slashes=False)
@@ -108,7 +111,8 @@ def get_job(job_id: str) -> Response:
 def job_events(job_id: str) -> Response:
     """The job's history, oldest first: every state change with its time, engine,
     attempt and reason (the first and the latest 99 events are kept)."""
-    return json_response({"job_id": job_id, "events": _service().queries.job_events(job_id)})
+    return json_response({"job_id": job_id, "events": present.events(
+        _service().queries.job_events(job_id))})
 
 
 @blp.route("/<job_id:job_id>", methods=["DELETE"], strict_slashes=False)

@@ -28,6 +28,7 @@ from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 
 from dispatch import errors
+from dispatch import present as forms
 from dispatch.job_search import JobFilter
 from dispatch.models import JOB_STATUSES
 from dispatch.schemas import PrioritySchema
@@ -270,7 +271,8 @@ def job(job_id: str) -> Any:
     service = _service()
     found = service.queries.get_job(job_id)
     return _page("ui/job.html", "ui/_job_live.html", job=found,
-                 view=service.queries.describe(found), events=service.queries.job_events(job_id),
+                 view=forms.job(service.queries.describe(found)),
+                 events=forms.events(service.queries.job_events(job_id)),
                  actions=JOB_ACTIONS.values(), nav="jobs")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from dispatch import present
 from dispatch.bootstrap import JournalBackend
 from dispatch.errors import StateError
 from dispatch.ports import Backend
@@ -77,7 +78,7 @@ def test_every_acknowledged_change_is_there_after_reopening(
         assert before == [(job.job_id, job.status)
                           for job in reopened.queries.list_jobs(None, 10, 0).jobs]
         assert events == {job_id: reopened.queries.job_events(job_id) for job_id in events}
-        assert "e1" == reopened.queries.get_engine("e1")["engine_id"]
+        assert "e1" == present.engine(reopened.queries.get_engine("e1"))["engine_id"]
         # New ids continue after the reopened ones.
         assert reopened.commands.submit_job(_job(5)).job_id not in {first, second, third, fourth}
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dispatch import errors
+from dispatch import errors, present
 from dispatch.models import to_micros
 from dispatch.service import DispatchService
 from dispatch.settings import Settings
@@ -33,7 +33,7 @@ def running(service: DispatchService, engine_id: str = "e1", **data: Any) -> str
 
 
 def kinds(service: DispatchService, job_id: str) -> list[str]:
-    return [event["event"] for event in service.queries.job_events(job_id)]
+    return [event["event"] for event in present.events(service.queries.job_events(job_id))]
 
 
 # ------------------------------------------------------------ submission
@@ -100,7 +100,7 @@ def test_reports_from_anyone_but_the_holder_are_refused(make_service: MakeServic
     with pytest.raises(errors.InvalidTransition, match="it is completed"):
         service.commands.fail_job(job_id, "late", engine_id="e1")
     assert "completed" == service.queries.get_job(job_id).status
-    assert 1 == service.queries.get_engine("e1")["jobs_completed"]
+    assert 1 == present.engine(service.queries.get_engine("e1"))["jobs_completed"]
 
 
 def test_a_failed_attempt_backs_off_then_fails_for_good(make_service: MakeService,
@@ -119,7 +119,7 @@ def test_a_failed_attempt_backs_off_then_fails_for_good(make_service: MakeServic
     assert [5.0, 8.0] == delays  # doubling, capped
     final = service.commands.fail_job(job_id, "encoder crashed", engine_id="e1")
     assert ("failed", None) == (final.status, final.retry_at)
-    assert 3 == service.queries.get_engine("e1")["jobs_failed"]
+    assert 3 == present.engine(service.queries.get_engine("e1"))["jobs_failed"]
     assert kinds(service, job_id)[-2:] == ["failed_attempt", "failed"]
 
 
@@ -161,7 +161,7 @@ def test_a_new_priority_moves_a_pending_job_and_is_recorded(make_service: MakeSe
     assert (7, 7) == (changed.priority, service.queries.get_job(second.job_id).priority)
     assert service.commands.set_priority(second.job_id, 7) == changed  # no change, no event
     assert ["submitted", "priority"] == kinds(service, second.job_id)
-    assert "0 -> 7" == service.queries.job_events(second.job_id)[-1]["detail"]
+    assert "0 -> 7" == present.events(service.queries.job_events(second.job_id))[-1]["detail"]
     service.commands.heartbeat({"engine_id": "e1"})
     assigned = service.commands.assign_job("e1", None).job
     assert assigned is not None and second.job_id == assigned.job_id  # ahead of the first
@@ -185,7 +185,7 @@ def test_the_sweep_says_which_kind_of_failure_it_was(make_service: MakeService,
         clock.advance(8)
         service.commands.heartbeat({"engine_id": "e2"})
     assert 2 == service.maintenance.sweep()  # e1 lost (and its job), e2's job stalled
-    assert "offline" == service.queries.get_engine("e1")["status"]
+    assert "offline" == present.engine(service.queries.get_engine("e1"))["status"]
     assert ["engine_lost", "requeued"] == kinds(service, lost)[-2:]
     assert ["stalled", "requeued"] == kinds(service, stuck)[-2:]
     assert 0 == service.maintenance.sweep()
@@ -220,7 +220,8 @@ def test_a_failed_delivery_is_retried_with_backoff_then_given_up(
     assert 1 == again.attempts
     clock.advance(5)
     service.maintenance.record_delivery(submitted.job_id, again.generation, "HTTP 500")
-    webhook = service.queries.describe(service.queries.get_job(submitted.job_id))["webhook"]
+    job_state = service.queries.describe(service.queries.get_job(submitted.job_id))
+    webhook = present.job(job_state)["webhook"]
     assert ("failed", 2, "HTTP 500") == (webhook["state"], webhook["attempts"],
                                          webhook["last_error"])
     assert [] == service.maintenance.due_deliveries()
@@ -252,6 +253,6 @@ def test_a_refused_change_is_unavailable_and_changes_nothing(
     with pytest.raises(errors.Unavailable):
         service.commands.submit_job(job(2))
     assert "assigned" == service.queries.get_job(job_id).status
-    assert 0 == service.queries.get_engine("e1")["jobs_completed"]
+    assert 0 == present.engine(service.queries.get_engine("e1"))["jobs_completed"]
     assert {"pending": 0, "assigned": 1} == {
         k: v for k, v in service.queries.counts().items() if k in ("pending", "assigned")}
