@@ -84,17 +84,14 @@ def _describe_database(settings: Settings) -> str:
     return f"PostgreSQL at {safe_url(settings.database_url or '')}"
 
 
-SHARED_DATABASE = Backend("postgres", workers=1, open=_check_database,
-                          describe=_describe_database, open_service=_open_database_service,
-                          session_secret=_database_session_secret)
-
-
 def choose_backend(settings: Settings) -> Backend:
     """The backend for these settings: the one switch between backends. The embedded
     journal, unless a ``database_url`` is given: then PostgreSQL, with as many
     workers as ``workers`` says."""
     if settings.database_url:
-        return replace(SHARED_DATABASE, workers=settings.workers)
+        return Backend("postgres", workers=settings.workers, open=_check_database,
+                       describe=_describe_database, open_service=_open_database_service,
+                       session_secret=_database_session_secret)
     return EMBEDDED_JOURNAL
 
 
