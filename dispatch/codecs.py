@@ -44,13 +44,3 @@ def family(name: str) -> str:
 def families(names: Iterable[str]) -> frozenset[str]:
     """The families of several names (an engine's advertised codecs)."""
     return frozenset(family(name) for name in names)
-
-
-def same_family(a: str, b: str) -> bool:
-    return family(a) == family(b)
-
-
-def members(name: str) -> tuple[str, ...]:
-    """Every name in ``name``'s family, the family name first; just ``(name,)`` for a
-    name outside the table."""
-    return FAMILIES.get(family(name), (name,))

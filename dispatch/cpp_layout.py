@@ -11,6 +11,10 @@ What differs in the original's records, and what is made of it:
   other is kept as an unknown field);
 - ``""`` in ``assigned_engine``, ``output_url`` and ``error_message`` means none;
 - ``local_job_queue`` may be a string holding a JSON list;
+- it kept no attempt count and no assignment time: a job it had given out
+  (``assigned``, ``processing``) is on attempt 1, assigned at its last update; an
+  engine's ``benchmark_time`` seeds its ``avg_benchmark_time``, as a first heartbeat
+  with one does;
 - fields this server does not know (``metadata``, an engine's ``encoders``) are kept:
   a job's in ``extra``, an engine's in ``telemetry``, and written back with the record.
 
@@ -28,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from dispatch.models import Engine, Job
+from dispatch.models import ACTIVE_STATUSES, Engine, Job
 
 _JOB_RENAMES = {"id": "job_id", "codec": "target_codec"}
 _ENGINE_RENAMES = {"id": "engine_id"}
@@ -104,6 +108,12 @@ def job_record(raw: Mapping[str, Any], key: str | None = None) -> dict[str, Any]
             not isinstance(source, str) or not source.strip()):
         raise RecordError("job", job_id, "source_url",
                           "is missing or empty: no engine could ever run the job")
+    if record.get("status") in ACTIVE_STATUSES:
+        # Its holder reports attempt 1, and stalls are timed from the assignment.
+        if not record.get("attempt"):
+            record["attempt"] = 1
+        if record.get("assigned_at") is None:
+            record["assigned_at"] = record.get("updated_at") or record.get("created_at")
     if unknown:
         record["extra"] = unknown
     return record
@@ -129,6 +139,8 @@ def engine_record(raw: Mapping[str, Any], key: str | None = None) -> dict[str, A
                               "is a string that holds no JSON list") from None
     if not isinstance(record.get("local_job_queue", []), list):
         raise RecordError("engine", engine_id, "local_job_queue", "is not a list")
+    if record.get("avg_benchmark_time") is None and record.get("benchmark_time") is not None:
+        record["avg_benchmark_time"] = record["benchmark_time"]
     if unknown:
         record["telemetry"] = unknown
     return record

@@ -5,13 +5,15 @@ embedded journal), with as many gunicorn workers as that backend allows (one).""
 from __future__ import annotations
 
 import runpy
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 
-from dispatch.bootstrap import JournalBackend, open_server
+from dispatch.bootstrap import DatabaseBackend, JournalBackend, choose_backend, open_server
 from dispatch.cli import DispatchApplication
+from dispatch.gunicorn_config import options
 from dispatch.settings import Settings
 from tests.conftest import API_KEY, JOB
 from tests.server import BIN, Server
@@ -32,6 +34,16 @@ def test_gunicorn_runs_the_workers_the_backend_allows(
     monkeypatch.setenv("DISTCONV_API_KEY", API_KEY)
     monkeypatch.delenv("DISTCONV_CONFIG", raising=False)
     assert 1 == runpy.run_path(str(REPO / "gunicorn.conf.py"))["workers"]
+
+
+def test_a_shared_database_runs_the_workers_the_settings_ask_for(settings: Settings) -> None:
+    """With a database_url, gunicorn runs ``workers`` processes (the database is not
+    opened to decide it); without one, one."""
+    for workers in (1, 3):
+        shared = replace(settings, database_url="postgresql://a@b/c", workers=workers)
+        assert workers == options(shared)["workers"]
+        assert isinstance(choose_backend(shared), DatabaseBackend)
+    assert 1 == options(settings)["workers"]
 
 
 @pytest.mark.e2e

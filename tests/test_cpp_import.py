@@ -240,3 +240,36 @@ def test_help_and_existing_invocations(tmp_path: Path) -> None:
     assert "--state-file" in result.stdout
     top = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, timeout=60)
     assert top.returncode == 0 and "--port" in top.stdout and "import-cpp" in top.stdout
+
+
+def test_jobs_in_hand_are_on_attempt_1_and_a_benchmark_seeds_the_average(
+        tmp_path: Path, sources: Path, started: list[Server]) -> None:
+    """The original kept no attempt and no assignment time: a job it had given out is
+    on its first attempt, assigned at its last update, so its holder's reports (which
+    name attempt 1) are taken. An engine's benchmark time seeds its average, as its
+    first heartbeat with one would."""
+    updated_ms = CREATED_MS + 5000
+    held = [cpp_job(n, status=status, assigned_engine="engine-old", updated_at=updated_ms)
+            for n, status in ((0, "assigned"), (1, "processing"))]
+    engine = {**ENGINE, "benchmark_time": 12.5}
+    db = make_db(sources / "dispatch.db", job_rows(held),
+                 [("engine-old", orjson.dumps(engine).decode())])
+    state = tmp_path / "server_state.json"
+    result = import_cpp(tmp_path, str(db), "--state-file", str(state))
+    assert result.returncode == 0, result.stderr
+
+    server = serve(started, tmp_path, state)
+    for job in held:
+        got = server.request("GET", f"/jobs/{job['job_id']}").json()
+        assert (got["status"], got["attempt"], got["assigned_at"]) == (
+            job["status"], 1, format_time(updated_ms / 1000))
+    got = server.request("GET", "/engines/engine-old").json()
+    assert (got["benchmark_time"], got["avg_benchmark_time"]) == (12.5, 12.5)
+    done = server.request("POST", f"/jobs/{held[0]['job_id']}/complete", json={
+        "output_url": "http://out/0.mp4", "engine_id": "engine-old", "attempt": 1})
+    assert done.status_code == 200, done.text
+    # The imported time counts as the first benchmark: a second one is averaged with it.
+    recorded = server.request("POST", "/engines/benchmark_result",
+                              json={"engine_id": "engine-old", "benchmark_time": 7.5})
+    assert recorded.status_code == 200, recorded.text
+    assert server.request("GET", "/engines/engine-old").json()["avg_benchmark_time"] == 10.0

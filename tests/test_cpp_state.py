@@ -229,3 +229,25 @@ def test_dispatch_server_exits_1_naming_the_job_and_field(tmp_path: Path) -> Non
     assert result.returncode == 1, result.stderr
     assert "job 'job_1'" in result.stderr and "target_codec" in result.stderr
     assert state.read_bytes() == raw
+
+
+def test_jobs_in_hand_are_on_attempt_1_and_a_benchmark_seeds_the_average(
+        make_app: Callable[..., Flask], settings: Settings, state_file: Path,
+        auth: dict[str, str]) -> None:
+    """The same rule as ``import-cpp``: a job the original had given out is on its
+    first attempt, assigned at its last update; an engine's benchmark time seeds its
+    average."""
+    document = orjson.loads(orjson.dumps(README_LAYOUT))
+    held = document["jobs"]["1771301536301000_0"]
+    held.update(status="processing", assigned_engine="engine-old")
+    document["engines"]["engine-old"]["benchmark_time"] = 12.5
+    write(state_file, document)
+    app = make_app(settings)
+    job = get(app, auth, "/jobs/1771301536301000_0")
+    assert (job["status"], job["attempt"], job["assigned_at"]) == (
+        "processing", 1, format_time(CREATED_MS / 1000 + 5))
+    engine = get(app, auth, "/engines/engine-old")
+    assert (engine["benchmark_time"], engine["avg_benchmark_time"]) == (12.5, 12.5)
+    done = post(app, auth, "/jobs/1771301536301000_0/complete",
+                {"output_url": "http://out/r.mp4", "engine_id": "engine-old", "attempt": 1})
+    assert done.status_code == 200, done.get_data(as_text=True)

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dispatch.codecs import family
+from dispatch.engine.capabilities import detect
 from dispatch.engine.client import ServerClient, Stopped
+from dispatch.engine.config import load_config
+from dispatch.engine.loop import Engine
 from tests.server import free_port
 
 
@@ -74,3 +80,23 @@ def test_unreachable_server_is_retried_until_given_up() -> None:
     with pytest.raises(Stopped):
         client.report("j1", "fail", {"error_message": "x"}, give_up=give_up)
     assert len(tries) == 3
+
+
+def test_the_engine_advertises_one_codec_per_family(scripted: Any, tmp_path: Path) -> None:
+    """The server matches by family: the engine names each family it encodes once, by
+    the family's own name (the server's and the README's), however many names of it
+    were configured."""
+    ffmpeg = shutil.which("ffmpeg")
+    assert ffmpeg
+    config = load_config([
+        "--server", f"http://127.0.0.1:{scripted.server_address[1]}",
+        "--work-dir", str(tmp_path), "--ffmpeg", ffmpeg,
+        "--codecs", "hevc,h265,libx264,h264,mpeg4=mpeg4,libxvid=libxvid",
+    ], {"DISTCONV_API_KEY": "k" * 20, "PATH": "/usr/bin:/bin"})
+    engine = Engine(config, detect(ffmpeg, config.codecs), None)
+    assert engine.beat_once(engine.client)
+    (path, _, body), = scripted.seen
+    assert path == "/engines/heartbeat"
+    advertised = body["supported_codecs"]
+    assert len({family(name) for name in advertised}) == len(advertised)
+    assert sorted(advertised) == ["h264", "h265", "mpeg4"]

@@ -74,13 +74,12 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "vp9": ("vp9_qsv", "vp9_vaapi", "libvpx-vp9"),
     "av1": ("av1_nvenc", "av1_qsv", "av1_vaapi", "libsvtav1", "libaom-av1", "librav1e"),
 }
-# What an engine advertises for a built-in codec (h265 is also submitted as hevc).
-ADVERTISED = {"h264": ("h264",), "h265": ("h265", "hevc"), "vp9": ("vp9",), "av1": ("av1",)}
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """Codec family -> the encoder that passed, and the names advertised."""
+    """Codec family -> the encoder that passed, and the families advertised (each by
+    its name in ``dispatch.codecs``)."""
 
     encoders: dict[str, Encoder]
     advertised: tuple[str, ...]
@@ -134,9 +133,9 @@ def detect(ffmpeg: str, wanted: tuple[tuple[str, str], ...] | None) -> Capabilit
             continue
         log.info("codec %s: encoder %s passed its test encode", codec, passed)
         encoders.setdefault(fam, _known(passed))
-        for name in ADVERTISED.get(fam, (codec,)):
-            if name not in advertised:
-                advertised.append(name)
+        # The server matches by family: one name per family, the family's own.
+        if fam not in advertised:
+            advertised.append(fam)
     return Capabilities(encoders, tuple(advertised))
 
 
