@@ -7,8 +7,8 @@ already-owned state file with exit status 1 before gunicorn starts.
 
 import shutil
 
-from dispatch.gunicorn_config import options, share_metrics
-from dispatch.settings import load_settings
+from dispatch.config.settings import load_settings
+from dispatch.runtime.gunicorn_config import options, share_metrics
 
 _settings = load_settings([])
 _options = options(_settings)
@@ -40,7 +40,7 @@ if _metrics_folder is not None:
 
 
 def post_worker_init(worker):  # noqa: ANN001, ANN201 - gunicorn's hook signature
-    from dispatch.logs import configure_logging
+    from dispatch.runtime.logs import configure_logging
 
     configure_logging(_settings)
     _options["post_worker_init"](worker)

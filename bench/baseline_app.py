@@ -18,8 +18,8 @@ from gunicorn.app.base import BaseApplication
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dispatch.gunicorn_config import options  # noqa: E402 - after the path fix
-from dispatch.settings import Settings  # noqa: E402
+from dispatch.config.settings import Settings  # noqa: E402
+from dispatch.runtime.gunicorn_config import options  # noqa: E402 - after the path fix
 
 BODY = b'{"status":"ok","job_id":"baseline","n":1}'
 

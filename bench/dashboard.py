@@ -26,7 +26,7 @@ import run  # bench/run.py: state files, server start, the load driver
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 
-from dispatch.auth import key_fingerprint
+from dispatch.http.auth import key_fingerprint
 
 # (row, path at n stored jobs, whether the 1.2x target applies). Each page shows 50
 # rows at every size, so the figures compare the same rendering work.

@@ -31,9 +31,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.engine import Engine, ffmpeg_children, file_server, make_clip  # noqa: E402
-from tests.helpers import epoch, poll  # noqa: E402
-from tests.server import Server  # noqa: E402
+from tests.support.engine import Engine, ffmpeg_children, file_server, make_clip  # noqa: E402
+from tests.support.helpers import epoch, poll  # noqa: E402
+from tests.support.server import Server  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 

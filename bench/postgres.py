@@ -41,9 +41,9 @@ sys.path.insert(0, str(BENCH))
 import loadgen  # noqa: E402
 import psycopg  # noqa: E402
 import run  # noqa: E402
+from dispatch.storage.postgres.copy import Farm, write_database  # noqa: E402
 
-from dispatch.postgres.copy import Farm, write_database  # noqa: E402
-from tests.postgres import PostgresServer  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
 
 WORKERS = (1, 2, 4)
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(BENCH))
 
 import loadgen  # noqa: E402
 
-from dispatch.models import Job  # noqa: E402
+from dispatch.domain.models import Job  # noqa: E402
 from dispatch.storage.journal.snapshot import write_lines  # noqa: E402
 from dispatch.storage.memory.store import SnapshotData  # noqa: E402
 
@@ -522,8 +522,8 @@ class Bench:
         are changes; its CPU time competes with the request threads for the GIL."""
         folder = self.cache.fresh_dir(n)
         try:
+            from dispatch.config.settings import Settings
             from dispatch.service import DispatchService
-            from dispatch.settings import Settings
             from dispatch.storage.journal import JournalStore
             from dispatch.storage.memory import MemoryBackend
 

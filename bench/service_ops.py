@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 
+from dispatch.config.settings import Settings
 from dispatch.service import DispatchService
-from dispatch.settings import Settings
 
 JOB = {"source_url": "http://example.com/input.mp4", "target_codec": "h264", "job_size": 100.5}
 ROUNDS = 5

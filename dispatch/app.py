@@ -12,16 +12,16 @@ from flask_smorest import Api
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dispatch import __version__
-from dispatch.api import engines, jobs, system
-from dispatch.api.converters import register_converters, route_label
-from dispatch.api.errors import register_error_handlers
-from dispatch.api.openapi import document_settings
-from dispatch.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal
-from dispatch.logs import add_secrets, escape_controls
-from dispatch.metrics import Metrics
-from dispatch.schemas import ErrorSchema
+from dispatch.config.settings import Settings
+from dispatch.http import engines, jobs, system
+from dispatch.http.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal
+from dispatch.http.converters import register_converters, route_label
+from dispatch.http.errors import register_error_handlers
+from dispatch.http.openapi import document_settings
+from dispatch.http.schemas import ErrorSchema
+from dispatch.runtime.logs import add_secrets, escape_controls
+from dispatch.runtime.metrics import Metrics
 from dispatch.service import DispatchService
-from dispatch.settings import Settings
 from dispatch.ui import views as ui
 
 MAX_BODY = 1024 * 1024
@@ -32,7 +32,7 @@ class _Api(Api):
     ERROR_SCHEMA = ErrorSchema
 
     def _register_error_handlers(self) -> None:
-        # dispatch.api.errors answers every error in the contract's shape.
+        # dispatch.http.errors answers every error in the contract's shape.
         pass
 
 

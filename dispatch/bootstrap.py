@@ -17,11 +17,11 @@ from dataclasses import dataclass, replace
 from flask import Flask
 
 from dispatch.app import create_app
-from dispatch.background import Runtime
-from dispatch.metrics import Metrics
-from dispatch.ports import Backend, Clock, Observer, UnitOfWork
+from dispatch.config.settings import Settings, load_settings
+from dispatch.runtime.background import Runtime
+from dispatch.runtime.metrics import Metrics
 from dispatch.service import DispatchService
-from dispatch.settings import Settings, load_settings
+from dispatch.service.ports import Backend, Clock, Observer, UnitOfWork
 from dispatch.storage.journal import JournalStore
 from dispatch.storage.memory import MemoryBackend
 
@@ -57,19 +57,19 @@ class DatabaseBackend:
         return settings.workers
 
     def describe(self, settings: Settings) -> str:
-        from dispatch.postgres.pool import safe_url
+        from dispatch.storage.postgres.pool import safe_url
 
         return f"PostgreSQL at {safe_url(settings.database_url or '')}"
 
     def check(self, settings: Settings, clock: Clock, observer: Observer) -> None:
         """The schema brought up to date; each worker opens its own pool."""
-        from dispatch.postgres.wiring import check_database
+        from dispatch.storage.postgres.wiring import check_database
 
         check_database(settings)
         return None
 
     def open(self, settings: Settings, clock: Clock, observer: Observer) -> UnitOfWork:
-        from dispatch.postgres.wiring import open_backend
+        from dispatch.storage.postgres.wiring import open_backend
 
         return open_backend(settings, clock, observer.registry)
 
@@ -151,7 +151,7 @@ def open_state(location: str, password_file: str | None = None) -> UnitOfWork:
     schema brought up to date) for a tool that reads or writes it with no server
     running; raises StateError or Unavailable."""
     if is_database(location):
-        from dispatch.postgres.wiring import open_tool_backend
+        from dispatch.storage.postgres.wiring import open_tool_backend
 
         return open_tool_backend(location, password_file)
     return MemoryBackend(JournalStore(location))

@@ -3,8 +3,8 @@
 Exit status: 0 after a clean stop (SIGTERM), 1 when the state file cannot be used
 (damaged, or owned by another process), 2 for bad settings.
 
-Subcommands: ``dispatch-server import-cpp ...`` (``dispatch.cpp_import``), and
-``dispatch-server db upgrade`` and ``copy-state`` (``dispatch.postgres.cli``).
+Subcommands: ``dispatch-server import-cpp ...`` (``dispatch.tools.import_cpp``), and
+``dispatch-server db upgrade`` and ``copy-state`` (``dispatch.tools.db``).
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from dispatch import cpp_import
 from dispatch.app import make_keyring
-from dispatch.auth import KeyFileError
 from dispatch.bootstrap import Server, build_app, open_server
-from dispatch.errors import StateError, Unavailable
-from dispatch.gunicorn_config import options, share_metrics
-from dispatch.logs import configure_logging
-from dispatch.postgres.cli import ADMIN_COMMANDS, admin_main
-from dispatch.process_memory import release_free_memory
-from dispatch.settings import SettingsError, load_settings
+from dispatch.config.settings import SettingsError, load_settings
+from dispatch.domain.errors import StateError, Unavailable
+from dispatch.http.auth import KeyFileError
+from dispatch.runtime.gunicorn_config import options, share_metrics
+from dispatch.runtime.logs import configure_logging
+from dispatch.runtime.process_memory import release_free_memory
+from dispatch.tools import import_cpp
+from dispatch.tools.db import ADMIN_COMMANDS, admin_main
 
 
 class DispatchApplication(BaseApplication):
@@ -79,7 +79,7 @@ class _Arbiter(Arbiter):
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["import-cpp"]:
-        return cpp_import.main(argv[1:])
+        return import_cpp.main(argv[1:])
     if argv[:1] and argv[0] in ADMIN_COMMANDS:  # db upgrade, copy-state
         return admin_main(argv)
     try:

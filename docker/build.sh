@@ -3,7 +3,7 @@
 # `postgres` profile (docker/postgres.Dockerfile), with the classic builder, first making
 # sure the base image exists (docker/base-image.sh: pulled, or built from Debian packages).
 # The build host's CA bundle goes into the build stage so pip works behind an
-# intercepting proxy; it is not in the images. Used by tests/test_docker.py.
+# intercepting proxy; it is not in the images. Used by tests/deploy/test_docker.py.
 # Usage: docker/build.sh [SERVER_TAG [ENGINE_TAG [POSTGRES_TAG]]]
 #   (default distconv/dispatch-server, distconv/dispatch-engine and distconv/postgres)
 set -euo pipefail

@@ -11,15 +11,15 @@ need_glob() { compgen -G "$1" >/dev/null || missing+=("$2"); }
 
 check_all() {
     missing=()
-    need /usr/sbin/nginx nginx            # tests/test_deploy.py runs its own nginx on loopback
+    need /usr/sbin/nginx nginx            # tests/deploy/test_deploy.py runs its own nginx on loopback
     need systemd-analyze systemd          # to verify the unit files
-    need dockerd docker.io                # tests/test_docker.py builds and runs the images
+    need dockerd docker.io                # tests/deploy/test_docker.py builds and runs the images
     need mmdebstrap mmdebstrap            # docker/base-image.sh: a base image without a registry
-    need docker-compose docker-compose    # tests/test_docker.py checks docker-compose.yml
-    need curl curl                        # tests/test_docker.py submits a job as a user would
+    need docker-compose docker-compose    # tests/deploy/test_docker.py checks docker-compose.yml
+    need curl curl                        # tests/deploy/test_docker.py submits a job as a user would
     need ffmpeg ffmpeg                    # dispatch-engine and its tests (ffprobe too)
-    need /usr/bin/chromium chromium       # tests/test_ui_browser.py drives it with Playwright
-    need_glob '/usr/lib/postgresql/*/bin/pg_ctl' postgresql  # tests/postgres.py: initdb, pg_ctl
+    need /usr/bin/chromium chromium       # tests/ui/test_ui_browser.py drives it with Playwright
+    need_glob '/usr/lib/postgresql/*/bin/pg_ctl' postgresql  # tests/support/postgres.py: initdb, pg_ctl
 }
 
 check_all

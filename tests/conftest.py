@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from dispatch.bootstrap import build_app, open_server
-from dispatch.settings import Settings
+from dispatch.config.settings import Settings
 from dispatch.storage.memory import MemoryBackend
 
 API_KEY = "test-key-0123456789"
@@ -155,8 +155,8 @@ def heartbeat(client: FlaskClient, auth: dict[str, str]) -> Callable[..., dict[s
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
-    """A PostgreSQL server for the session (``tests/postgres.py``), its schema applied."""
-    from tests.postgres import PostgresServer
+    """A PostgreSQL server for the session (``tests/support/postgres.py``), its schema applied."""
+    from tests.support.postgres import PostgresServer
 
     server = PostgresServer().init()
     yield server

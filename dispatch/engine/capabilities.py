@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from dispatch.codecs import family
+from dispatch.domain.codecs import family
 
 log = logging.getLogger("dispatch.engine")
 
@@ -79,7 +79,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class Capabilities:
     """Codec family -> the encoder that passed, and the families advertised (each by
-    its name in ``dispatch.codecs``)."""
+    its name in ``dispatch.domain.codecs``)."""
 
     encoders: dict[str, Encoder]
     advertised: tuple[str, ...]

@@ -1,8 +1,8 @@
 """The engine's settings: flags, ``DISTCONV_*`` variables and an INI file, resolved by
-the server's machinery (:mod:`dispatch.settings`) from the engine's own table.
+the server's machinery (:mod:`dispatch.config.settings`) from the engine's own table.
 
 Precedence, highest first: flag, environment variable, config file, default. A bad
-setting raises :class:`~dispatch.settings.SettingsError`; ``main`` exits 2 with it.
+setting raises :class:`~dispatch.config.settings.SettingsError`; ``main`` exits 2 with it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatch import __version__
-from dispatch.models import ENGINE_ID
-from dispatch.settings import (
+from dispatch.config.settings import (
     LOG_LEVELS,
     Option,
     SettingsError,
@@ -28,6 +27,7 @@ from dispatch.settings import (
     one_of,
     resolve_options,
 )
+from dispatch.domain.models import ENGINE_ID
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from dispatch.config.settings import SettingsError
 from dispatch.engine.capabilities import benchmark, detect
 from dispatch.engine.config import EngineConfig, load_config
 from dispatch.engine.loop import Engine
 from dispatch.engine.transcode import clean_leftovers
-from dispatch.logs import FORMAT, EventFormatter, Redactor, add_secrets
-from dispatch.settings import SettingsError
+from dispatch.runtime.logs import FORMAT, EventFormatter, Redactor, add_secrets
 
 log = logging.getLogger("dispatch.engine")
 

@@ -23,7 +23,7 @@ from urllib.request import url2pathname
 
 import requests
 
-from dispatch.codecs import family
+from dispatch.domain.codecs import family
 from dispatch.engine.capabilities import Encoder
 
 CHUNK = 1 << 20

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from dispatch import errors
 from dispatch.bootstrap import is_database, open_state
-from dispatch.history import Event
-from dispatch.models import Delivery, Engine, IdempotencyEntry, Job
-from dispatch.ports import UnitOfWork
+from dispatch.domain import errors
+from dispatch.domain.history import Event
+from dispatch.domain.models import Delivery, Engine, IdempotencyEntry, Job
+from dispatch.service.ports import UnitOfWork
 
 
 @dataclass

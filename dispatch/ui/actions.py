@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from dispatch import errors, rules
-from dispatch.logs import escape_controls
-from dispatch.models import Job
+from dispatch.domain import errors, rules
+from dispatch.domain.models import Job
+from dispatch.runtime.logs import escape_controls
 from dispatch.service import DispatchService
 from dispatch.ui.security import Operator
 

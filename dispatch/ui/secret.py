@@ -1,5 +1,5 @@
 """The secret that signs dashboard sessions: from settings (``ui_secret`` or its file,
-checked by dispatch.settings), or generated once and kept beside the state file, so
+checked by dispatch.config.settings), or generated once and kept beside the state file, so
 sign-ins survive a restart. (On PostgreSQL the farm's secret is kept in the database
 instead, and given here as ``ui_secret``: ``bootstrap.Backend.session_secret``.)"""
 
@@ -9,7 +9,7 @@ import logging
 import os
 import secrets
 
-from dispatch.settings import Settings
+from dispatch.config.settings import Settings
 
 log = logging.getLogger("dispatch.ui")
 

@@ -12,9 +12,9 @@ from flask import Flask, Response, current_app, has_request_context, request, se
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from dispatch.auth import ADMIN, CLIENT, KeyRing, key_fingerprint
-from dispatch.logs import add_secrets
-from dispatch.settings import Settings
+from dispatch.config.settings import Settings
+from dispatch.http.auth import ADMIN, CLIENT, KeyRing, key_fingerprint
+from dispatch.runtime.logs import add_secrets
 from dispatch.ui.secret import session_secret
 
 COOKIE_NAME = "distconv_ui"

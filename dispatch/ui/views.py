@@ -27,13 +27,13 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 
-from dispatch import errors
-from dispatch import present as forms
-from dispatch.job_search import JobFilter
-from dispatch.models import JOB_STATUSES
-from dispatch.schemas import PrioritySchema
+from dispatch.config.settings import Settings
+from dispatch.domain import errors
+from dispatch.domain.job_search import JobFilter
+from dispatch.domain.models import JOB_STATUSES
+from dispatch.http.schemas import PrioritySchema
 from dispatch.service import DispatchService
-from dispatch.settings import Settings
+from dispatch.service import present as forms
 from dispatch.ui import present, security
 from dispatch.ui.actions import (
     BULK_MAX,

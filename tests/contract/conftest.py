@@ -1,3 +1,3 @@
-from tests.backends import durable_harness, harness
+from tests.support.backends import durable_harness, harness
 
 __all__ = ["durable_harness", "harness"]

@@ -1,5 +1,6 @@
 """The backend contract: every behaviour the service relies on from a backend (the
-ports in ``dispatch.ports``), run against each backend in ``tests/backends.py``. A new
+ports in ``dispatch.service.ports``), run against each backend in
+``tests/support/backends.py``. A new
 backend is done when it implements the ports and passes this suite.
 
 Jobs are built with the service's own rules and put through the ports, so each test
@@ -15,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from dispatch import errors, history, rules
-from dispatch.job_search import JobFilter
-from dispatch.models import Delivery, Engine, IdempotencyEntry, Job
-from dispatch.ports import Transaction, UnitOfWork
-from dispatch.reports import per_minute
-from dispatch.scheduler import Policy
-from dispatch.settings import Settings
-from tests.backends import Harness
+from dispatch.config.settings import Settings
+from dispatch.domain import errors, history, rules
+from dispatch.domain.job_search import JobFilter
+from dispatch.domain.models import Delivery, Engine, IdempotencyEntry, Job
+from dispatch.domain.scheduler import Policy
+from dispatch.service.ports import Transaction, UnitOfWork
+from dispatch.service.reports import per_minute
 from tests.conftest import FakeClock
+from tests.support.backends import Harness
 
 SETTINGS = Settings(api_key="contract-key-0123456789", webhook_allowed_hosts=("hooks.test",))
 POLICY = Policy(aging_seconds=600.0, large_job_mb=1024.0)
@@ -281,7 +282,7 @@ def test_claim_next_takes_the_best_job_within_the_limit(harness: Harness) -> Non
 
 
 def test_claim_next_matches_codec_families(harness: Harness) -> None:
-    """Issue #13: a job and an engine match by codec family (``dispatch.codecs``), the
+    """Issue #13: a job and an engine match by codec family (``dispatch.domain.codecs``), the
     job keeping the name it was submitted with; a name outside the table only itself."""
     backend = harness.open()
     now = harness.now()

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from dispatch import present
 from dispatch.bootstrap import JournalBackend
-from dispatch.errors import StateError
-from dispatch.ports import Backend
-from dispatch.service import DispatchService
-from dispatch.settings import Settings
+from dispatch.config.settings import Settings
+from dispatch.domain.errors import StateError
+from dispatch.service import DispatchService, present
+from dispatch.service.ports import Backend
 from dispatch.storage.journal import JournalStore
 from tests.conftest import JOB, FakeClock
 

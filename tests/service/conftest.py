@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from dispatch.config.settings import Settings
 from dispatch.service import DispatchService
-from dispatch.settings import Settings
-from tests.backends import Harness, durable_harness, harness
 from tests.conftest import API_KEY
+from tests.support.backends import Harness, durable_harness, harness
 
 __all__ = ["durable_harness", "harness", "make_service"]
 

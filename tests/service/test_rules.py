@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from dispatch import errors, present
-from dispatch.models import to_micros
-from dispatch.service import DispatchService
-from dispatch.settings import Settings
-from tests.backends import Harness
+from dispatch.config.settings import Settings
+from dispatch.domain import errors
+from dispatch.domain.models import to_micros
+from dispatch.service import DispatchService, present
 from tests.conftest import API_KEY, JOB, FakeClock
+from tests.support.backends import Harness
 
 MakeService = Callable[..., DispatchService]
 

@@ -7,7 +7,7 @@ import errno
 import fcntl
 import os
 
-from dispatch.errors import StateError
+from dispatch.domain.errors import StateError
 from dispatch.storage.journal.files import StateFiles
 
 

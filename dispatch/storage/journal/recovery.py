@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dispatch.errors import StateError
+from dispatch.domain.errors import StateError
 from dispatch.storage.journal.files import WHAT_TO_DO
 from dispatch.storage.journal.snapshot import Snapshot, stream_jobs
 from dispatch.storage.journal.wal import read_records

@@ -10,7 +10,7 @@ Layouts the reader takes:
   by id) or an older one of ours. Read whole.
 
 Every job and engine read, in either layout, becomes ours in ``our_record``; the C++
-server's records through ``dispatch.cpp_layout`` (millisecond times, ``id``/``codec``,
+server's records through ``dispatch.domain.cpp_layout`` (millisecond times, ``id``/``codec``,
 ``""`` as none, unknown fields kept).
 """
 
@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from dispatch import cpp_layout
-from dispatch.errors import StateError
+from dispatch.domain import cpp_layout
+from dispatch.domain.errors import StateError
 from dispatch.storage.journal.files import WHAT_TO_DO, StateFiles, fsync_dir
 from dispatch.storage.memory.store import SnapshotData
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from dispatch.errors import PersistenceError
+from dispatch.domain.errors import PersistenceError
 from dispatch.storage.journal import recovery
 from dispatch.storage.journal.files import StateFiles, fsync_dir
 from dispatch.storage.journal.lockfile import take_lock

@@ -6,7 +6,7 @@ A record is one line, ``"<crc32 as 8 hex digits> <json>\\n"``, the JSON being
 service lock and made durable by ``wait_durable`` outside it: the first waiter fsyncs
 for everyone whose change is already written (group commit). Every write to the journal
 is made here, and none is acknowledged once the state folder or the journal was removed
-or replaced under the server (``dispatch.folder_watch``): the log fails until it is back.
+or replaced under the server (``folder_watch``): the log fails until it is back.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from dispatch import folder_watch
-from dispatch.errors import PersistenceError, StateError
+from dispatch.domain.errors import PersistenceError, StateError
+from dispatch.storage.journal import folder_watch
 from dispatch.storage.journal.files import WHAT_TO_DO, StateFiles, fsync_dir
 from dispatch.storage.memory.store import Op
 

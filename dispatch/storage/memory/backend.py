@@ -19,10 +19,10 @@ from collections import deque
 from types import TracebackType
 from typing import Any
 
-from dispatch import errors
-from dispatch.models import Job, to_micros
-from dispatch.ports import Clock, Transaction
-from dispatch.process_memory import release_free_memory
+from dispatch.domain import errors
+from dispatch.domain.models import Job, to_micros
+from dispatch.runtime.process_memory import release_free_memory
+from dispatch.service.ports import Clock, Transaction
 from dispatch.storage.memory.load import load
 from dispatch.storage.memory.repositories import (
     MemoryDeliveries,

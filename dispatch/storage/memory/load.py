@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from dispatch import errors, history
-from dispatch.models import ACTIVE_STATUSES, Delivery, Engine, IdempotencyEntry, Job
+from dispatch.domain import errors, history
+from dispatch.domain.models import ACTIVE_STATUSES, Delivery, Engine, IdempotencyEntry, Job
 from dispatch.storage.memory.store import RecoveredState
 
 if TYPE_CHECKING:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from dispatch.changes import derive
-from dispatch.history import Event, FailureKind
-from dispatch.job_search import JobFilter, matcher
-from dispatch.models import Delivery, Engine, IdempotencyEntry, Job
-from dispatch.scheduler import Policy, pick_job
+from dispatch.domain.changes import derive
+from dispatch.domain.history import Event, FailureKind
+from dispatch.domain.job_search import JobFilter, matcher
+from dispatch.domain.models import Delivery, Engine, IdempotencyEntry, Job
+from dispatch.domain.scheduler import Policy, pick_job
 
 if TYPE_CHECKING:
     from dispatch.storage.memory.backend import MemoryBackend

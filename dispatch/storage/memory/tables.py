@@ -14,9 +14,9 @@ from typing import Any, Generic, TypeVar
 
 from sortedcontainers import SortedKeyList, SortedList
 
-from dispatch import history
-from dispatch.history import Event
-from dispatch.models import (
+from dispatch.domain import history
+from dispatch.domain.history import Event
+from dispatch.domain.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
     JOB_STATUSES,
@@ -25,7 +25,7 @@ from dispatch.models import (
     IdempotencyEntry,
     Job,
 )
-from dispatch.scheduler import PendingIndex
+from dispatch.domain.scheduler import PendingIndex
 
 V = TypeVar("V")
 

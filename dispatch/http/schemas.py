@@ -1,0 +1,416 @@
+"""marshmallow schemas for every request and response: the contract in code.
+
+Request schemas validate (unknown fields are refused, except on heartbeats, which carry
+telemetry); response schemas document what the views send and generate the OpenAPI
+document. Views serialise with the models' ``to_dict`` on the hot path; a test checks
+that every response still loads through its schema.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, cast
+
+import orjson
+from flask import current_app
+from marshmallow import (
+    EXCLUDE,
+    INCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+)
+
+from dispatch.domain.callbacks import callback_problem
+from dispatch.domain.models import ENGINE_ID, ENGINE_ID_RULE, ENGINE_STATUSES, JOB_STATUSES
+from dispatch.domain.urls import SOURCE_URL, SOURCE_URL_RULE
+
+MAX_URL = 2048
+MAX_TEXT = 4096
+MAX_LIST = 256
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class FiniteFloat(fields.Float):
+    """A JSON number that is finite; booleans are not numbers."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValidationError("Not a valid number.")
+        result = super()._deserialize(value, attr, data, **kwargs)
+        if not math.isfinite(result):
+            raise ValidationError("Must be a finite number.")
+        return result
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer; booleans, strings and fractions are refused."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool):
+            raise ValidationError("Not a valid integer.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON ``true`` or ``false``: ``1`` and ``0`` are numbers, not booleans
+    (marshmallow takes them, and ``1 in {True}`` holds in Python)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+# A JSON list of strings written as a string, as the original engine's early versions
+# send ``local_job_queue`` ("[]"); each id 1-256 characters, no control characters.
+_JSON_ID = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]){1,256}"'
+_WS = r"[ \t\n\r]*"
+JSON_ID_LIST = rf"^{_WS}\[{_WS}(?:{_JSON_ID}(?:{_WS},{_WS}{_JSON_ID})*)?{_WS}\]{_WS}$"
+MAX_QUEUE = 10000
+
+
+class JobIdList(fields.Field):
+    """Job ids as a JSON list, or as a string holding a JSON list of strings. A plain
+    field, so that the OpenAPI document shows both forms (``oneOf``) and no ``type``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(metadata={"oneOf": [
+            {"type": "array", "maxItems": MAX_QUEUE,
+             "items": {"type": "string", "minLength": 1, "maxLength": 256}},
+            {"type": "string", "pattern": JSON_ID_LIST,
+             "description": "the same list written as a JSON string (earlier engines)"},
+        ]}, **kwargs)
+        self._list = fields.List(_text(256), validate=validate.Length(max=MAX_QUEUE))
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any,
+                     **kwargs: Any) -> list[str]:
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise ValidationError(
+                    "Not a list, nor a string holding a JSON list.") from None
+            if not isinstance(value, list):
+                raise ValidationError("Not a list, nor a string holding a JSON list.")
+        return self._list.deserialize(value)
+
+
+def _check_url(value: str) -> None:
+    if not SOURCE_URL.fullmatch(value):
+        raise ValidationError(f"Must be {SOURCE_URL_RULE}.")
+
+
+def _text(maximum: int = MAX_TEXT, **kwargs: Any) -> fields.String:
+    return fields.String(validate=validate.Length(min=1, max=maximum), **kwargs)
+
+
+class FullRegexp(validate.Regexp):
+    """The whole value matches (``Regexp`` uses ``match``, and ``$`` lets a final
+    newline through)."""
+
+    def __call__(self, value: str) -> str:  # type: ignore[override]
+        if cast("re.Pattern[str]", self.regex).fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+def _engine_id(**kwargs: Any) -> fields.String:
+    return fields.String(validate=FullRegexp(ENGINE_ID, error=f"Must be {ENGINE_ID_RULE}."),
+                         **kwargs)
+
+
+def _priority(**kwargs: Any) -> fields.Integer:
+    return StrictInteger(validate=validate.Range(min=-100, max=100), **kwargs)
+
+
+# ----------------------------------------------------------------- requests
+
+class JobSubmitSchema(StrictSchema):
+    source_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL),
+                               metadata={"pattern": SOURCE_URL.pattern})
+    target_codec = _text(64, required=True)
+    job_size = FiniteFloat(required=True, validate=validate.Range(min=0))
+    max_retries = StrictInteger(validate=validate.Range(min=0, max=100))
+    priority = _priority()
+    callback_url = fields.String(
+        validate=validate.Length(min=1, max=MAX_URL),
+        metadata={"description": "http(s) URL POSTed the job, signed, when it completes, "
+                  "fails or is cancelled; its host must be in webhook_allowed_hosts"},
+    )
+
+    @validates("source_url")
+    def _source_url(self, value: str, **_: Any) -> None:
+        _check_url(value)
+
+    @validates("callback_url")
+    def _callback_url(self, value: str, **_: Any) -> None:
+        # Checked here too (the service checks again) so that a batch reports every
+        # invalid item in one answer, callbacks included.
+        settings = current_app.extensions["dispatch"].settings
+        problem = callback_problem(value, settings.webhook_allowed_hosts)
+        if problem:
+            raise ValidationError(problem)
+
+
+class BatchSubmitSchema(StrictSchema):
+    jobs = fields.List(fields.Nested(JobSubmitSchema), required=True,
+                       validate=validate.Length(min=1, max=1000))
+
+
+class IdempotencyHeaderSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # every other header
+
+    key = fields.String(
+        data_key="Idempotency-Key",
+        validate=validate.Regexp(r"^[\x20-\x7e]{1,255}$",
+                                 error="Must be 1-255 printable ASCII characters."),
+        metadata={"description": "Repeat a submission safely: the same key with the same "
+                  "body within 24 h returns the original job (200) instead of a new one"},
+    )
+
+
+class PrioritySchema(StrictSchema):
+    priority = _priority(required=True, metadata={
+        "description": "-100..100; higher runs first (with aging, see Scheduling)"})
+
+
+class JobListQuerySchema(StrictSchema):
+    status = fields.String(validate=validate.OneOf(JOB_STATUSES))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10**9))
+
+
+class ProgressSchema(StrictSchema):
+    progress = FiniteFloat(required=True, validate=validate.Range(min=0, max=100))
+    engine_id = _engine_id()
+    attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
+
+
+class CompleteSchema(StrictSchema):
+    output_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
+    engine_id = _engine_id()
+    attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
+
+
+class FailSchema(StrictSchema):
+    error_message = _text(MAX_TEXT, required=True)
+    engine_id = _engine_id()
+    attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
+
+
+MAX_TELEMETRY = 16 * 1024  # bytes of JSON: what one engine's extra fields may take
+
+
+class HeartbeatSchema(Schema):
+    """The fields the server uses are typed strictly; any other field is telemetry,
+    kept as sent (``telemetry`` in the loaded data), up to ``MAX_TELEMETRY`` bytes."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    engine_id = _engine_id(required=True)
+    engine_type = _text(128)
+    supported_codecs = fields.List(_text(64), validate=validate.Length(max=MAX_LIST))
+    status = fields.String(validate=validate.OneOf(("idle", "busy", "draining")))
+    storage_capacity_gb = FiniteFloat(validate=validate.Range(min=0))
+    streaming_support = StrictBoolean()
+    hostname = _text(255)
+    benchmark_time = FiniteFloat(validate=validate.Range(min=0))
+    local_job_queue = JobIdList()
+
+    @post_load
+    def _telemetry(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        extra = {key: data.pop(key) for key in list(data) if key not in self.fields}
+        if extra:
+            size = len(orjson.dumps(extra))
+            if size > MAX_TELEMETRY:
+                raise ValidationError(
+                    f"telemetry (the fields the server does not use) takes {size} bytes "
+                    f"of JSON, more than {MAX_TELEMETRY}", "_schema")
+        data["telemetry"] = extra or None
+        return data
+
+
+class BenchmarkSchema(StrictSchema):
+    engine_id = _engine_id(required=True)
+    benchmark_time = FiniteFloat(required=True, validate=validate.Range(min=0))
+
+
+class AssignSchema(StrictSchema):
+    engine_id = _engine_id(required=True)
+    capabilities = fields.List(_text(64), validate=validate.Length(max=MAX_LIST))
+
+
+# ---------------------------------------------------------------- responses
+
+class JobSchema(Schema):
+    job_id = fields.String(required=True)
+    source_url = fields.String(required=True)
+    target_codec = fields.String(required=True)
+    job_size = fields.Float(required=True)
+    priority = fields.Integer(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
+    assigned_engine = fields.String(required=True, allow_none=True)
+    output_url = fields.String(required=True, allow_none=True)
+    progress = fields.Float(required=True, allow_none=True)
+    retries = fields.Integer(required=True)
+    max_retries = fields.Integer(required=True)
+    error_message = fields.String(required=True, allow_none=True)
+    retry_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    created_at = fields.String(required=True, metadata={"format": "date-time"})
+    updated_at = fields.String(required=True, metadata={"format": "date-time"})
+    assigned_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    completed_at = fields.String(required=True, allow_none=True,
+                                 metadata={"format": "date-time"})
+    attempt = fields.Integer(required=True, metadata={"description": "assignments so far"})
+    callback_url = fields.String(required=True, allow_none=True)
+    waiting_reason = fields.Nested(lambda: WaitingReasonSchema(), required=True,
+                                   allow_none=True)
+    webhook = fields.Nested(lambda: WebhookStateSchema(), required=True, allow_none=True)
+
+
+class WaitingReasonSchema(Schema):
+    code = fields.String(required=True, validate=validate.OneOf((
+        "backoff", "no_engine_for_codec", "no_engine_with_room", "engines_draining",
+        "concurrency_limit", "queued")))
+    message = fields.String(required=True)
+    position = fields.Integer(required=True, allow_none=True)
+
+
+class WebhookStateSchema(Schema):
+    url = fields.String(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(
+        ("pending", "delivered", "failed")))
+    attempts = fields.Integer(required=True)
+    next_attempt_at = fields.String(required=True, allow_none=True,
+                                    metadata={"format": "date-time"})
+    last_error = fields.String(required=True, allow_none=True)
+    delivered_at = fields.String(required=True, allow_none=True,
+                                 metadata={"format": "date-time"})
+
+
+class JobListSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+
+
+class JobEventSchema(Schema):
+    time = fields.String(required=True, metadata={"format": "date-time"})
+    event = fields.String(required=True, validate=validate.OneOf((
+        "submitted", "assigned", "processing", "progress", "completed", "cancelled",
+        "failed_attempt", "engine_lost", "stalled", "requeued", "failed", "released",
+        "retried", "priority")))
+    engine_id = fields.String(required=True, allow_none=True)
+    attempt = fields.Integer(required=True)
+    detail = fields.String(required=True, allow_none=True)
+
+
+class JobEventsSchema(Schema):
+    job_id = fields.String(required=True)
+    events = fields.List(fields.Nested(JobEventSchema), required=True)
+
+
+class JobPageSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema), required=True)
+    total = fields.Integer(required=True)
+    limit = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+
+
+class EngineSchema(Schema):
+    engine_id = fields.String(required=True)
+    engine_type = fields.String(required=True, allow_none=True)
+    hostname = fields.String(required=True, allow_none=True)
+    status = fields.String(required=True, validate=validate.OneOf(ENGINE_STATUSES))
+    supported_codecs = fields.List(fields.String(), required=True)
+    storage_capacity_gb = fields.Float(required=True, allow_none=True)
+    streaming_support = fields.Boolean(required=True)
+    benchmark_time = fields.Float(required=True, allow_none=True)
+    avg_benchmark_time = fields.Float(required=True, allow_none=True)
+    local_job_queue = fields.List(fields.String(), required=True)
+    current_jobs = fields.List(fields.String(), required=True)
+    jobs_completed = fields.Integer(required=True)
+    jobs_failed = fields.Integer(required=True)
+    registered_at = fields.String(required=True, metadata={"format": "date-time"})
+    last_heartbeat = fields.String(required=True, metadata={"format": "date-time"})
+    telemetry = fields.Dict(
+        keys=fields.String(), required=True, allow_none=True,
+        metadata={"description": "The last heartbeat's fields the server does not use "
+                  "(encoders, cpu_temperature, ...), as the engine sent them"})
+
+
+class HeartbeatAnswerSchema(EngineSchema):
+    cancelled_jobs = fields.List(
+        fields.String(), required=True,
+        metadata={"description": "Jobs the engine holds or lists in local_job_queue that "
+                  "were cancelled or given to another engine: stop working on them"},
+    )
+    draining = fields.Boolean(required=True,
+                              metadata={"description": "Take no new jobs"})
+
+
+class EngineListSchema(Schema):
+    engines = fields.List(fields.Nested(EngineSchema), required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(("healthy", "unhealthy")))
+    version = fields.String(required=True)
+    uptime_seconds = fields.Float(required=True)
+    jobs_queued = fields.Integer(required=True)
+    engines_active = fields.Integer(required=True)
+    reason = fields.String(allow_none=True)
+
+
+class JobCountsSchema(Schema):
+    total = fields.Integer(required=True)
+    pending = fields.Integer(required=True)
+    assigned = fields.Integer(required=True)
+    processing = fields.Integer(required=True)
+    completed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    cancelled = fields.Integer(required=True)
+
+
+class EngineCountsSchema(Schema):
+    total = fields.Integer(required=True)
+    active = fields.Integer(required=True)
+    idle = fields.Integer(required=True)
+    busy = fields.Integer(required=True)
+    draining = fields.Integer(required=True)
+    offline = fields.Integer(required=True)
+
+
+class PerformanceSchema(Schema):
+    avg_job_time = fields.Float(required=True)
+    jobs_per_hour = fields.Integer(required=True)
+    success_rate = fields.Float(required=True)
+
+
+class StatsSchema(Schema):
+    jobs = fields.Nested(JobCountsSchema, required=True)
+    engines = fields.Nested(EngineCountsSchema, required=True)
+    performance = fields.Nested(PerformanceSchema, required=True)
+
+
+class ErrorBodySchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    details = fields.Dict(keys=fields.String())
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBodySchema, required=True)
