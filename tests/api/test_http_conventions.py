@@ -420,7 +420,7 @@ def test_unexpected_exception_is_500_internal_error_without_traceback(
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret-internal-detail")
 
-    monkeypatch.setattr(app.extensions["dispatch"], "get_job", boom)
+    monkeypatch.setattr(app.extensions["dispatch"].queries, "get_job", boom)
 
     response = client.get("/jobs/1704067200000000_0", headers=auth)
 
