@@ -1,4 +1,5 @@
-"""Settings: command-line flags, ``DISTCONV_*`` variables and the INI config file.
+"""The server's settings: command-line flags, ``DISTCONV_*`` variables and the INI
+config file, read with the machinery in ``options``.
 
 Precedence, highest first: flag, environment variable, config file, default.
 Every problem (unknown key, non-numeric number, unreadable file, missing API key)
@@ -8,14 +9,27 @@ raises :class:`SettingsError`; the CLI turns it into exit status 2.
 from __future__ import annotations
 
 import argparse
-import configparser
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
 
 from dispatch import __version__
+from dispatch.config.options import (
+    API_KEY_FILE,
+    FromFile,
+    Option,
+    SettingsError,
+    add_flags,
+    at_least,
+    boolean,
+    integer,
+    nonempty,
+    one_of,
+    resolve_options,
+)
 from dispatch.domain.models import ENGINE_ID, ENGINE_ID_RULE
+
+__all__ = ["Settings", "SettingsError", "build_parser", "load_settings", "settings_from_args"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 LOG_ROTATIONS = ("none", "daily", "hourly")
@@ -24,9 +38,6 @@ MIN_SECRET_LENGTH = 32
 SECRET = frozenset({"api_key", "client_keys", "engine_keys", "webhook_secret", "ui_secret",
                     "database_url"})
 
-
-class SettingsError(Exception):
-    """The settings cannot be used; the message names the key or file."""
 
 
 @dataclass(frozen=True)
@@ -84,59 +95,6 @@ class Settings:
                 f"webhook_secret=***, ui_secret=***, database_url=***, {shown})")
 
 
-# Converters of a setting's text to its value, raising ValueError with the reason;
-# public, since the engine's settings (dispatch.engine.config) are read the same way.
-
-def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An integer from ``minimum`` to ``maximum`` (no upper bound when None)."""
-    def convert(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise ValueError(f"{text!r} is not an integer") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f"..{maximum}" if maximum is not None else " or more"
-            raise ValueError(f"{value} is out of range ({minimum}{upper})")
-        return value
-
-    return convert
-
-
-def at_least(minimum: float) -> Callable[[str], float]:
-    """A finite number no smaller than ``minimum``."""
-    def convert(text: str) -> float:
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise ValueError(f"{text!r} is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")) or value < minimum:
-            raise ValueError(f"{text.strip()} must be a finite number >= {minimum:g}")
-        return value
-
-    return convert
-
-
-def boolean(text: str) -> bool:
-    """1/0, true/false, yes/no, on/off, in any case."""
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{text!r} is not a boolean (true/false)")
-
-
-def one_of(choices: Sequence[str], *, upper: bool = False) -> Callable[[str], str]:
-    """One of ``choices``, compared in upper case when ``upper`` (else lower)."""
-    def convert(text: str) -> str:
-        value = text.strip().upper() if upper else text.strip().lower()
-        if value not in choices:
-            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
-        return "WARNING" if value == "WARN" else value
-
-    return convert
-
-
 def _key_list(text: str) -> tuple[str, ...]:
     keys = tuple(item.strip() for item in text.split(",") if item.strip())
     for key in keys:
@@ -169,31 +127,11 @@ def _host_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip().lower() for item in text.split(",") if item.strip())
 
 
-def nonempty(text: str) -> str:
-    """Any text but blank, stripped."""
-    value = text.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
 def _database_url(text: str) -> str:
     value = text.strip()
     if not value.startswith(("postgresql://", "postgres://")):
         raise ValueError("must be a postgresql:// URL")
     return value
-
-
-@dataclass(frozen=True)
-class Option:
-    """A setting: its field, its converter, and where it may come from (a flag, an
-    environment variable, config-file keys: the first one present in the file wins)."""
-
-    field: str
-    convert: Callable[[str], Any]
-    flag: str | None = None
-    env: str | None = None
-    keys: tuple[str, ...] = ()
 
 
 # One row per setting: the single table the parser, the environment and the
@@ -258,9 +196,6 @@ _OPTIONS: tuple[Option, ...] = (
             ("leader_lease_seconds",)),
 )
 
-# Levels of precedence; a higher number wins.
-_DEFAULT, _FILE, _ENV, _FLAG = 0, 1, 2, 3
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dispatch-server`` argument parser."""
@@ -299,30 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_config_file(path: str) -> dict[str, str]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"cannot read config file {path}: {exc}") from None
-    parser = configparser.ConfigParser(
-        interpolation=None, inline_comment_prefixes=("#", ";"), default_section="\0none"
-    )
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    # The original server.conf has no [section] header; give it one.
-    try:
-        parser.read_string("[distconv]\n" + text, source=path)
-    except configparser.Error as exc:
-        raise SettingsError(f"cannot parse config file {path}: {exc}") from None
-    values: dict[str, str] = {}
-    for section in parser.sections():
-        values.update(parser.items(section))
-    return values
-
-
 # (file option, value option, what the file holds, its converter)
-_FROM_FILE = (
-    ("api_key_file", "api_key", "API key", str),
+_FROM_FILE: tuple[FromFile, ...] = (
+    API_KEY_FILE,
     ("ui_secret_file", "ui_secret", "dashboard secret", _secret),
 )
 
@@ -341,7 +255,7 @@ def settings_from_args(args: argparse.Namespace,
     as a parent, as a subcommand's does), the environment and the config file."""
     environ = os.environ if environ is None else environ
     config_path = args.config or environ.get("DISTCONV_CONFIG") or None
-    resolved = resolve_options(_OPTIONS, args, environ, config_path)
+    resolved = resolve_options(_OPTIONS, args, environ, config_path, _FROM_FILE)
     api_key = resolved.pop("api_key", None)
     if not api_key:
         raise SettingsError(
@@ -367,70 +281,3 @@ def settings_from_args(args: argparse.Namespace,
             "none and rotate with logrotate, or log to the journal (empty log_file)"
         )
     return Settings(api_key=api_key, config_file=config_path, **resolved)
-
-
-def add_flags(parser: argparse.ArgumentParser, options: Sequence[Option],
-              helps: Mapping[str, str]) -> None:
-    """One ``--flag VALUE`` per option that has a flag."""
-    for option in options:
-        if option.flag:
-            parser.add_argument(
-                option.flag, dest=option.field, default=None, metavar="VALUE",
-                help=helps.get(option.flag),
-            )
-
-
-def resolve_options(options: Sequence[Option], args: argparse.Namespace,
-                    environ: Mapping[str, str], config_path: str | None) -> dict[str, Any]:
-    """The converted value of every option given somewhere (flag > variable > file),
-    keyed by field; a value with a ``*_file`` option (``_FROM_FILE``) holds what that
-    file says when the file was given at a higher level than the value itself."""
-    file_values = _read_config_file(config_path) if config_path else {}
-    known_keys = {key: option for option in options for key in option.keys}
-    for key in file_values:
-        if key not in known_keys:
-            raise SettingsError(f"unknown key {key!r} in config file {config_path}")
-
-    resolved: dict[str, Any] = {}
-    level: dict[str, int] = {}
-    for option in options:
-        candidates: list[tuple[int, str, str]] = []
-        flag_value = getattr(args, option.field, None) if option.flag else None
-        if flag_value is not None:
-            candidates.append((_FLAG, flag_value, option.flag or ""))
-        if option.env and environ.get(option.env, "") != "":
-            candidates.append((_ENV, environ[option.env], option.env))
-        for key in option.keys:
-            if key in file_values:
-                candidates.append((_FILE, file_values[key], f"{key} in {config_path}"))
-                break
-        if not candidates:
-            continue
-        source_level, raw, source = max(candidates, key=lambda c: c[0])
-        try:
-            resolved[option.field] = option.convert(raw)
-        except ValueError as exc:
-            raise SettingsError(f"invalid value for {source}: {exc}") from None
-        level[option.field] = source_level
-
-    # A value may come from a file named by its *_file option, which wins when given
-    # at a higher level than the value itself.
-    for file_field, field, what, convert in _FROM_FILE:
-        path = resolved.pop(file_field, None)
-        if path is not None and (field not in resolved or level[file_field] > level[field]):
-            try:
-                resolved[field] = convert(_read_key_file(path, what))
-            except ValueError as exc:
-                raise SettingsError(f"{what} file {path}: {exc}") from None
-    return resolved
-
-
-def _read_key_file(path: str, what: str = "API key") -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            key = handle.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"cannot read {what} file {path}: {exc.__class__.__name__}") from None
-    if not key:
-        raise SettingsError(f"{what} file {path} is empty")
-    return key

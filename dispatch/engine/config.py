@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatch import __version__
-from dispatch.config.settings import (
-    LOG_LEVELS,
+from dispatch.config.options import (
+    API_KEY_FILE,
     Option,
     SettingsError,
     add_flags,
@@ -27,6 +27,7 @@ from dispatch.config.settings import (
     one_of,
     resolve_options,
 )
+from dispatch.config.settings import LOG_LEVELS
 from dispatch.domain.models import ENGINE_ID
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -162,7 +163,8 @@ def load_config(argv: Sequence[str] | None = None,
     args = build_parser().parse_args([] if argv is None else list(argv))
     # Not DISTCONV_CONFIG: that one is the server's, and both may share a shell.
     config_path = args.config or environ.get("DISTCONV_ENGINE_CONFIG") or None
-    values: dict[str, Any] = resolve_options(_OPTIONS, args, environ, config_path)
+    values: dict[str, Any] = resolve_options(_OPTIONS, args, environ, config_path,
+                                             (API_KEY_FILE,))
     if not values.get("api_key"):
         raise SettingsError("no API key: set DISTCONV_API_KEY, pass --api-key or "
                             "--api-key-file (the dispatch server's key)")

@@ -8,16 +8,13 @@ that every response still loads through its schema.
 
 from __future__ import annotations
 
-import math
-import re
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from flask import current_app
 from marshmallow import (
     EXCLUDE,
     INCLUDE,
-    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -27,124 +24,32 @@ from marshmallow import (
 )
 
 from dispatch.domain.callbacks import callback_problem
-from dispatch.domain.models import ENGINE_ID, ENGINE_ID_RULE, ENGINE_STATUSES, JOB_STATUSES
-from dispatch.domain.urls import SOURCE_URL, SOURCE_URL_RULE
-
-MAX_URL = 2048
-MAX_TEXT = 4096
-MAX_LIST = 256
-
-
-class StrictSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
-
-class FiniteFloat(fields.Float):
-    """A JSON number that is finite; booleans are not numbers."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValidationError("Not a valid number.")
-        result = super()._deserialize(value, attr, data, **kwargs)
-        if not math.isfinite(result):
-            raise ValidationError("Must be a finite number.")
-        return result
-
-
-class StrictInteger(fields.Integer):
-    """A JSON integer; booleans, strings and fractions are refused."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(strict=True, **kwargs)
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if isinstance(value, bool):
-            raise ValidationError("Not a valid integer.")
-        return super()._deserialize(value, attr, data, **kwargs)
-
-
-class StrictBoolean(fields.Boolean):
-    """A JSON ``true`` or ``false``: ``1`` and ``0`` are numbers, not booleans
-    (marshmallow takes them, and ``1 in {True}`` holds in Python)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ValidationError("Not a valid boolean.")
-        return value
-
-
-# A JSON list of strings written as a string, as the original engine's early versions
-# send ``local_job_queue`` ("[]"); each id 1-256 characters, no control characters.
-_JSON_ID = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]){1,256}"'
-_WS = r"[ \t\n\r]*"
-JSON_ID_LIST = rf"^{_WS}\[{_WS}(?:{_JSON_ID}(?:{_WS},{_WS}{_JSON_ID})*)?{_WS}\]{_WS}$"
-MAX_QUEUE = 10000
-
-
-class JobIdList(fields.Field):
-    """Job ids as a JSON list, or as a string holding a JSON list of strings. A plain
-    field, so that the OpenAPI document shows both forms (``oneOf``) and no ``type``."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(metadata={"oneOf": [
-            {"type": "array", "maxItems": MAX_QUEUE,
-             "items": {"type": "string", "minLength": 1, "maxLength": 256}},
-            {"type": "string", "pattern": JSON_ID_LIST,
-             "description": "the same list written as a JSON string (earlier engines)"},
-        ]}, **kwargs)
-        self._list = fields.List(_text(256), validate=validate.Length(max=MAX_QUEUE))
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any,
-                     **kwargs: Any) -> list[str]:
-        if isinstance(value, str):
-            try:
-                value = orjson.loads(value)
-            except orjson.JSONDecodeError:
-                raise ValidationError(
-                    "Not a list, nor a string holding a JSON list.") from None
-            if not isinstance(value, list):
-                raise ValidationError("Not a list, nor a string holding a JSON list.")
-        return self._list.deserialize(value)
-
-
-def _check_url(value: str) -> None:
-    if not SOURCE_URL.fullmatch(value):
-        raise ValidationError(f"Must be {SOURCE_URL_RULE}.")
-
-
-def _text(maximum: int = MAX_TEXT, **kwargs: Any) -> fields.String:
-    return fields.String(validate=validate.Length(min=1, max=maximum), **kwargs)
-
-
-class FullRegexp(validate.Regexp):
-    """The whole value matches (``Regexp`` uses ``match``, and ``$`` lets a final
-    newline through)."""
-
-    def __call__(self, value: str) -> str:  # type: ignore[override]
-        if cast("re.Pattern[str]", self.regex).fullmatch(value) is None:
-            raise ValidationError(self._format_error(value))
-        return value
-
-
-def _engine_id(**kwargs: Any) -> fields.String:
-    return fields.String(validate=FullRegexp(ENGINE_ID, error=f"Must be {ENGINE_ID_RULE}."),
-                         **kwargs)
-
-
-def _priority(**kwargs: Any) -> fields.Integer:
-    return StrictInteger(validate=validate.Range(min=-100, max=100), **kwargs)
-
+from dispatch.domain.models import ENGINE_STATUSES, JOB_STATUSES
+from dispatch.domain.urls import SOURCE_URL
+from dispatch.http.fields import (
+    MAX_LIST,
+    MAX_TEXT,
+    MAX_URL,
+    FiniteFloat,
+    JobIdList,
+    StrictBoolean,
+    StrictInteger,
+    StrictSchema,
+    check_url,
+    engine_id_field,
+    priority_field,
+    text_field,
+)
 
 # ----------------------------------------------------------------- requests
 
 class JobSubmitSchema(StrictSchema):
     source_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL),
                                metadata={"pattern": SOURCE_URL.pattern})
-    target_codec = _text(64, required=True)
+    target_codec = text_field(64, required=True)
     job_size = FiniteFloat(required=True, validate=validate.Range(min=0))
     max_retries = StrictInteger(validate=validate.Range(min=0, max=100))
-    priority = _priority()
+    priority = priority_field()
     callback_url = fields.String(
         validate=validate.Length(min=1, max=MAX_URL),
         metadata={"description": "http(s) URL POSTed the job, signed, when it completes, "
@@ -153,7 +58,7 @@ class JobSubmitSchema(StrictSchema):
 
     @validates("source_url")
     def _source_url(self, value: str, **_: Any) -> None:
-        _check_url(value)
+        check_url(value)
 
     @validates("callback_url")
     def _callback_url(self, value: str, **_: Any) -> None:
@@ -184,7 +89,7 @@ class IdempotencyHeaderSchema(Schema):
 
 
 class PrioritySchema(StrictSchema):
-    priority = _priority(required=True, metadata={
+    priority = priority_field(required=True, metadata={
         "description": "-100..100; higher runs first (with aging, see Scheduling)"})
 
 
@@ -196,19 +101,19 @@ class JobListQuerySchema(StrictSchema):
 
 class ProgressSchema(StrictSchema):
     progress = FiniteFloat(required=True, validate=validate.Range(min=0, max=100))
-    engine_id = _engine_id()
+    engine_id = engine_id_field()
     attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
 
 class CompleteSchema(StrictSchema):
     output_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
-    engine_id = _engine_id()
+    engine_id = engine_id_field()
     attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
 
 class FailSchema(StrictSchema):
-    error_message = _text(MAX_TEXT, required=True)
-    engine_id = _engine_id()
+    error_message = text_field(MAX_TEXT, required=True)
+    engine_id = engine_id_field()
     attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
 
@@ -222,13 +127,13 @@ class HeartbeatSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    engine_id = _engine_id(required=True)
-    engine_type = _text(128)
-    supported_codecs = fields.List(_text(64), validate=validate.Length(max=MAX_LIST))
+    engine_id = engine_id_field(required=True)
+    engine_type = text_field(128)
+    supported_codecs = fields.List(text_field(64), validate=validate.Length(max=MAX_LIST))
     status = fields.String(validate=validate.OneOf(("idle", "busy", "draining")))
     storage_capacity_gb = FiniteFloat(validate=validate.Range(min=0))
     streaming_support = StrictBoolean()
-    hostname = _text(255)
+    hostname = text_field(255)
     benchmark_time = FiniteFloat(validate=validate.Range(min=0))
     local_job_queue = JobIdList()
 
@@ -246,13 +151,13 @@ class HeartbeatSchema(Schema):
 
 
 class BenchmarkSchema(StrictSchema):
-    engine_id = _engine_id(required=True)
+    engine_id = engine_id_field(required=True)
     benchmark_time = FiniteFloat(required=True, validate=validate.Range(min=0))
 
 
 class AssignSchema(StrictSchema):
-    engine_id = _engine_id(required=True)
-    capabilities = fields.List(_text(64), validate=validate.Length(max=MAX_LIST))
+    engine_id = engine_id_field(required=True)
+    capabilities = fields.List(text_field(64), validate=validate.Length(max=MAX_LIST))
 
 
 # ---------------------------------------------------------------- responses
