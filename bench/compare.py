@@ -158,6 +158,11 @@ def reduce(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         entry["new_over_old"] = new / old if old and new is not None else None
         entry["slower"] = (entry["new_over_old"] is not None
                            and entry["new_over_old"] < 1 - TOLERANCE)
+        # Whether the rounds' ranges of norm overlap: a gap smaller than the spread
+        # between rounds of the same tree (a busy machine) may be noise.
+        each_old, each_new = entry["OLD"]["normalised_each"], entry["NEW"]["normalised_each"]
+        entry["ranges_overlap"] = bool(each_old and each_new) and (
+            min(each_new) <= max(each_old) and min(each_old) <= max(each_new))
         endpoints.append(entry)
 
     operations: list[dict[str, Any]] = []
@@ -190,7 +195,8 @@ def render(result: dict[str, Any], trees: dict[str, Tree], rounds: int,
                   "medians over rounds",
                   "norm = the endpoint's req/s / the bare Flask app's req/s for the same "
                   "workload in the same run; NEW/OLD of norm, flagged below "
-                  f"{1 - TOLERANCE:.2f}", ""]
+                  f"{1 - TOLERANCE:.2f}; (rounds overlap): some round of OLD and some "
+                  "of NEW agree, so the gap may be noise (more --rounds)", ""]
         head = (f"{'endpoint':30s} {'jobs':>7s} | {'OLD req/s':>9s} {'norm':>5s} | "
                 f"{'NEW req/s':>9s} {'norm':>5s} | {'NEW/OLD':>7s}")
         lines += [head, "-" * len(head)]
@@ -198,7 +204,9 @@ def render(result: dict[str, Any], trees: dict[str, Tree], rounds: int,
     for e in result["endpoints"]:
         name = e["endpoint"] if e["endpoint"] != previous else ""
         previous = e["endpoint"]
-        flag = "  SLOWER" if e["slower"] else ""
+        flag = ""
+        if e["slower"]:
+            flag = "  SLOWER" + (" (rounds overlap)" if e["ranges_overlap"] else "")
         lines.append(f"{name:30s} {e['jobs']:>7,d} | {fmt(e['OLD']['rate'], '9.0f')} "
                      f"{fmt(e['OLD']['normalised'], '5.2f')} | {fmt(e['NEW']['rate'], '9.0f')} "
                      f"{fmt(e['NEW']['normalised'], '5.2f')} | "
