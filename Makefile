@@ -44,11 +44,13 @@ test-deps:
 test: lint test-deps
 	$(BIN)/python -m pytest
 
+# The bench package runs from the repository root (bench/README.md).
 bench: $(VENV)/.installed
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/postgres.py
-	$(BIN)/python bench/engine.py
-	$(BIN)/python bench/dashboard.py
+	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.service_ops
+	$(BIN)/python -m bench.postgres
+	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.dashboard
 
 # Lay the server out under PREFIX (default /opt/distconv/server); see README "Deployment".
 install:

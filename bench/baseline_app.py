@@ -3,23 +3,19 @@ same small JSON object, served by gunicorn exactly as ``dispatch-server`` serves
 real app (one worker, gthread, the same thread count and keep-alive), so the ratio
 real/baseline shows what the dispatch server's own work costs on top of the stack.
 
-Run: ``python bench/baseline_app.py --port 8090 [--threads 8]``
+Run (from the repository root): ``python -m bench.baseline_app --port 8090 [--threads 8]``
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Any
 
 from flask import Flask, Response
 from gunicorn.app.base import BaseApplication
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dispatch.config.settings import Settings  # noqa: E402
-from dispatch.runtime.gunicorn_config import options  # noqa: E402 - after the path fix
+from dispatch.config.settings import Settings
+from dispatch.runtime.gunicorn_config import options
 
 BODY = b'{"status":"ok","job_id":"baseline","n":1}'
 

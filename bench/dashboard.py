@@ -1,13 +1,13 @@
 """The dashboard's pages at 100, 10,000 and 100,000 stored jobs (``make bench``).
 
-Starts the real ``dispatch-server`` preloaded as bench/run.py does (same state files:
+Starts the real ``dispatch-server`` preloaded as bench.run does (same state files:
 90 % completed, 8 % pending, the rest failed or cancelled), signs in with a session
 cookie made with the server's dashboard secret, and drives each page with
-bench/loadgen.py (8 keep-alive connections, closed loop). Target: the default jobs
+bench.loadgen (8 keep-alive connections, closed loop). Target: the default jobs
 page and the overview at 100,000 jobs within 1.2x the latency at 100 (p50).
 
-    .venv/bin/python bench/dashboard.py            # 3 runs, medians
-    .venv/bin/python bench/dashboard.py --quick    # 1 run, 1.5 s measurements
+    .venv/bin/python -m bench.dashboard            # 3 runs, medians
+    .venv/bin/python -m bench.dashboard --quick    # 1 run, 1.5 s measurements
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import run  # bench/run.py: state files, server start, the load driver
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 
+from bench import run  # state files, server start, the load driver
 from dispatch.http.auth import key_fingerprint
 
 # (row, path at n stored jobs, whether the 1.2x target applies). Each page shows 50

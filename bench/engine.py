@@ -1,4 +1,4 @@
-"""The engine's own cost (``make bench``, after run.py): what ``dispatch-engine`` adds
+"""The engine's own cost (``make bench``, after bench.run): what ``dispatch-engine`` adds
 to a job beyond ffmpeg's work, and the CPU it uses while ffmpeg runs.
 
 Starts a real ``dispatch-server`` and one ``dispatch-engine`` (h264, default 5 s
@@ -10,8 +10,8 @@ heartbeat) on loopback, serves a lavfi clip over HTTP, and runs one job at a tim
 - engine CPU while ffmpeg runs = the engine process's own utime+stime (/proc, children
   excluded) over the time its ffmpeg child is alive, in % of one core (target < 2 %).
 
-    .venv/bin/python bench/engine.py            # 3 jobs of a 30 s 640x360 clip
-    .venv/bin/python bench/engine.py --runs 1 --seconds 10
+    .venv/bin/python -m bench.engine            # 3 jobs of a 30 s 640x360 clip
+    .venv/bin/python -m bench.engine --runs 1 --seconds 10
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
+from tests.support.engine import Engine, ffmpeg_children, file_server, make_clip
+from tests.support.helpers import epoch, poll
+from tests.support.server import Server
 
-from tests.support.engine import Engine, ffmpeg_children, file_server, make_clip  # noqa: E402
-from tests.support.helpers import epoch, poll  # noqa: E402
-from tests.support.server import Server  # noqa: E402
+BENCH = Path(__file__).resolve().parent
 
 TICK = os.sysconf("SC_CLK_TCK")
 

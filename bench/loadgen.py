@@ -509,7 +509,7 @@ def run(host: str, port: int, scenario: str, *, api_key: str | None = None,
     )
 
 
-if __name__ == "__main__":  # a quick manual use: python bench/loadgen.py PORT SCENARIO
+if __name__ == "__main__":  # a quick manual use: python -m bench.loadgen PORT SCENARIO
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

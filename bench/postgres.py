@@ -3,15 +3,15 @@
 Starts a PostgreSQL of its own (``initdb``/``pg_ctl`` in a temporary folder, fsync on:
 a commit is durable as the journal's is) and, for each workload, the real
 ``dispatch-server`` on the state file and on the database with 1, 2 and 4 gunicorn
-workers, all on this machine, driven by ``loadgen.py`` with 8 connections:
+workers, all on this machine, driven by ``bench.loadgen`` with 8 connections:
 
 - ``GET /jobs/{id}`` over 10,000 stored jobs;
 - durable ``POST /jobs/``;
 - the full submit -> assign -> complete cycle (8 engines);
 - ``POST /assign_job/`` p50/p99 with 100 and 100,000 pending jobs (kept at that size).
 
-    .venv/bin/python bench/postgres.py            # ~6 minutes
-    .venv/bin/python bench/postgres.py --quick    # ~2 minutes, shorter windows
+    .venv/bin/python -m bench.postgres            # ~6 minutes
+    .venv/bin/python -m bench.postgres --quick    # ~2 minutes, shorter windows
 
 Writes ``bench/results/postgres.json``. PostgreSQL shares the machine's two cores
 with the server and the load generator, as it would not in production.
@@ -33,17 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from bench import loadgen, run
+from dispatch.bootstrap import open_state
+from dispatch.tools.copy_state import Farm, write_farm
+from tests.support.postgres import PostgresServer
+
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(BENCH))
-
-import loadgen  # noqa: E402
-import psycopg  # noqa: E402
-import run  # noqa: E402
-from dispatch.storage.postgres.copy import Farm, write_database  # noqa: E402
-
-from tests.support.postgres import PostgresServer  # noqa: E402
 
 WORKERS = (1, 2, 4)
 
@@ -126,8 +123,12 @@ def drive(server: Server, scenario: str, args: argparse.Namespace,
 
 def load_database(database: PostgresServer, jobs: list[Any]) -> None:
     database.reset()
+    uow = open_state(database.url)  # through the ports, as ``copy-state`` writes
+    try:
+        write_farm(uow, Farm(jobs=jobs), "the database")
+    finally:
+        uow.close()
     with psycopg.connect(database.url, autocommit=True) as conn:
-        write_database(conn, Farm(jobs=jobs))
         conn.execute("VACUUM ANALYZE")
 
 

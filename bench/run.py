@@ -2,11 +2,12 @@
 
 Starts the real ``dispatch-server`` (gunicorn, shipped config, durable journal in a
 temporary folder on disk) on loopback, preloaded by writing its state file directly,
-and drives it with ``bench/loadgen.py``. Prints one table and writes
+and drives it with ``bench.loadgen``. Prints one table and writes
 ``bench/results/latest.json``. See bench/README.md for what each figure means.
 
-    .venv/bin/python bench/run.py            # 3 runs, medians (~10 minutes)
-    .venv/bin/python bench/run.py --quick    # 1 short run, a smoke test (~2 minutes)
+    .venv/bin/python -m bench.run            # 3 runs, medians (~10 minutes)
+    .venv/bin/python -m bench.run --quick    # 1 short run, a smoke test (~2 minutes)
+    .venv/bin/python -m bench.run --quick --sizes 100 --out /tmp/x.json
 """
 
 from __future__ import annotations
@@ -31,16 +32,13 @@ from typing import Any
 
 import orjson
 
+from bench import loadgen
+from dispatch.domain.models import Job
+from dispatch.storage.journal.snapshot import write_lines
+from dispatch.storage.memory.store import SnapshotData
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(BENCH))
-
-import loadgen  # noqa: E402
-
-from dispatch.domain.models import Job  # noqa: E402
-from dispatch.storage.journal.snapshot import write_lines  # noqa: E402
-from dispatch.storage.memory.store import SnapshotData  # noqa: E402
 
 SERVER_BIN = Path(sys.executable).with_name("dispatch-server")
 CODECS = loadgen.CODECS
@@ -211,9 +209,10 @@ class Proc:
     process group, logging to a file in its folder."""
 
     def __init__(self, argv: list[str], folder: Path, env: dict[str, str], port: int,
-                 api_key: str | None) -> None:
+                 api_key: str | None, cwd: Path | None = None) -> None:
         self.argv, self.folder, self.env, self.port = argv, folder, env, port
         self.api_key = api_key
+        self.cwd = cwd or folder  # where the process runs: its folder unless it needs ROOT
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds = float("nan")
         self.stop_seconds = float("nan")
@@ -222,7 +221,7 @@ class Proc:
     def start(self, timeout: float = 60.0) -> Proc:
         log = open(self.folder / "server.log", "ab")
         started = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, cwd=self.folder, env=self.env, stdout=log,
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         while True:
@@ -296,9 +295,10 @@ def start_dispatch(folder: Path, api_key: str, *extra: str,
 
 def start_baseline(folder: Path) -> Proc:
     port = free_port()
-    argv = [sys.executable, str(BENCH / "baseline_app.py"), "--host", "127.0.0.1",
+    argv = [sys.executable, "-m", "bench.baseline_app", "--host", "127.0.0.1",
             "--port", str(port)]
-    return Proc(argv, folder, dict(os.environ), port, None).start()
+    # Run from the repository root, where ``python -m`` finds the bench package.
+    return Proc(argv, folder, dict(os.environ), port, None, cwd=ROOT).start()
 
 
 # ---------------------------------------------------------------- measuring

@@ -4,7 +4,7 @@ assign+complete pair on a ``MemoryStore`` (no disk), best of 5 rounds of 5,000 e
 Less sensitive than ``run.py`` to what else the machine is doing, so it is the figure
 to compare two trees with (run it in each, alternating):
 
-    .venv/bin/python bench/service_ops.py
+    .venv/bin/python -m bench.service_ops
 """
 
 from __future__ import annotations

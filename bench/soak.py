@@ -2,7 +2,7 @@
 on loopback, with engines joining, dying (they stop heartbeating) and rejoining under
 a short engine timeout; then consistency checks and a memory verdict.
 
-    .venv/bin/python bench/soak.py --minutes 10
+    .venv/bin/python -m bench.soak --minutes 10
 
 The server: the ``dispatch-server`` console script, durable journal in a temporary
 folder, engine timeout 4 s, finished jobs purged after 60 s (so the stored set reaches
@@ -42,10 +42,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-
-import run as bench  # noqa: E402 - bench/run.py: state files and server processes
+from bench import run  # state files and server processes
 
 CODECS = ("h264", "h265", "vp9", "av1")
 FINISHED = ("completed", "failed", "cancelled")
@@ -433,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-soak-"))
     key = "soak-" + str(random.Random(args.seed).getrandbits(64))
-    cache = bench.StateCache(workdir)
+    cache = run.StateCache(workdir)
     folder = cache.fresh_dir(args.preload) if args.preload else workdir / "srv"
     folder.mkdir(exist_ok=True)
     config = folder / "soak.conf"
@@ -442,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                 "DISTCONV_RETRY_BACKOFF_MAX": "8"}
     flags = ("--engine-timeout", str(ENGINE_TIMEOUT), "--config", str(config))
     print(f"soak: {args.minutes:g} min, server folder {folder}", flush=True)
-    server = bench.start_dispatch(folder, key, *flags, env=soak_env)
+    server = run.start_dispatch(folder, key, *flags, env=soak_env)
     print(f"server up in {server.startup_seconds:.2f} s (port {server.port}, "
           f"{args.preload:,} jobs preloaded)", flush=True)
 
@@ -484,8 +481,8 @@ def main(argv: list[str] | None = None) -> int:
             while alive < args.engines:
                 spawn(rng.uniform(15, 90))
                 alive += 1
-            rss = bench.proc_status(server.worker)["VmRSS"]
-            code, stats = bench.http_get(server.port, "/stats", key)
+            rss = run.proc_status(server.worker)["VmRSS"]
+            code, stats = run.http_get(server.port, "/stats", key)
             stored = json.loads(stats)["jobs"]["total"] if code == 200 else -1
             samples.append((elapsed, rss, stored))
             if elapsed - last_print >= 30:
@@ -526,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     code = server.stop()
     if code != 0:
         failures.append(f"graceful stop exited {code}")
-    server2 = bench.start_dispatch(folder, key, "--engine-timeout", str(ENGINE_TIMEOUT))
+    server2 = run.start_dispatch(folder, key, "--engine-timeout", str(ENGINE_TIMEOUT))
     client = Client(server2.port, key)
     try:
         frozen_problems, frozen = check_state(client, frozen=True)
