@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from dispatch.bootstrap import choose_backend
+from dispatch.edge import HEADER_FIELD_SIZE_LIMIT, HEADER_FIELDS_LIMIT, REQUEST_LINE_LIMIT
 from dispatch.logs import GunicornLogger, add_secrets
 from dispatch.metrics import share_across_processes, worker_exited
 from dispatch.ready import ready_line
@@ -34,7 +35,11 @@ def options(settings: Settings) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "bind": [f"{host}:{settings.port}"],
         "workers": choose_backend(settings).workers,
-        "worker_class": "gthread",
+        # gthread, answering what its HTTP parser refuses in the JSON error shape
+        "worker_class": "dispatch.edge.JsonErrorWorker",
+        "limit_request_line": REQUEST_LINE_LIMIT,
+        "limit_request_fields": HEADER_FIELDS_LIMIT,
+        "limit_request_field_size": HEADER_FIELD_SIZE_LIMIT,
         "threads": settings.thread_pool_size,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "timeout": 60,
