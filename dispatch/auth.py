@@ -24,12 +24,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import overload
 
-from flask import Response, current_app
+from flask import Response, current_app, request
 from flask_httpauth import HTTPTokenAuth
 
-from dispatch.api.errors import error_response
+from dispatch.api.errors import TooManyRequests, error_response
 from dispatch.models import ENGINE_ID, ENGINE_ID_RULE
 from dispatch.settings import MIN_KEY_LENGTH
+from dispatch.throttle import Throttle
 
 log = logging.getLogger("dispatch.auth")
 
@@ -143,10 +144,34 @@ def key_fingerprint(key: str) -> str:
 auth = HTTPTokenAuth(header="X-API-Key")
 
 
+def checked_key(presented: str) -> Principal | None:
+    """The principal of ``presented``, throttled by the client's address: a blocked
+    address gets ``429`` (TooManyRequests) whatever it presents, and a wrong key counts
+    towards a block. A missing key guesses nothing and is not counted."""
+    throttle: Throttle = current_app.extensions["dispatch.throttle"]
+    address = request.remote_addr or ""
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        raise TooManyRequests(wait)
+    ring: KeyRing = current_app.extensions["dispatch.keys"]
+    principal = ring.identify(presented)
+    if principal is None and presented:
+        throttle.failed(address)
+    return principal
+
+
+def weak_key_warning(admin_key: str) -> str | None:
+    """The warning for an admin key anyone could guess, or None for a strong one."""
+    if len(admin_key) >= MIN_KEY_LENGTH:
+        return None
+    return (f"the admin API key (api_key / DISTCONV_API_KEY) has {len(admin_key)} "
+            f"characters; use at least {MIN_KEY_LENGTH}, e.g. one made by: "
+            "python3 -c 'import secrets; print(secrets.token_hex(32))'")
+
+
 @auth.verify_token
 def _verify(token: str) -> Principal | None:
-    ring: KeyRing = current_app.extensions["dispatch.keys"]
-    return ring.identify(token)
+    return checked_key(token)
 
 
 @auth.get_user_roles

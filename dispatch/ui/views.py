@@ -167,8 +167,9 @@ def login() -> Any:
     try:
         operator = security.sign_in(request.form.get("api_key", ""))
     except security.SignInRefused as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
         return render_template("ui/login.html", next_url=next_url, message=exc.message), \
-            exc.status
+            exc.status, headers
     log.info("dashboard: sign-in by %s", operator)
     return redirect(next_url, 303)
 
