@@ -144,15 +144,21 @@ def key_fingerprint(key: str) -> str:
 auth = HTTPTokenAuth(header="X-API-Key")
 
 
+def refuse_if_blocked() -> None:
+    """Raise TooManyRequests (``429``) when the client's address is blocked."""
+    throttle: Throttle = current_app.extensions["dispatch.throttle"]
+    wait = throttle.retry_after(request.remote_addr or "")
+    if wait is not None:
+        raise TooManyRequests(wait)
+
+
 def checked_key(presented: str) -> Principal | None:
     """The principal of ``presented``, throttled by the client's address: a blocked
     address gets ``429`` (TooManyRequests) whatever it presents, and a wrong key counts
     towards a block. A missing key guesses nothing and is not counted."""
+    refuse_if_blocked()
     throttle: Throttle = current_app.extensions["dispatch.throttle"]
     address = request.remote_addr or ""
-    wait = throttle.retry_after(address)
-    if wait is not None:
-        raise TooManyRequests(wait)
     ring: KeyRing = current_app.extensions["dispatch.keys"]
     principal = ring.identify(presented)
     if principal is None and presented:
@@ -181,6 +187,10 @@ def _roles(principal: Principal) -> str:
 
 @auth.error_handler
 def _unauthorized(status: int) -> Response:
+    if status == 401 and not request.headers.get("X-API-Key"):
+        # No key at all never reaches verify_token (flask-httpauth skips it); a blocked
+        # address is refused all the same.
+        refuse_if_blocked()
     if status == 403:
         return error_response(403, "forbidden", "this key's role may not do this")
     return error_response(401, "unauthorized", "missing or wrong X-API-Key header")
