@@ -187,7 +187,11 @@ def logout() -> ResponseReturnValue:
 def overview() -> Any:
     data = _service().overview(CHART_MINUTES)
     per_minute = data["per_minute"]
-    return _page("ui/overview.html", "ui/_overview_live.html", data=data,
+    # Addresses blocked for wrong keys (dispatch.throttle): for admin sessions only,
+    # as GET /auth/blocks is for admin keys only.
+    blocks = current_app.extensions["dispatch.throttle"].blocks() \
+        if g.operator.can_act else None
+    return _page("ui/overview.html", "ui/_overview_live.html", data=data, blocks=blocks,
                  completed_bars=present.bars(per_minute["completed"]),
                  failed_bars=present.bars(per_minute["failed"]),
                  chart_width=present.CHART_WIDTH, chart_height=present.CHART_HEIGHT,
