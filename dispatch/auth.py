@@ -144,25 +144,25 @@ def key_fingerprint(key: str) -> str:
 auth = HTTPTokenAuth(header="X-API-Key")
 
 
-def refuse_if_blocked() -> None:
-    """Raise TooManyRequests (``429``) when the client's address is blocked."""
+def refuse_if_blocked() -> Throttle:
+    """Raise TooManyRequests (``429``) when the client's address is blocked; else
+    return the throttle."""
     throttle: Throttle = current_app.extensions["dispatch.throttle"]
     wait = throttle.retry_after(request.remote_addr or "")
     if wait is not None:
         raise TooManyRequests(wait)
+    return throttle
 
 
 def checked_key(presented: str) -> Principal | None:
     """The principal of ``presented``, throttled by the client's address: a blocked
     address gets ``429`` (TooManyRequests) whatever it presents, and a wrong key counts
     towards a block. A missing key guesses nothing and is not counted."""
-    refuse_if_blocked()
-    throttle: Throttle = current_app.extensions["dispatch.throttle"]
-    address = request.remote_addr or ""
+    throttle = refuse_if_blocked()
     ring: KeyRing = current_app.extensions["dispatch.keys"]
     principal = ring.identify(presented)
     if principal is None and presented:
-        throttle.failed(address)
+        throttle.failed(request.remote_addr or "")
     return principal
 
 

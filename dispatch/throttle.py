@@ -84,8 +84,7 @@ class Throttle:
             if until <= now:
                 del self._blocked[address]
         if until <= now:
-            log.warning("auth: block on %s lifted (it had %d failed authentications)",
-                        address, failures)
+            _lifted([(address, failures)])
             return None
         self._on_refused()
         return max(1, math.ceil(until - now))
@@ -132,9 +131,10 @@ class Throttle:
         """The addresses blocked now, the soonest to lift first."""
         now, wall = self._clock(), self._wall()
         with self._lock:
-            self._drop_lifted(now)
+            lifted = self._drop_lifted(now)
             entries = [(address, until, failures)
                        for address, (until, failures) in self._blocked.items()]
+        _lifted(lifted)
         entries.sort(key=lambda entry: entry[1])
         return [Block(address, failures, wall + (until - now), max(1, math.ceil(until - now)))
                 for address, until, failures in entries]
@@ -143,12 +143,21 @@ class Throttle:
         """(addresses with recent failures, blocked addresses) held now."""
         now = self._clock()
         with self._lock:
-            self._drop_lifted(now)
-            return len(self._failures), len(self._blocked)
+            lifted = self._drop_lifted(now)
+            sizes = len(self._failures), len(self._blocked)
+        _lifted(lifted)
+        return sizes
 
-    def _drop_lifted(self, now: float) -> None:
-        # Blocks that lifted with no request since; under the lock. Silent: the log
-        # said when each would lift.
-        for address in [address for address, (until, _) in self._blocked.items()
-                        if until <= now]:
+    def _drop_lifted(self, now: float) -> list[tuple[str, int]]:
+        """Under the lock: remove the blocks that lifted with no request since."""
+        lifted = [(address, failures) for address, (until, failures)
+                  in self._blocked.items() if until <= now]
+        for address, _ in lifted:
             del self._blocked[address]
+        return lifted
+
+
+def _lifted(blocks: list[tuple[str, int]]) -> None:
+    for address, failures in blocks:
+        log.warning("auth: block on %s lifted (it had %d failed authentications)",
+                    address, failures)

@@ -41,7 +41,9 @@ class Clock:
 
 # ------------------------------------------------------------------ the throttle
 
-def test_blocks_at_the_limit_within_the_window_and_lifts_after_the_block_time() -> None:
+def test_blocks_at_the_limit_within_the_window_and_lifts_after_the_block_time(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "dispatch.auth")
     clock = Clock()
     throttle = Throttle(limit=3, window=60, block_seconds=300, clock=clock)
     assert [throttle.failed(GUESSER) for _ in range(3)] == [False, False, True]
@@ -53,6 +55,17 @@ def test_blocks_at_the_limit_within_the_window_and_lifts_after_the_block_time() 
     assert throttle.retry_after(GUESSER) is None
     assert throttle.sizes() == (0, 0)
     assert throttle.failed(GUESSER) is False  # counting starts again
+    # A block that lifts with no request since is logged when the tables are read.
+    for _ in range(3):
+        throttle.failed(OTHER)
+    clock.now += 300
+    assert throttle.sizes() == (1, 0)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        f"auth: blocked {GUESSER} for 300s after 3 failed authentications within 60s",
+        f"auth: block on {GUESSER} lifted (it had 3 failed authentications)",
+        f"auth: blocked {OTHER} for 300s after 3 failed authentications within 60s",
+        f"auth: block on {OTHER} lifted (it had 3 failed authentications)"]
 
 
 def test_failures_further_apart_than_the_window_do_not_block() -> None:
