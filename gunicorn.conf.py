@@ -15,7 +15,10 @@ _options = options(_settings)
 
 bind = _options["bind"]
 workers = _options["workers"]  # as the backend allows: one for the embedded journal
-worker_class = _options["worker_class"]
+worker_class = _options["worker_class"]  # gthread, refusals in the JSON error shape
+limit_request_line = _options["limit_request_line"]
+limit_request_fields = _options["limit_request_fields"]
+limit_request_field_size = _options["limit_request_field_size"]
 threads = _options["threads"]
 graceful_timeout = _options["graceful_timeout"]
 timeout = _options["timeout"]

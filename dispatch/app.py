@@ -13,12 +13,14 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dispatch import __version__
 from dispatch.config.settings import Settings
-from dispatch.http import engines, jobs, system
-from dispatch.http.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal
+from dispatch.http import blocks, engines, jobs, system
+from dispatch.http.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal, weak_key_warning
 from dispatch.http.converters import register_converters, route_label
 from dispatch.http.errors import register_error_handlers
 from dispatch.http.openapi import document_settings
 from dispatch.http.schemas import ErrorSchema
+from dispatch.http.throttle import Throttle
+from dispatch.runtime.edge import HEADER_FIELD_SIZE_LIMIT, HEADER_FIELDS_LIMIT, REQUEST_LINE_LIMIT
 from dispatch.runtime.logs import add_secrets, escape_controls
 from dispatch.runtime.metrics import Metrics
 from dispatch.service import DispatchService
@@ -26,6 +28,7 @@ from dispatch.ui import views as ui
 
 MAX_BODY = 1024 * 1024
 access_log = logging.getLogger("dispatch.access")
+log = logging.getLogger("dispatch.auth")
 
 
 class _Api(Api):
@@ -66,10 +69,14 @@ def create_app(settings: Settings, service: DispatchService, metrics: Metrics) -
     app.extensions["dispatch"] = service
     app.extensions["dispatch.metrics"] = metrics
     app.extensions["dispatch.keys"] = make_keyring(settings)
+    app.extensions["dispatch.throttle"] = make_throttle(settings, metrics)
+    warning = weak_key_warning(settings.api_key)
+    if warning is not None:
+        log.warning("%s", warning)
 
     api = _Api(app)
     register_converters(app, api)
-    for blueprint in (jobs.blp, engines.blp, system.blp):
+    for blueprint in (jobs.blp, engines.blp, system.blp, blocks.blp):
         api.register_blueprint(blueprint)
     _document_common_errors(api)
     document_settings(api, settings)
@@ -80,25 +87,35 @@ def create_app(settings: Settings, service: DispatchService, metrics: Metrics) -
 
 
 _COMMON_ERRORS = {
+    "400": "bad_request: a request the HTTP parser cannot read",
     "401": "Missing or wrong X-API-Key",
     "403": "The key's role may not do this",
     "413": "Body larger than 1 MiB",
+    "414": f"bad_request: request line (method, path and query) longer than "
+           f"{REQUEST_LINE_LIMIT} bytes",
+    "429": "too_many_requests: too many failed authentications from this address; "
+           "Retry-After says when to try again (the key was not checked)",
+    "431": f"bad_request: more than {HEADER_FIELDS_LIMIT} header fields, or one longer "
+           f"than {HEADER_FIELD_SIZE_LIMIT} bytes",
     "503": "unavailable: the change could not be saved (nothing changed)",
 }
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again",
+                                "schema": {"type": "integer", "minimum": 1}}}
 
 
 def _document_common_errors(api: Api) -> None:
     """Errors every operation of a kind can answer, added to the OpenAPI document
-    once instead of on each view: 401/403 where a key is needed, 413 where a body is
-    read, 503 where state changes."""
+    once instead of on each view: 400/414/431 from the HTTP parser (``dispatch.runtime.edge``)
+    anywhere, 401/403/429 where a key is needed, 413 where a body is read, 503 where
+    state changes."""
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for operations in api.spec._paths.values():
         for method, operation in operations.items():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
-            codes = []
+            codes = ["400", "414", "431"]
             if operation.get("security") != []:
-                codes += ["401", "403"]
+                codes += ["401", "403", "429"]
             if "requestBody" in operation:
                 codes.append("413")
             if method in ("post", "delete"):
@@ -106,6 +123,8 @@ def _document_common_errors(api: Api) -> None:
             for code in codes:
                 operation["responses"].setdefault(
                     code, {"description": _COMMON_ERRORS[code], "content": error})
+            if "429" in codes:
+                operation["responses"]["429"].setdefault("headers", _RETRY_AFTER)
 
 
 def make_keyring(settings: Settings) -> KeyRing:
@@ -117,6 +136,16 @@ def make_keyring(settings: Settings) -> KeyRing:
     ring = KeyRing(settings.api_key, settings.keys_file, extra)
     add_secrets(ring.secrets())
     return ring
+
+
+def make_throttle(settings: Settings, metrics: Metrics) -> Throttle:
+    """Failed authentication throttled per client address, counted in ``metrics``."""
+    throttle = Throttle(settings.auth_failure_limit, settings.auth_failure_window,
+                        settings.auth_block_seconds, settings.auth_throttle_table_size,
+                        on_failure=metrics.auth_failures.inc,
+                        on_refused=metrics.auth_refused.inc)
+    metrics.watch_throttle(throttle)
+    return throttle
 
 
 def _instrument(app: Flask, metrics: Metrics) -> None:

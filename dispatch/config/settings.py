@@ -66,6 +66,11 @@ class Settings:
     large_job_threshold_mb: float = 1024.0
     job_stall_timeout: float = 0.0
     trusted_proxies: int = 0
+    # Failed authentication per client address (dispatch.http.throttle); limit 0: off.
+    auth_failure_limit: int = 20
+    auth_failure_window: float = 60.0
+    auth_block_seconds: float = 300.0
+    auth_throttle_table_size: int = 10000
     keys_file: str | None = None
     client_keys: tuple[str, ...] = ()
     engine_keys: tuple[str, ...] = ()  # "KEY" or "KEY@ENGINE_ID"
@@ -171,6 +176,14 @@ _OPTIONS: tuple[Option, ...] = (
     Option("large_job_threshold_mb", at_least(0), None, None, ("large_job_threshold_mb",)),
     Option("trusted_proxies", integer(0, 10), "--trusted-proxies", "DISTCONV_TRUSTED_PROXIES",
             ("trusted_proxies",)),
+    Option("auth_failure_limit", integer(0), "--auth-failure-limit",
+            "DISTCONV_AUTH_FAILURE_LIMIT", ("auth_failure_limit",)),
+    Option("auth_failure_window", at_least(1), "--auth-failure-window",
+            "DISTCONV_AUTH_FAILURE_WINDOW", ("auth_failure_window",)),
+    Option("auth_block_seconds", at_least(1), "--auth-block-seconds",
+            "DISTCONV_AUTH_BLOCK_SECONDS", ("auth_block_seconds",)),
+    Option("auth_throttle_table_size", integer(1), "--auth-throttle-table-size",
+            "DISTCONV_AUTH_THROTTLE_TABLE_SIZE", ("auth_throttle_table_size",)),
     Option("keys_file", nonempty, "--keys-file", "DISTCONV_KEYS_FILE", ("keys_file",)),
     Option("client_keys", _key_list, None, "DISTCONV_CLIENT_KEYS", ("client_keys",)),
     Option("engine_keys", _engine_key_list, None, "DISTCONV_ENGINE_KEYS", ("engine_keys",)),
@@ -225,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: generated once beside the state file)",
         "--trusted-proxies": "number of reverse proxies in front whose X-Forwarded-For "
         "is trusted (default 0: none)",
+        "--auth-failure-limit": "wrong keys from one address within --auth-failure-window "
+        "before it is blocked (default 20; 0: never block)",
+        "--auth-failure-window": "seconds the failures are counted over (default 60)",
+        "--auth-block-seconds": "seconds a blocked address is refused (default 300)",
+        "--auth-throttle-table-size": "addresses the throttle remembers, oldest "
+        "forgotten first (default 10000)",
         "--database-url": "postgresql://USER@HOST:PORT/DB: keep the state in PostgreSQL "
         "(shared by several instances) instead of the state file",
         "--database-password-file": "file holding the database password (else PGPASSFILE)",

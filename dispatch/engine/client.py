@@ -62,7 +62,8 @@ class ServerClient:
 
     def once(self, method: str, path: str, body: dict[str, Any] | None = None,
              timeout: float | tuple[float, float] = TIMEOUT) -> Answer | None:
-        """One request; None when the server could not be reached or answered 5xx."""
+        """One request; None when the server could not be reached, answered 5xx, or
+        refused this address for now (429)."""
         try:
             response = self.session.request(method, self.server + path, json=body,
                                             timeout=timeout)
@@ -71,6 +72,12 @@ class ServerClient:
             return None
         if response.status_code >= 500:
             log.debug("%s %s: HTTP %d", method, path, response.status_code)
+            return None
+        if response.status_code == 429:
+            # This address is blocked for wrong keys (another client behind it?): not
+            # an answer about the job; it comes once the block lifts.
+            log.warning("%s %s: refused for now (%s); retrying", method, path,
+                        Answer(response).message)
             return None
         return Answer(response)
 

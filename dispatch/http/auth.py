@@ -24,12 +24,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import overload
 
-from flask import Response, current_app
+from flask import Response, current_app, request
 from flask_httpauth import HTTPTokenAuth
 
 from dispatch.config.settings import MIN_KEY_LENGTH
 from dispatch.domain.models import ENGINE_ID, ENGINE_ID_RULE
-from dispatch.http.errors import error_response
+from dispatch.http.errors import TooManyRequests, error_response
+from dispatch.http.throttle import Throttle
 
 log = logging.getLogger("dispatch.auth")
 
@@ -143,10 +144,40 @@ def key_fingerprint(key: str) -> str:
 auth = HTTPTokenAuth(header="X-API-Key")
 
 
+def refuse_if_blocked() -> Throttle:
+    """Raise TooManyRequests (``429``) when the client's address is blocked; else
+    return the throttle."""
+    throttle: Throttle = current_app.extensions["dispatch.throttle"]
+    wait = throttle.retry_after(request.remote_addr or "")
+    if wait is not None:
+        raise TooManyRequests(wait)
+    return throttle
+
+
+def checked_key(presented: str) -> Principal | None:
+    """The principal of ``presented``, throttled by the client's address: a blocked
+    address gets ``429`` (TooManyRequests) whatever it presents, and a wrong key counts
+    towards a block. A missing key guesses nothing and is not counted."""
+    throttle = refuse_if_blocked()
+    ring: KeyRing = current_app.extensions["dispatch.keys"]
+    principal = ring.identify(presented)
+    if principal is None and presented:
+        throttle.failed(request.remote_addr or "")
+    return principal
+
+
+def weak_key_warning(admin_key: str) -> str | None:
+    """The warning for an admin key anyone could guess, or None for a strong one."""
+    if len(admin_key) >= MIN_KEY_LENGTH:
+        return None
+    return (f"the admin API key (api_key / DISTCONV_API_KEY) has {len(admin_key)} "
+            f"characters; use at least {MIN_KEY_LENGTH}, e.g. one made by: "
+            "python3 -c 'import secrets; print(secrets.token_hex(32))'")
+
+
 @auth.verify_token
 def _verify(token: str) -> Principal | None:
-    ring: KeyRing = current_app.extensions["dispatch.keys"]
-    return ring.identify(token)
+    return checked_key(token)
 
 
 @auth.get_user_roles
@@ -156,6 +187,10 @@ def _roles(principal: Principal) -> str:
 
 @auth.error_handler
 def _unauthorized(status: int) -> Response:
+    if status == 401 and not request.headers.get("X-API-Key"):
+        # No key at all never reaches verify_token (flask-httpauth skips it); a blocked
+        # address is refused all the same.
+        refuse_if_blocked()
     if status == 403:
         return error_response(403, "forbidden", "this key's role may not do this")
     return error_response(401, "unauthorized", "missing or wrong X-API-Key header")

@@ -27,6 +27,7 @@ _HTTP_CODES = {
     409: "conflict",
     413: "payload_too_large",
     422: "validation_error",
+    429: "too_many_requests",
     503: "unavailable",
 }
 
@@ -40,6 +41,18 @@ class Forbidden(errors.DispatchError):
     code = "forbidden"
     status = 403
 
+
+class TooManyRequests(errors.DispatchError):
+    """Too many failed authentications from the client's address (dispatch.http.throttle):
+    refused without looking at the key, until ``retry_after`` seconds have passed."""
+
+    code = "too_many_requests"
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed authentications from your address; try again "
+                         f"in {retry_after} s")
+        self.retry_after = retry_after
 
 
 
@@ -56,7 +69,7 @@ def error_response(status: int, code: str, message: str,
 
 def _dispatch_error(exc: errors.DispatchError) -> Response:
     headers = None
-    if isinstance(exc, errors.QueueFull):
+    if isinstance(exc, (errors.QueueFull, TooManyRequests)):
         headers = {"Retry-After": str(exc.retry_after)}
     details = exc.details if isinstance(exc, errors.Invalid) else None
     return error_response(exc.status, exc.code, exc.message, details, headers)

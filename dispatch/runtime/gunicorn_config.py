@@ -15,6 +15,7 @@ from typing import Any
 
 from dispatch.bootstrap import choose_backend
 from dispatch.config.settings import Settings
+from dispatch.runtime.edge import HEADER_FIELD_SIZE_LIMIT, HEADER_FIELDS_LIMIT, REQUEST_LINE_LIMIT
 from dispatch.runtime.logs import GunicornLogger, add_secrets
 from dispatch.runtime.metrics import share_across_processes, worker_exited
 from dispatch.runtime.ready import ready_line
@@ -34,7 +35,11 @@ def options(settings: Settings) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "bind": [f"{host}:{settings.port}"],
         "workers": choose_backend(settings).workers(settings),
-        "worker_class": "gthread",
+        # gthread, answering what its HTTP parser refuses in the JSON error shape
+        "worker_class": "dispatch.runtime.edge.JsonErrorWorker",
+        "limit_request_line": REQUEST_LINE_LIMIT,
+        "limit_request_fields": HEADER_FIELDS_LIMIT,
+        "limit_request_field_size": HEADER_FIELD_SIZE_LIMIT,
         "threads": settings.thread_pool_size,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "timeout": 60,

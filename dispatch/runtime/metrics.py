@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from dispatch.http.throttle import Throttle
     from dispatch.service import DispatchService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -76,6 +77,22 @@ class _StateCollector(Collector):
         )
 
 
+class _ThrottleCollector(Collector):
+    """The throttle's tables, read at scrape time (this process's: each counts alone)."""
+
+    def __init__(self, throttle: Throttle) -> None:
+        self._throttle = throttle
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        tracked, blocked = self._throttle.sizes()
+        yield GaugeMetricFamily("distconv_auth_blocked_addresses",
+                                "Client addresses blocked now for failed authentication",
+                                value=blocked)
+        yield GaugeMetricFamily("distconv_auth_tracked_addresses",
+                                "Client addresses with recent failed authentications "
+                                "(at most auth_throttle_table_size)", value=tracked)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -98,6 +115,15 @@ class Metrics:
             "distconv_persistence_failures", "Failed attempts to persist changes",
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "distconv_auth_failures", "Requests and sign-ins with a wrong key",
+            registry=self.registry,
+        )
+        self.auth_refused = Counter(
+            "distconv_auth_blocked_requests",
+            "Requests and sign-ins refused (429) because their address is blocked",
+            registry=self.registry,
+        )
 
         # Label lookups cost as much as the counting; the children are kept per label
         # set (there are only as many as routes x methods x statuses).
@@ -118,6 +144,11 @@ class Metrics:
 
     def watch(self, service: DispatchService) -> None:
         collector = _StateCollector(service)
+        self.registry.register(collector)
+        self._at_scrape.append(collector)
+
+    def watch_throttle(self, throttle: Throttle) -> None:
+        collector = _ThrottleCollector(throttle)
         self.registry.register(collector)
         self._at_scrape.append(collector)
 

@@ -13,7 +13,8 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from dispatch.config.settings import Settings
-from dispatch.http.auth import ADMIN, CLIENT, KeyRing, key_fingerprint
+from dispatch.http.auth import ADMIN, CLIENT, KeyRing, checked_key, key_fingerprint
+from dispatch.http.errors import TooManyRequests
 from dispatch.runtime.logs import add_secrets
 from dispatch.ui.secret import session_secret
 
@@ -71,10 +72,11 @@ class Operator:
 
 
 class SignInRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 def _ring() -> KeyRing:
@@ -83,7 +85,13 @@ def _ring() -> KeyRing:
 
 
 def sign_in(key: str) -> Operator:
-    principal = _ring().identify(key.strip())
+    # Throttled as the API is: a blocked address is refused before the key is checked.
+    try:
+        principal = checked_key(key.strip())
+    except TooManyRequests as exc:
+        raise SignInRefused(429, "Too many wrong keys were tried from your address; "
+                                 f"try again in {exc.retry_after} seconds.",
+                            exc.retry_after) from None
     if principal is None:
         raise SignInRefused(401, "That API key is not accepted.")
     if principal.role not in SIGN_IN_ROLES:

@@ -168,8 +168,9 @@ def login() -> Any:
     try:
         operator = security.sign_in(request.form.get("api_key", ""))
     except security.SignInRefused as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
         return render_template("ui/login.html", next_url=next_url, message=exc.message), \
-            exc.status
+            exc.status, headers
     log.info("dashboard: sign-in by %s", operator)
     return redirect(next_url, 303)
 
@@ -187,7 +188,11 @@ def logout() -> ResponseReturnValue:
 def overview() -> Any:
     data = _service().queries.overview(CHART_MINUTES)
     per_minute = data["per_minute"]
-    return _page("ui/overview.html", "ui/_overview_live.html", data=data,
+    # Addresses blocked for wrong keys (dispatch.http.throttle): for admin sessions only,
+    # as GET /auth/blocks is for admin keys only.
+    blocks = current_app.extensions["dispatch.throttle"].blocks() \
+        if g.operator.can_act else None
+    return _page("ui/overview.html", "ui/_overview_live.html", data=data, blocks=blocks,
                  completed_bars=present.bars(per_minute["completed"]),
                  failed_bars=present.bars(per_minute["failed"]),
                  chart_width=present.CHART_WIDTH, chart_height=present.CHART_HEIGHT,

@@ -72,6 +72,8 @@ TABLE: dict[tuple[str, str], tuple[frozenset[str], dict[str, Any] | None]] = {
     ("GET", "/health"): (EVERYONE, None),
     ("GET", "/stats"): (WRITERS, None),
     ("GET", "/metrics"): (EVERYONE, None),
+    ("GET", "/auth/blocks"): (OPERATORS, None),
+    ("DELETE", "/auth/blocks/<address>"): (OPERATORS, None),
 }
 # Not API endpoints: the OpenAPI document and Flask's static route; and the dashboard
 # (ui.*), which signs in with a session, not X-API-Key (tests/ui/test_ui.py).
@@ -171,7 +173,8 @@ def test_each_role_against_each_endpoint(role_client: FlaskClient, method: str, 
     No key or a wrong key on a protected endpoint: 401 unauthorized."""
     allowed, body = TABLE[(method, rule)]
     ids = _world(role_client)
-    path = rule.replace("<job_id>", ids[MINE]).replace("<engine_id>", MINE)
+    path = rule.replace("<job_id>", ids[MINE]).replace("<engine_id>", MINE) \
+        .replace("<address>", "192.0.2.1")
     response = role_client.open(path, method=method, json=body, headers=_as(principal))
     if principal in allowed:
         assert response.status_code not in (401, 403), response.get_data(as_text=True)

@@ -5,10 +5,12 @@ loopback). Needs nginx and systemd-analyze: scripts/test-deps.sh installs them."
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import requests
 import urllib3
@@ -502,8 +505,9 @@ def test_bodies_over_one_mib_get_413_and_the_limits_agree(
     server, nginx = stack
     headers = {"X-API-Key": server.api_key, "Content-Type": "application/json"}
     too_big = b" " * (MAX_BODY + 1)
-    assert requests.post(nginx.url + "/jobs/", data=too_big, headers=headers,
-                         timeout=30).status_code == 413
+    through = requests.post(nginx.url + "/jobs/", data=too_big, headers=headers, timeout=30)
+    assert through.status_code == 413
+    assert through.json()["error"]["code"] == "payload_too_large"  # nginx's own, same shape
     direct = requests.post(server.url + "/jobs/", data=too_big, headers=headers, timeout=30)
     assert direct.status_code == 413
     assert direct.json()["error"]["code"] == "payload_too_large"
@@ -572,6 +576,48 @@ def test_health_probes_stay_out_of_the_nginx_access_log(stack: tuple[Server, Ngi
                and "/jobs/marker-request" in nginx.access_log.read_text(), 10,
                "nginx's access line")
     assert "/health" not in nginx.access_log.read_text()
+
+
+# Request heads too large for the server's HTTP parser (dispatch/runtime/edge.py) or for
+# nginx's buffers: (raw request, status). Whichever of the two refuses, the answer is
+# the API's JSON error shape with the same status.
+OVERSIZED = {
+    "request line of 5,000 bytes": (
+        b"GET /jobs/?q=" + b"a" * (5000 - len(b"GET /jobs/?q= HTTP/1.1")) + b" HTTP/1.1\r\n"
+        b"Host: x\r\n\r\n", 414),
+    "request line of 20,000 bytes": (
+        b"GET /jobs/?q=" + b"a" * (20000 - len(b"GET /jobs/?q= HTTP/1.1")) + b" HTTP/1.1\r\n"
+        b"Host: x\r\n\r\n", 414),
+    "200 header fields": (
+        b"GET /health HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-Field-%d: %d\r\n" % (n, n) for n in range(200)) + b"\r\n", 431),
+    "a header field of 10 KiB": (
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Large: " + b"a" * 10240 + b"\r\n\r\n", 431),
+}
+
+
+def raw_request(port: int, data: bytes) -> tuple[int, str, bytes]:
+    """Send ``data`` as it is (no client library would send these) and read the
+    answer: status, content type, body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+
+
+@pytest.mark.parametrize("what", list(OVERSIZED))
+def test_oversized_request_heads_get_the_error_shape_directly_and_through_nginx(
+        stack: tuple[Server, Nginx], what: str) -> None:
+    server, nginx = stack
+    data, status = OVERSIZED[what]
+    for where, port in (("server", server.port), ("nginx", nginx.port)):
+        got, content_type, body = raw_request(port, data)
+        assert (got, content_type) == (status, "application/json"), (where, body[:300])
+        error = orjson.loads(body)["error"]
+        assert set(error) == {"code", "message"}, (where, body)
+        assert error["code"] == "bad_request" and error["message"], (where, body)
+    assert requests.get(nginx.url + "/health", timeout=10).status_code == 200
 
 
 # ------------------------------------------------------------------ engine unit

@@ -1,5 +1,6 @@
-"""Issue #11, point 5, at the HTTP level: a 5xx or an unreachable server is retried
-(with backoff) until the server answers; a 4xx is an answer, returned at once."""
+"""Issue #11, point 5, at the HTTP level: a 5xx, a 429 or an unreachable server is
+retried (with backoff) until the server answers; another 4xx is an answer, returned at
+once."""
 
 from __future__ import annotations
 
@@ -60,6 +61,17 @@ def test_5xx_is_retried_until_answered(scripted: Any) -> None:
     assert [path for path, _, _ in scripted.seen] == ["/jobs/j1/complete"] * 3
     assert scripted.seen[-1][1:] == ("k" * 20, {"engine_id": "e1", "output_url": "file:///o.mp4",
                                                 "attempt": 2})
+
+
+def test_429_is_retried_a_report_is_not_lost_to_a_block(scripted: Any) -> None:
+    """A 429 (this address blocked for wrong keys, issue #24) says nothing about the
+    job: the report is sent again until the server answers it."""
+    scripted.script = [(429, {"error": {"code": "too_many_requests", "message": "wait"}}),
+                       (200, {"status": "completed"})]
+    client = ServerClient(f"http://127.0.0.1:{scripted.server_address[1]}", "k" * 20, "e1")
+    answer = client.report("j1", "complete", {"output_url": "file:///o.mp4"})
+    assert (answer.status, answer.body) == (200, {"status": "completed"})
+    assert [path for path, _, _ in scripted.seen] == ["/jobs/j1/complete"] * 2
 
 
 def test_4xx_is_an_answer(scripted: Any) -> None:
