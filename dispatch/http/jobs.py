@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Response, current_app
+from marshmallow import Schema
 
 from dispatch.domain.models import Job
 from dispatch.http.auth import (
@@ -131,46 +133,40 @@ def cancel_job(job_id: str) -> Response:
     return _job_response(_service().commands.cancel_job(job_id))
 
 
-@blp.route("/<job_id:job_id>/progress", methods=["POST"], strict_slashes=False)
-@auth.login_required(role=ENGINE_REPORTERS)
-@blp.arguments(ProgressSchema())
-@blp.response(200, JobSchema, description="The job, processing")
-@blp.alt_response(404, schema=ErrorSchema)
-@blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
-                  "not held by engine_id, or not the job's current attempt")
-def progress(data: dict[str, Any], job_id: str) -> Response:
-    """Report progress (0-100)."""
-    job = _service().commands.report_progress(
-        job_id, data["progress"], acting_engine(data.get("engine_id")), data.get("attempt"))
-    return _job_response(job)
+# An engine's report on a job it holds: the same route, role, answers and checks for
+# each kind; ``field`` is what the report carries to its command.
+REPORT_REFUSED = ("Not assigned/processing, not held by engine_id, or not the job's "
+                  "current attempt")
 
 
-@blp.route("/<job_id:job_id>/complete", methods=["POST"], strict_slashes=False)
-@auth.login_required(role=ENGINE_REPORTERS)
-@blp.arguments(CompleteSchema())
-@blp.response(200, JobSchema, description="The job, completed")
-@blp.alt_response(404, schema=ErrorSchema)
-@blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
-                  "not held by engine_id, or not the job's current attempt")
-def complete(data: dict[str, Any], job_id: str) -> Response:
-    """Report a job done, with where its output is."""
-    job = _service().commands.complete_job(
-        job_id, data["output_url"], acting_engine(data.get("engine_id")), data.get("attempt"))
-    return _job_response(job)
+def _report(kind: str, schema: type[Schema], field: str, answer: str, summary: str,
+            command: Callable[[DispatchService], Callable[..., Job]]) -> None:
+    def view(data: dict[str, Any], job_id: str) -> Response:
+        job = command(_service())(job_id, data[field], acting_engine(data.get("engine_id")),
+                                  data.get("attempt"))
+        return _job_response(job)
+
+    view.__name__ = kind
+    view.__doc__ = summary
+    for decorator in (blp.alt_response(409, schema=ErrorSchema, description=REPORT_REFUSED),
+                      blp.alt_response(404, schema=ErrorSchema),
+                      blp.response(200, JobSchema, description=answer),
+                      blp.arguments(schema()),
+                      auth.login_required(role=ENGINE_REPORTERS),
+                      blp.route(f"/<job_id:job_id>/{kind}", methods=["POST"],
+                                strict_slashes=False)):
+        view = decorator(view)
 
 
-@blp.route("/<job_id:job_id>/fail", methods=["POST"], strict_slashes=False)
-@auth.login_required(role=ENGINE_REPORTERS)
-@blp.arguments(FailSchema())
-@blp.response(200, JobSchema, description="The job: pending again with retry_at, or failed")
-@blp.alt_response(404, schema=ErrorSchema)
-@blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
-                  "not held by engine_id, or not the job's current attempt")
-def fail(data: dict[str, Any], job_id: str) -> Response:
-    """Report a failed attempt; the job is retried with backoff while retries remain."""
-    job = _service().commands.fail_job(
-        job_id, data["error_message"], acting_engine(data.get("engine_id")), data.get("attempt"))
-    return _job_response(job)
+_report("progress", ProgressSchema, "progress", "The job, processing",
+        "Report progress (0-100).", lambda service: service.commands.report_progress)
+_report("complete", CompleteSchema, "output_url", "The job, completed",
+        "Report a job done, with where its output is.",
+        lambda service: service.commands.complete_job)
+_report("fail", FailSchema, "error_message",
+        "The job: pending again with retry_at, or failed",
+        "Report a failed attempt; the job is retried with backoff while retries remain.",
+        lambda service: service.commands.fail_job)
 
 
 @blp.route("/<job_id:job_id>/retry", methods=["POST"], strict_slashes=False)
