@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dispatch.bootstrap import Server
+from dispatch.domain.errors import Unavailable
 
 
 def url(address: Any, family: int) -> str:
@@ -24,8 +25,13 @@ def url(address: Any, family: int) -> str:
 def ready_line(server: Server, listeners: Iterable[socket.socket]) -> str:
     urls = ", ".join(url(sock.getsockname(), sock.family) for sock in listeners)
     service = server.loaded_service()
-    jobs = sum(service.queries.counts().values())
-    engines = sum(service.queries.engine_counts().values())
+    try:
+        jobs = sum(service.queries.counts().values())
+        engines = sum(service.queries.engine_counts().values())
+        loaded = f"{jobs} jobs and {engines} engines loaded"
+    except Unavailable as exc:
+        # A worker that starts while the database blips serves (503 until it is back);
+        # failing here would make gunicorn stop every worker.
+        loaded = f"jobs and engines not counted ({exc.message})"
     return (f"dispatch-server ready: serving {urls or '(no socket)'}, "
-            f"{server.backend.describe(server.settings)}, {jobs} jobs and {engines} "
-            "engines loaded")
+            f"{server.backend.describe(server.settings)}, {loaded}")

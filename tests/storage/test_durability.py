@@ -213,8 +213,8 @@ def test_original_cpp_state_file_loads(make_settings: Any, tmp_path: Path) -> No
     assert ["1704067200123456_0", "1704067300000000_1"] == [j.job_id for j in jobs]
     assert ("completed", "http://s/a.mp4") == (jobs[0].status, jobs[0].output_url)
     engine = service.queries.get_engine("engine-001")
-    assert (["h264", "vp9"], 125.5, "idle") == (
-        engine["supported_codecs"], engine["benchmark_time"], engine["status"])
+    assert (("h264", "vp9"), 125.5, "idle") == (
+        engine.engine.supported_codecs, engine.engine.benchmark_time, engine.status)
     # New ids never collide with the loaded ones.
     assert service.commands.submit_job(_job()).job_id.endswith("_2")
     assert service.maintenance.snapshot()
