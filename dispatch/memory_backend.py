@@ -27,7 +27,7 @@ from dispatch.history import Event, FailureKind
 from dispatch.job_search import JobFilter, matcher
 from dispatch.models import Engine, Job
 from dispatch.persistence import Op, SnapshotData, Store
-from dispatch.process_memory import release_free_memory
+from dispatch.process_memory import collector_paused, release_free_memory
 from dispatch.scheduler import Policy, pick_job
 from dispatch.state import State
 
@@ -52,9 +52,10 @@ class MemoryBackend:
         self.engines = MemoryEngines(self)
         self.idempotency = MemoryIdempotency(self)
         self.deliveries = MemoryDeliveries(self)
-        recovered = store.recover()
-        self.state.load(recovered)
-        del recovered
+        with collector_paused():
+            recovered = store.recover()
+            self.state.load(recovered)
+            del recovered
         if self.state.jobs or self.state.engines:
             log.info("loaded %d jobs and %d engines", len(self.state.jobs),
                      len(self.state.engines))
