@@ -5,6 +5,24 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a state is loaded. The load allocates
+    millions of containers (parsed records, events, jobs, index lists) that either stay
+    or are freed by reference counting; every collection it triggers walks the whole
+    growing heap for no garbage, about 0.9 s of a 100,000-job start. The caller runs
+    ``release_free_memory`` (a full collection) afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def release_free_memory() -> None:
