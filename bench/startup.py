@@ -32,11 +32,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dispatch.persistence import SnapshotData
-
 from dispatch.domain.history import transition_events
 from dispatch.domain.models import Engine, Job
 from dispatch.storage.journal.snapshot import write_lines
+from dispatch.storage.memory.store import SnapshotData
 
 CODECS = ("h264", "h265", "vp9", "av1")
 ENGINES = 40

@@ -20,7 +20,6 @@ from dispatch.service.commands import AssignResult, Commands
 from dispatch.service.maintenance import Maintenance
 from dispatch.service.ports import Clock, UnitOfWork
 from dispatch.service.queries import Page, Queries
-from dispatch.storage.memory import MemoryBackend
 
 __all__ = ["AssignResult", "Clock", "DispatchService", "Page"]
 
@@ -31,7 +30,12 @@ class DispatchService:
         """The service over ``uow``; without one, over state kept in memory only."""
         self.settings = settings
         self.clock: Clock = clock or time.time
-        self.uow: UnitOfWork = uow if uow is not None else MemoryBackend(clock=self.clock)
+        if uow is None:
+            # Imported here: the memory backend implements this package's ports.
+            from dispatch.storage.memory import MemoryBackend
+
+            uow = MemoryBackend(clock=self.clock)
+        self.uow: UnitOfWork = uow
         self.started_at = to_micros(self.clock())
         self.commands = Commands(settings, self.uow, self.clock)
         self.queries = Queries(settings, self.uow, self.clock, self.started_at)
