@@ -22,8 +22,7 @@ from dispatch.runtime.background import Runtime
 from dispatch.runtime.metrics import Metrics
 from dispatch.service import DispatchService
 from dispatch.service.ports import Backend, Clock, Observer, UnitOfWork
-from dispatch.storage.journal import JournalStore
-from dispatch.storage.memory import MemoryBackend
+from dispatch.storage.journal import open_journal
 
 
 class JournalBackend:
@@ -45,7 +44,7 @@ class JournalBackend:
         return self.open(settings, clock, observer)
 
     def open(self, settings: Settings, clock: Clock, observer: Observer) -> UnitOfWork:
-        return MemoryBackend(JournalStore(settings.state_file, observer=observer), clock)
+        return open_journal(settings.state_file, clock, observer)
 
 
 class DatabaseBackend:
@@ -154,7 +153,7 @@ def open_state(location: str, password_file: str | None = None) -> UnitOfWork:
         from dispatch.storage.postgres.wiring import open_tool_backend
 
         return open_tool_backend(location, password_file)
-    return MemoryBackend(JournalStore(location))
+    return open_journal(location)
 
 
 def wsgi_app() -> Flask:

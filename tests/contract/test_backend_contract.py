@@ -111,15 +111,15 @@ def test_a_unit_that_raises_leaves_no_trace(harness: Harness) -> None:
 def test_a_refused_append_raises_unavailable_and_leaves_no_trace(harness: Harness) -> None:
     backend = harness.open()
     now = harness.now()
-    assert harness.store is not None
-    harness.store.refuse_append = True
+    assert harness.faults is not None
+    harness.faults.refuse_append = True
     with pytest.raises(errors.Unavailable, match="could not be saved"), \
             backend.transaction() as tx:
         job = submit(tx, now)
     with backend.read() as tx:
         assert tx.jobs.get(job.job_id) is None
         assert 0 == tx.jobs.total()
-    harness.store.refuse_append = False
+    harness.faults.refuse_append = False
     with backend.transaction() as tx:
         again = submit(tx, now)
     assert again == backend.peek_job(again.job_id)
@@ -133,9 +133,9 @@ def test_a_refused_sync_undoes_the_unit_and_every_later_one(harness: Harness) ->
     with backend.transaction() as tx:
         tx.engines.put(engine("e1"))
         kept = submit(tx, now)
-    assert harness.store is not None
+    assert harness.faults is not None
     gate = threading.Event()
-    harness.store.refuse_durable(gate)
+    harness.faults.refuse_durable(gate)
     outcomes: list[BaseException | None] = []
 
     def unit(action: Any) -> None:
@@ -152,9 +152,9 @@ def test_a_refused_sync_undoes_the_unit_and_every_later_one(harness: Harness) ->
         lambda tx: tx.jobs.put(assigned(kept, "e1", now)),))
     second.start()
     deadline = time.monotonic() + 10
-    while harness.store.appended < 3 and time.monotonic() < deadline:
+    while harness.faults.appended < 3 and time.monotonic() < deadline:
         time.sleep(0.005)  # until both units are appended and waiting
-    assert 3 == harness.store.appended
+    assert 3 == harness.faults.appended
     gate.set()
     first.join(10)
     second.join(10)

@@ -246,8 +246,8 @@ def test_a_refused_change_is_unavailable_and_changes_nothing(
         make_service: MakeService, harness: Harness) -> None:
     service = make_service()
     job_id = running(service, "e1")
-    assert harness.store is not None
-    harness.store.refuse_append = True
+    assert harness.faults is not None
+    harness.faults.refuse_append = True
     with pytest.raises(errors.Unavailable):
         service.commands.complete_job(job_id, "http://example.com/out.mp4")
     with pytest.raises(errors.Unavailable):

@@ -1,13 +1,13 @@
 """The backends the contract suite and the service's rule tests run against, each
 behind a ``Harness`` that can open it, restart it (durable backends keep their state)
-and make its store refuse a commit. Adding a backend means adding a harness here."""
+and make its commits fail (``faults``). Adding a backend means adding a harness here."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -77,6 +77,17 @@ class FlakyStore:
         self.inner.close()
 
 
+class Faults(Protocol):
+    """How a harness makes its backend's commits fail, whatever the backend:
+    ``refuse_append`` fails the next commits; ``refuse_durable`` fails every later one
+    once ``gate`` opens; ``appended`` counts the commits that got through."""
+
+    refuse_append: bool
+    appended: int
+
+    def refuse_durable(self, gate: threading.Event | None = None) -> None: ...
+
+
 class Harness:
     """Opens one kind of backend; ``durable`` when a restart keeps its state."""
 
@@ -86,7 +97,7 @@ class Harness:
     def __init__(self, tmp_path: Path, clock: FakeClock) -> None:
         self.tmp_path = tmp_path
         self.clock = clock
-        self.store: FlakyStore | None = None
+        self.faults: Faults | None = None
         self.backend: UnitOfWork | None = None
 
     def now(self) -> float:
@@ -96,8 +107,9 @@ class Harness:
         raise NotImplementedError
 
     def open(self) -> UnitOfWork:
-        self.store = FlakyStore(self.inner_store())
-        self.backend = MemoryBackend(self.store, self.clock)
+        store = FlakyStore(self.inner_store())
+        self.faults = store
+        self.backend = MemoryBackend(store, self.clock)
         return self.backend
 
     def restart(self, snapshot: bool = False) -> UnitOfWork:
@@ -143,7 +155,7 @@ class PostgresHarness(Harness):
         assert self.server is not None
         self.server.reset()
         self.refusing = RefusingCommits()
-        self.store = self.refusing  # type: ignore[assignment]
+        self.faults = self.refusing
 
     def open(self) -> UnitOfWork:
         assert self.server is not None
