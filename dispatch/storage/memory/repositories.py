@@ -21,122 +21,125 @@ if TYPE_CHECKING:
 
 
 class _Repository:
-    __slots__ = ("backend",)
+    # The tables, held directly: these methods run on every request.
+    __slots__ = ("backend", "jobs", "engines", "histories", "keys", "deliveries")
 
     def __init__(self, backend: MemoryBackend) -> None:
         self.backend = backend
+        self.jobs = backend.jobs_table
+        self.engines = backend.engines_table
+        self.histories = backend.histories
+        self.keys = backend.idempotency_keys
+        self.deliveries = backend.deliveries_table
 
 
 class MemoryJobs(_Repository):
     __slots__ = ()
 
     def get(self, job_id: str) -> Job | None:
-        return self.backend.jobs_table.rows.get(job_id)
+        return self.jobs.rows.get(job_id)
 
     get_for_update = get  # the unit's lock is the row lock
 
     def put(self, job: Job, failure: FailureKind | None = None) -> None:
-        backend = self.backend
-        old = backend.put(backend.jobs_table, job.job_id, job)
-        histories, deliveries = backend.histories, backend.deliveries_table
-        derived = derive(old, job, failure, histories.rows.get(job.job_id),
-                         lambda: deliveries.rows.get(job.job_id))
+        put, job_id = self.backend.put, job.job_id
+        old = put(self.jobs, job_id, job)
+        derived = derive(old, job, failure, self.histories.rows.get(job_id),
+                         self.deliveries.rows.get)
         if derived.history is not None:
-            backend.put(histories, job.job_id, derived.history)
+            put(self.histories, job_id, derived.history)
         if derived.delivery is not None:
-            backend.put(deliveries, job.job_id, derived.delivery)
+            put(self.deliveries, job_id, derived.delivery)
 
     def delete(self, job_id: str) -> None:
-        backend = self.backend
-        backend.put(backend.jobs_table, job_id, None)
+        put = self.backend.put
+        put(self.jobs, job_id, None)
         # ``changes.derive`` of a delete: the job's history and delivery go with it.
-        for table in (backend.histories, backend.deliveries_table):
+        for table in (self.histories, self.deliveries):
             if job_id in table.rows:
-                backend.put(table, job_id, None)
+                put(table, job_id, None)
 
     def load(self, job: Job, events: list[Event]) -> None:
-        backend = self.backend
-        table = backend.jobs_table
-        backend.put(table, job.job_id, job)
-        table.next_seq = max(table.next_seq, job.seq + 1)
+        self.backend.put(self.jobs, job.job_id, job)
+        self.jobs.next_seq = max(self.jobs.next_seq, job.seq + 1)
         if events:
-            backend.put(backend.histories, job.job_id, events)
+            self.backend.put(self.histories, job.job_id, events)
 
     def dump(self) -> Iterator[tuple[Job, list[Event]]]:
-        events = self.backend.histories.events
-        for job in list(self.backend.jobs_table.ordered):
+        events = self.histories.events
+        for job in list(self.jobs.ordered):
             yield job, events(job.job_id)
 
     def allocate_seq(self) -> int:
-        table = self.backend.jobs_table
+        table = self.jobs
         seq = table.next_seq
         table.next_seq = seq + 1
         return seq
 
     def reserve_room(self, count: int, limit: int) -> int | None:
-        pending = len(self.backend.jobs_table.by_status["pending"])
+        pending = len(self.jobs.by_status["pending"])
         return None if pending + count <= limit else pending
 
     def claim_next(self, engine: Engine, capabilities: Iterable[str] | None, now: float,
                    policy: Policy, max_active: int) -> Job | None:
-        table = self.backend.jobs_table
+        table = self.jobs
         if table.active_count() >= max_active:
             return None
-        return pick_job(table.pending, engine, self.backend.engines_table.rows.values(),
+        return pick_job(table.pending, engine, self.engines.rows.values(),
                         capabilities, now, policy)
 
     def held_by(self, engine_id: str) -> Sequence[str]:
-        held = self.backend.jobs_table.held.get(engine_id)
+        held = self.jobs.held.get(engine_id)
         return tuple(held) if held else ()
 
     def holds_any(self, engine_id: str) -> bool:
-        return engine_id in self.backend.jobs_table.held
+        return engine_id in self.jobs.held
 
     def held(self) -> list[Job]:
-        table = self.backend.jobs_table
+        table = self.jobs
         return [table.rows[job_id] for held in table.held.values() for job_id in held]
 
     def active_count(self) -> int:
-        return self.backend.jobs_table.active_count()
+        return self.jobs.active_count()
 
     def page(self, status: str | None, offset: int, limit: int) -> tuple[list[Job], int]:
-        table = self.backend.jobs_table
+        table = self.jobs
         index = table.ordered if status is None else table.by_status[status]
         return list(islice(index.islice(offset), limit)), len(index)
 
     def counts(self) -> dict[str, int]:
         return {status: len(index)
-                for status, index in self.backend.jobs_table.by_status.items()}
+                for status, index in self.jobs.by_status.items()}
 
     def total(self) -> int:
-        return len(self.backend.jobs_table.rows)
+        return len(self.jobs.rows)
 
     def oldest_pending(self) -> Job | None:
-        pending = self.backend.jobs_table.by_status["pending"]
+        pending = self.jobs.by_status["pending"]
         return pending[0] if pending else None
 
     def queue_position(self, job: Job, now: float) -> int:
-        pending = self.backend.jobs_table.pending
+        pending = self.jobs.pending
         pending.promote(now)  # jobs whose backoff ended are in line again
         return pending.position(job)
 
     def finished_before(self, cutoff: float, limit: int) -> list[Job]:
-        finished = self.backend.jobs_table.finished
+        finished = self.jobs.finished
         old = islice(finished.irange_key(max_key=(cutoff, -1)), limit)
         return [job for job in old if (job.completed_at or 0.0) < cutoff]
 
     def completion_stats(self, since: float) -> tuple[int, float]:
-        table = self.backend.jobs_table
+        table = self.jobs
         completions = table.completions
         recent = len(completions) - completions.bisect_left(since)
         count = table.job_time_count
         return recent, table.job_time_sum / count if count else 0.0
 
     def history(self, job_id: str) -> list[Event]:
-        return self.backend.histories.events(job_id)
+        return self.histories.events(job_id)
 
     def search(self, where: JobFilter, offset: int, limit: int) -> tuple[list[Job], int]:
-        table = self.backend.jobs_table
+        table = self.jobs
         index = table.by_status[where.status] if where.status else table.ordered
         if where.indexed:
             # Newest first: count back from the end of the creation-ordered index, so
@@ -154,7 +157,7 @@ class MemoryJobs(_Repository):
         """Jobs the engine holds or held: a failed or released job no longer names its
         engine, its history does (searched as bytes, without decoding it)."""
         quoted = orjson.dumps(engine_id)
-        recorded = self.backend.histories.rows
+        recorded = self.histories.rows
 
         def ran_on(job: Job) -> bool:
             return job.assigned_engine == engine_id or quoted in recorded.get(job.job_id, b"")
@@ -162,15 +165,15 @@ class MemoryJobs(_Repository):
         return ran_on
 
     def pending_counts(self) -> dict[tuple[str, int], int]:
-        return self.backend.jobs_table.pending.counts()
+        return self.jobs.pending.counts()
 
     def finished_since(self, since: float) -> list[tuple[str, float]]:
-        finished = self.backend.jobs_table.finished.irange_key(min_key=(since, -1))
+        finished = self.jobs.finished.irange_key(min_key=(since, -1))
         return [(job.status, job.completed_at or since) for job in finished]
 
     def recent_on(self, engine_id: str, limit: int) -> list[Job]:
         ran_on = self._ran_on(engine_id)
-        ordered = self.backend.jobs_table.ordered
+        ordered = self.jobs.ordered
         return list(islice((job for job in reversed(ordered) if ran_on(job)), limit))
 
 
@@ -178,64 +181,64 @@ class MemoryEngines(_Repository):
     __slots__ = ()
 
     def get(self, engine_id: str) -> Engine | None:
-        return self.backend.engines_table.rows.get(engine_id)
+        return self.engines.rows.get(engine_id)
 
     get_for_update = get
 
     def put(self, engine: Engine) -> None:
-        self.backend.put(self.backend.engines_table, engine.engine_id, engine)
+        self.backend.put(self.engines, engine.engine_id, engine)
 
     def delete(self, engine_id: str) -> None:
-        self.backend.put(self.backend.engines_table, engine_id, None)
+        self.backend.put(self.engines, engine_id, None)
 
     def all(self) -> Collection[Engine]:
-        return self.backend.engines_table.rows.values()
+        return self.engines.rows.values()
 
 
 class MemoryIdempotency(_Repository):
     __slots__ = ()
 
     def claim(self, key: str, now: float, ttl: float) -> IdempotencyEntry | None:
-        entry = self.backend.idempotency_keys.rows.get(key)
+        entry = self.keys.rows.get(key)
         return None if entry is None or now - entry.at >= ttl else entry
 
     def record(self, key: str, fingerprint: str, job_id: str, now: float) -> None:
-        self.backend.put(self.backend.idempotency_keys, key,
+        self.backend.put(self.keys, key,
                          IdempotencyEntry(fingerprint, job_id, now))
 
     def expired(self, cutoff: float, limit: int) -> list[str]:
         # Oldest first: stop at the first key still young.
         keys: list[str] = []
-        for key, entry in self.backend.idempotency_keys.rows.items():
+        for key, entry in self.keys.rows.items():
             if entry.at > cutoff or len(keys) >= limit:
                 break
             keys.append(key)
         return keys
 
     def delete(self, key: str) -> None:
-        self.backend.put(self.backend.idempotency_keys, key, None)
+        self.backend.put(self.keys, key, None)
 
     def all(self) -> list[tuple[str, IdempotencyEntry]]:
-        return list(self.backend.idempotency_keys.rows.items())
+        return list(self.keys.rows.items())
 
 
 class MemoryDeliveries(_Repository):
     __slots__ = ()
 
     def get(self, job_id: str) -> Delivery | None:
-        return self.backend.deliveries_table.rows.get(job_id)
+        return self.deliveries.rows.get(job_id)
 
     get_for_update = get
 
     def put(self, delivery: Delivery) -> None:
-        self.backend.put(self.backend.deliveries_table, delivery.job_id, delivery)
+        self.backend.put(self.deliveries, delivery.job_id, delivery)
 
     def due(self, now: float) -> list[Delivery]:
-        table = self.backend.deliveries_table
+        table = self.deliveries
         due = [table.rows[job_id] for job_id in table.pending
                if table.rows[job_id].next_at <= now]
         return sorted(due, key=lambda delivery: delivery.next_at)
 
     def all(self) -> list[Delivery]:
-        return sorted(self.backend.deliveries_table.rows.values(),
+        return sorted(self.deliveries.rows.values(),
                       key=lambda delivery: delivery.job_id)

@@ -110,49 +110,44 @@ class Jobs(Table[Job]):
         return len(self.by_status["assigned"]) + len(self.by_status["processing"])
 
     def put(self, key: str, value: Job | None) -> Job | None:
+        # One method, not an unindex and an index call: it runs on every job change.
         old = self.rows.get(key)
         if old is not None:
-            self._unindex(key, old)
+            self.ordered.remove(old)
+            self.by_status[old.status].remove(old)
+            if old.status == "pending":
+                self.pending.remove(old)
+            elif old.status in FINISHED_STATUSES:
+                self.finished.remove(old)
+            if old.status in ACTIVE_STATUSES and old.assigned_engine is not None:
+                held = self.held.get(old.assigned_engine)
+                if held is not None:
+                    held.pop(key, None)
+                    if not held:
+                        del self.held[old.assigned_engine]
+            if old.status == "completed" and old.completed_at is not None:
+                self.completions.remove(old.completed_at)
+                if old.assigned_at is not None:
+                    self.job_time_sum -= old.completed_at - old.assigned_at
+                    self.job_time_count -= 1
         if value is None:
             self.rows.pop(key, None)
-        else:
-            self.rows[key] = value
-            self._index(key, value)
-        return old
-
-    def _unindex(self, job_id: str, old: Job) -> None:
-        self.ordered.remove(old)
-        self.by_status[old.status].remove(old)
-        if old.status == "pending":
-            self.pending.remove(old)
-        elif old.status in FINISHED_STATUSES:
-            self.finished.remove(old)
-        if old.status in ACTIVE_STATUSES and old.assigned_engine is not None:
-            held = self.held.get(old.assigned_engine)
-            if held is not None:
-                held.pop(job_id, None)
-                if not held:
-                    del self.held[old.assigned_engine]
-        if old.status == "completed" and old.completed_at is not None:
-            self.completions.remove(old.completed_at)
-            if old.assigned_at is not None:
-                self.job_time_sum -= old.completed_at - old.assigned_at
-                self.job_time_count -= 1
-
-    def _index(self, job_id: str, new: Job) -> None:
-        self.ordered.add(new)
-        self.by_status[new.status].add(new)
-        if new.status == "pending":
-            self.pending.add(new, self.now())
-        elif new.status in FINISHED_STATUSES:
-            self.finished.add(new)
-        if new.status in ACTIVE_STATUSES and new.assigned_engine is not None:
-            self.held.setdefault(new.assigned_engine, {})[job_id] = None
-        if new.status == "completed" and new.completed_at is not None:
-            self.completions.add(new.completed_at)
-            if new.assigned_at is not None:
-                self.job_time_sum += new.completed_at - new.assigned_at
+            return old
+        self.rows[key] = value
+        self.ordered.add(value)
+        self.by_status[value.status].add(value)
+        if value.status == "pending":
+            self.pending.add(value, self.now())
+        elif value.status in FINISHED_STATUSES:
+            self.finished.add(value)
+        if value.status in ACTIVE_STATUSES and value.assigned_engine is not None:
+            self.held.setdefault(value.assigned_engine, {})[key] = None
+        if value.status == "completed" and value.completed_at is not None:
+            self.completions.add(value.completed_at)
+            if value.assigned_at is not None:
+                self.job_time_sum += value.completed_at - value.assigned_at
                 self.job_time_count += 1
+        return old
 
 
 class Engines(Table[Engine]):
@@ -166,10 +161,19 @@ class Histories(Table[bytes]):
     kind = "events"
 
     def put(self, key: str, value: Any) -> bytes | None:
-        return super().put(key, None if value is None else history.encode(value))
+        rows = self.rows
+        old = rows.get(key)
+        if value is None:
+            rows.pop(key, None)
+        else:
+            rows[key] = history.encode(value)
+        return old
 
     def restore(self, key: str, old: Any) -> None:
-        Table.put(self, key, old)  # already encoded
+        if old is None:
+            self.rows.pop(key, None)
+        else:
+            self.rows[key] = old  # already encoded
 
     def record(self, value: Any) -> Any:
         return value  # the events as put

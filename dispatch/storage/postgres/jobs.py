@@ -109,8 +109,7 @@ class Jobs(Repository):
         else:
             old, old_events = self._lock(job.job_id)
         deliveries = self.unit.deliveries
-        derived = derive(old, job, failure, old_events,
-                         lambda: deliveries.get_for_update(job.job_id))
+        derived = derive(old, job, failure, old_events, deliveries.get_for_update)
         encoded = old_events if derived.history is None else history.encode(derived.history)
         self._write(job, encoded)
         if derived.delivery is not None:
