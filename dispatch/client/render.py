@@ -25,8 +25,10 @@ def console(stderr: bool = False) -> Console:
 
     stream = sys.stderr if stderr else sys.stdout
     tty = is_terminal(stream)
+    # Not a terminal: lines as long as they need (a log or a pipe has no width, and a
+    # cut job id is no use to a script).
     return Console(file=stream, force_terminal=tty, no_color=not tty, highlight=False,
-                   soft_wrap=not tty, emoji=False)
+                   soft_wrap=not tty, emoji=False, width=None if tty else 4096)
 
 
 def emit_json(document: Any) -> None:

@@ -29,14 +29,15 @@ def read_sources(given: tuple[str, ...]) -> list[Source]:
     """Check every source before anything is sent (a typo fails the whole command)."""
     sources = []
     for text in given:
-        if text.startswith(("http://", "https://")):
+        # file:// passes as is too: a path every engine mounts (a shared disk).
+        if text.startswith(("http://", "https://", "file://")):
             name = unquote(Path(urlsplit(text).path).name) or text
             sources.append(Source(text, name, url=text))
             continue
         path = Path(text)
         if not path.is_file():
-            raise Failure(f"{text}: no such file (a source is a file or an http(s):// URL)",
-                          2)
+            raise Failure(f"{text}: no such file (a source is a file, an http(s):// URL, "
+                          "or a file:// URL every engine can read)", 2)
         sources.append(Source(text, path.name, path=path, size=path.stat().st_size))
     return sources
 
@@ -70,7 +71,7 @@ def submit(api: Api, sources: list[Source], options: dict[str, Any],
 
             source.digest = sha256_of(source.path)
             source.url = upload(api, source.path, source.digest, quiet)
-        elif source.size is None:
+        elif source.size is None and not str(source.url).startswith("file://"):
             source.size = url_size(str(source.url))
         body = {"source_url": source.url,
                 "job_size": round((source.size or 0) / 1e6, 3),

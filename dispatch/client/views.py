@@ -108,7 +108,7 @@ def top(api: Api, interval: float, as_json: bool) -> None:
                  f"{len(now['running'])}, queued {now['queued']}"
                  + (f" ({queue})" if queue else ""),
                  f"completed per minute: {rate:.1f} since start" if rate is not None
-                 else f"completed per minute: {per_hour / 60:.1f} over the last hour"]
+                 else f"completed per minute: {per_hour / 60:.2f} over the last hour"]
         jobs = {job["job_id"]: job for job in now["running"]} or {"": {}}
         return Group(*lines, engines_table(now["engines"], jobs))
 
