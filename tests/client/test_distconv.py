@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -255,6 +256,31 @@ def test_a_cancel_from_another_shell_while_waiting_exits_1_saying_cancelled(
             waiting.wait()
     assert 1 == waiting.returncode, err
     assert f"distconv: job {job['job_id']} was cancelled" in err.decode()
+
+
+def test_ctrl_c_while_waiting_exits_130_and_leaves_the_job_on_the_farm(farm: Farm) -> None:
+    """Ctrl-C: exit 130, the job still pending on the server, and the message names the
+    command that picks it up again."""
+    waiting = subprocess.Popen(
+        [str(DISTCONV), "submit", f"{farm.clips}/small.mp4", "--codec", "nosuchcodec2",
+         "--wait"], env=env(farm), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert waiting.stderr is not None
+        # "small.mp4: job ID, pending" once submitted, then its state as the wait begins.
+        first = waiting.stderr.readline() + waiting.stderr.readline()
+        job = next(job for job in jobs_of(farm) if job["target_codec"] == "nosuchcodec2")
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=20)
+        err = first + err
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert 130 == waiting.returncode, err
+    assert f"`distconv wait {job['job_id']}` picks it up again" in err.decode()
+    assert "Traceback" not in err.decode()
+    assert "pending" == farm.server.request("GET", f"/jobs/{job['job_id']}").json()["status"]
+    farm.server.request("DELETE", f"/jobs/{job['job_id']}")
 
 
 def test_a_wrong_key_exits_1_with_the_servers_message(farm: Farm) -> None:
