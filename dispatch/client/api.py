@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from dispatch.client.settings import Settings
 
@@ -41,6 +42,11 @@ def error_of(response: httpx.Response) -> Refused:
         text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
         return Refused(response.status_code, "http_error",
                        text or response.reason_phrase or "no message")
+
+
+def job_path(job_id: str) -> str:
+    """A job's path, whatever a person typed as its id."""
+    return f"/jobs/{quote(job_id, safe='')}"
 
 
 def backoff(attempt: int) -> float:
@@ -98,5 +104,5 @@ class Api:
         return self.send("GET", path).json()
 
     def job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.get(f"/jobs/{job_id}")
+        result: dict[str, Any] = self.get(job_path(job_id))
         return result

@@ -12,8 +12,9 @@ from typing import Any
 import click
 
 from dispatch import __version__
+from dispatch.client import render
 from dispatch.client import settings as config
-from dispatch.client.api import FAILED, INTERRUPTED, USAGE, Api, Failure
+from dispatch.client.api import FAILED, INTERRUPTED, USAGE, Api, Failure, job_path
 
 JOB_STATUSES = ("pending", "assigned", "processing", "completed", "failed", "cancelled")
 
@@ -95,16 +96,10 @@ def submit(ctx: Context, sources: tuple[str, ...], codec: str, priority: int | N
     if wait:
         jobs = _finish(api, jobs, names, output, as_json)
     elif not as_json:
-        render_ = _render()
-        render_.say("follow with: distconv wait " + " ".join(job["job_id"] for job in jobs))
+        render.say("follow with: distconv wait " + " ".join(job["job_id"] for job in jobs))
     if as_json:
-        _render().emit_json({"jobs": jobs})
+        render.emit_json({"jobs": jobs})
     _exit_for(jobs)
-
-
-def _render() -> Any:
-    from dispatch.client import render
-    return render
 
 
 def _finish(api: Api, jobs: list[dict[str, Any]], names: dict[str, str],
@@ -120,7 +115,7 @@ def _finish(api: Api, jobs: list[dict[str, Any]], names: dict[str, str],
                 path = transfer.download(api, job, target, quiet)
                 job["downloaded_to"] = str(path)
                 if not quiet:
-                    _render().say(f"{names.get(job['job_id'], job['job_id'])}: "
+                    render.say(f"{names.get(job['job_id'], job['job_id'])}: "
                                   f"saved to {path}")
     return jobs
 
@@ -130,9 +125,9 @@ def _exit_for(jobs: list[dict[str, Any]]) -> None:
     bad = [job for job in jobs if job["status"] in ("failed", "cancelled")]
     for job in bad:
         if job["status"] == "cancelled":
-            _render().say(f"distconv: job {job['job_id']} was cancelled")
+            render.say(f"distconv: job {job['job_id']} was cancelled")
         else:
-            _render().say(f"distconv: job {job['job_id']} failed: "
+            render.say(f"distconv: job {job['job_id']} failed: "
                           f"{job.get('error_message') or 'no message'}")
     if bad:
         sys.exit(FAILED)
@@ -146,7 +141,7 @@ def status(ctx: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
 
     jobs = [ctx.api().job(job_id) for job_id in job_ids]
     if as_json:
-        _render().emit_json(jobs[0] if len(jobs) == 1 else {"jobs": jobs})
+        render.emit_json(jobs[0] if len(jobs) == 1 else {"jobs": jobs})
     else:
         views.jobs_detail(jobs)
 
@@ -161,7 +156,7 @@ def wait_(ctx: Context, job_ids: tuple[str, ...], output: str | None,
     api = ctx.api()
     jobs = _finish(api, [api.job(job_id) for job_id in job_ids], {}, output, as_json)
     if as_json:
-        _render().emit_json(jobs[0] if len(jobs) == 1 else {"jobs": jobs})
+        render.emit_json(jobs[0] if len(jobs) == 1 else {"jobs": jobs})
     _exit_for(jobs)
 
 
@@ -177,9 +172,9 @@ def download(ctx: Context, job_id: str, output: str, as_json: bool) -> None:
     job = api.job(job_id)
     path = transfer.download(api, job, transfer.destination(output, job, None), as_json)
     if as_json:
-        _render().emit_json({"job_id": job_id, "path": str(path)})
+        render.emit_json({"job_id": job_id, "path": str(path)})
     else:
-        _render().say(f"saved to {path}")
+        render.say(f"saved to {path}")
 
 
 @command(cli, "jobs")
@@ -192,7 +187,7 @@ def jobs(ctx: Context, status_: str | None, limit: int, offset: int, as_json: bo
 
     page = ctx.api().get("/jobs/", status=status_, limit=limit, offset=offset)
     if as_json:
-        _render().emit_json(page)
+        render.emit_json(page)
     else:
         views.jobs_table(page)
 
@@ -201,7 +196,6 @@ def _each(ctx: Context, job_ids: tuple[str, ...], method: str, suffix: str,
           done: str, as_json: bool) -> None:
     """One request per job; every job is tried, exit 1 if any was refused."""
     from dispatch.client.api import Refused
-    from dispatch.client.watch import job_path
 
     results, refused = [], 0
     for job_id in job_ids:
@@ -209,13 +203,13 @@ def _each(ctx: Context, job_ids: tuple[str, ...], method: str, suffix: str,
             job = ctx.api().send(method, job_path(job_id) + suffix).json()
         except Refused as exc:
             refused += 1
-            _render().say(f"distconv: job {job_id}: {exc.message}")
+            render.say(f"distconv: job {job_id}: {exc.message}")
             continue
         results.append(job)
         if not as_json:
-            _render().say(f"job {job_id}: {done}")
+            render.say(f"job {job_id}: {done}")
     if as_json:
-        _render().emit_json({"jobs": results})
+        render.emit_json({"jobs": results})
     if refused:
         sys.exit(FAILED)
 
@@ -239,11 +233,10 @@ def retry(ctx: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
 def events(ctx: Context, job_id: str, as_json: bool) -> None:
     """A job's history, oldest first."""
     from dispatch.client import views
-    from dispatch.client.watch import job_path
 
     history = ctx.api().get(job_path(job_id) + "/events")
     if as_json:
-        _render().emit_json(history)
+        render.emit_json(history)
     else:
         views.events_table(history)
 
@@ -255,7 +248,7 @@ def engines(ctx: Context, as_json: bool) -> None:
 
     found = ctx.api().get("/engines/")
     if as_json:
-        _render().emit_json(found)
+        render.emit_json(found)
     else:
         views.engines_table(found["engines"], {})
 

@@ -15,8 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 from dispatch.client import render
-from dispatch.client.api import Api, Failure, backoff, error_of
-from dispatch.client.watch import job_path
+from dispatch.client.api import Api, Failure, backoff, error_of, job_path
 
 CHUNK = 1 << 20
 # The engine's containers by codec family, for a file named after its source.

@@ -6,16 +6,11 @@ from __future__ import annotations
 import sys
 import time
 from typing import Any
-from urllib.parse import quote
 
 from dispatch.client import render
 from dispatch.client.api import INTERRUPTED, Api, Failure
 
 FINISHED = ("completed", "failed", "cancelled")
-
-
-def job_path(job_id: str) -> str:
-    return f"/jobs/{quote(job_id, safe='')}"
 
 
 def interrupted(job_ids: list[str]) -> Failure:
