@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import API_KEY
 from tests.support.engine import Engine, ffprobe, file_server, make_clip
 from tests.support.helpers import poll
-from tests.support.server import Server
+from tests.support.server import Server, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -338,3 +338,41 @@ def test_download_from_a_server_without_outputs_says_so(farm: Farm, tmp_path: Pa
 def test_version() -> None:
     run = distconv(None, "--version")
     assert (0, "distconv 1.0.0\n") == (run.status, run.out)
+
+
+def test_settings_come_from_flag_then_variable_then_config_file(farm: Farm,
+                                                                tmp_path: Path) -> None:
+    """The config file gives the server and a key file; a variable beats the file, a
+    flag beats the variable; an unknown setting in the file exits 2 naming it."""
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY + "\n")
+    config = tmp_path / "client.toml"
+    config.write_text(f'server = "{farm.server.url}"\napi_key_file = "{key_file}"\n')
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    from_file = distconv(None, "--config", str(config), "engines", "--json")
+    variable = distconv(None, "--config", str(config), "engines", DISTCONV_SERVER=dead,
+                        DISTCONV_RETRIES="0")
+    flag = distconv(None, "--config", str(config), "--server", farm.server.url, "engines",
+                    DISTCONV_SERVER=dead)
+    config.write_text('sever = "http://x"\n')
+    typo = distconv(None, "--config", str(config), "engines")
+
+    assert 0 == from_file.status and "engines" in json.loads(from_file.out), from_file.text
+    assert 3 == variable.status and dead in variable.err
+    assert 0 == flag.status and "engine-1" in flag.out
+    assert (2, f"distconv: config file {config}: unknown setting sever (known: server, "
+               "api_key, api_key_file, retries, poll_interval)\n") == (typo.status, typo.err)
+
+
+def test_tables_without_a_terminal_are_plain_and_whole(farm: Farm) -> None:
+    """jobs, status, events, engines and top print plain text, job ids and URLs whole."""
+    job_id = json.loads(distconv(farm, "submit", f"{farm.clips}/small.mp4?tables",
+                                 "--codec", "h264", "--json").out)["jobs"][0]["job_id"]
+    for args in (("jobs", "--limit", "1000"), ("status", job_id), ("events", job_id),
+                 ("engines",)):
+        run = distconv(farm, *args)
+        assert 0 == run.status, (args, run.text)
+        assert not ESCAPE.search(run.text.encode()), args
+        assert (job_id if args[0] != "engines" else "engine-1") in run.out, (args, run.out)
+    assert f"{farm.clips}/small.mp4?tables" in distconv(farm, "jobs", "--limit", "1000").out
