@@ -116,7 +116,7 @@ def _finish(api: Api, jobs: list[dict[str, Any]], names: dict[str, str],
                 job["downloaded_to"] = str(path)
                 if not quiet:
                     render.say(f"{names.get(job['job_id'], job['job_id'])}: "
-                                  f"saved to {path}")
+                               f"saved to {path}")
     return jobs
 
 

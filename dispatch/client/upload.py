@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 from dispatch.client.api import UNREACHABLE, Api, Failure, backoff, error_of
 from dispatch.client.transfer import CHUNK, ByteBar
@@ -77,12 +77,14 @@ def _put(http: Any, api: Api, path: Path, offset: int, part: dict[str, Any],
     import httpx
 
     size = int(part["size"])
+    # The embedded store's URLs may be the server's own paths.
+    url = urljoin(api.settings.server + "/", str(part["url"]))
     attempt = 0
     while True:
         sent_before = bar.done if bar is not None else 0
         try:
             # An explicit Content-Length: stores refuse a chunked PUT to a signed URL.
-            response = http.put(part["url"], content=_part(path, offset, size, bar),
+            response = http.put(url, content=_part(path, offset, size, bar),
                                 headers={"Content-Length": str(size)})
             if response.status_code < 500:
                 if response.status_code >= 400:
