@@ -282,4 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.status)
     except BrokenPipeError:
         sys.exit(FAILED)
+    except OSError as exc:  # a full disk, a folder that cannot be written
+        sys.stderr.write(f"distconv: {exc}\n")
+        sys.exit(FAILED)
     sys.exit(status if isinstance(status, int) else 0)
