@@ -58,7 +58,7 @@ def command(group: click.Group, *args: Any, **kwargs: Any) -> Callable[..., Any]
 @click.option("--api-key-file", metavar="PATH", help="File holding the API key "
               "[DISTCONV_API_KEY_FILE].")
 @click.option("--config", "config_path", metavar="PATH", help="Config file (TOML) "
-              "[DISTCONV_CONFIG; default ~/.config/distconv/client.toml].")
+              "[DISTCONV_CLIENT_CONFIG; default ~/.config/distconv/client.toml].")
 @click.pass_context
 def cli(ctx: click.Context, server: str | None, api_key: str | None,
         api_key_file: str | None, config_path: str | None) -> None:

@@ -75,7 +75,8 @@ def load(server: str | None, api_key: str | None, api_key_file: str | None,
          config: str | None, environ: dict[str, str] | None = None) -> Settings:
     """Resolve every setting; raises :class:`ConfigError`."""
     env = os.environ if environ is None else environ
-    path = config or env.get("DISTCONV_CONFIG")
+    # Not DISTCONV_CONFIG: that one is the server's INI file, and a shell may hold both.
+    path = config or env.get("DISTCONV_CLIENT_CONFIG")
     data = _file(Path(path) if path else DEFAULT_CONFIG, explicit=bool(path))
 
     def pick(flag: str | None, variable: str, key: str) -> Any:
@@ -99,8 +100,8 @@ def load(server: str | None, api_key: str | None, api_key_file: str | None,
         key = str(data["api_key"])
     elif data.get("api_key_file"):
         key = _read_key(str(data["api_key_file"]))
-    retries = pick(None, "DISTCONV_RETRIES", "retries")
+    retries = pick(None, "DISTCONV_CLIENT_RETRIES", "retries")
     retries = _number("retries", 5 if retries is None else retries, int)
-    interval = pick(None, "DISTCONV_POLL_INTERVAL", "poll_interval")
+    interval = pick(None, "DISTCONV_CLIENT_POLL_INTERVAL", "poll_interval")
     interval = _number("poll_interval", 0.5 if interval is None else interval, float)
     return Settings(url, key, retries, max(interval, 0.05))

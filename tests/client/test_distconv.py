@@ -90,7 +90,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
 def env(farm: Farm | None, **extra: str) -> dict[str, str]:
     values = {key: value for key, value in os.environ.items()
               if not key.startswith("DISTCONV_")}
-    values.update({"DISTCONV_POLL_INTERVAL": "0.2", "HOME": "/nonexistent"})
+    values.update({"DISTCONV_CLIENT_POLL_INTERVAL": "0.2", "HOME": "/nonexistent"})
     if farm is not None:
         values.update({"DISTCONV_SERVER": farm.server.url, "DISTCONV_API_KEY": API_KEY})
     values.update(extra)
@@ -306,7 +306,7 @@ def test_a_stopped_server_exits_3_after_the_retries(tmp_path: Path) -> None:
     started = time.monotonic()
 
     run = distconv(None, "status", "1_0", DISTCONV_SERVER=server.url,
-                   DISTCONV_API_KEY=API_KEY, DISTCONV_RETRIES="2")
+                   DISTCONV_API_KEY=API_KEY, DISTCONV_CLIENT_RETRIES="2")
 
     assert 3 == run.status, run.text
     assert time.monotonic() - started >= 1.5  # it waited 0.5 s, then 1 s, trying again
@@ -352,7 +352,7 @@ def test_settings_come_from_flag_then_variable_then_config_file(farm: Farm,
 
     from_file = distconv(None, "--config", str(config), "engines", "--json")
     variable = distconv(None, "--config", str(config), "engines", DISTCONV_SERVER=dead,
-                        DISTCONV_RETRIES="0")
+                        DISTCONV_CLIENT_RETRIES="0")
     flag = distconv(None, "--config", str(config), "--server", farm.server.url, "engines",
                     DISTCONV_SERVER=dead)
     config.write_text('sever = "http://x"\n')
