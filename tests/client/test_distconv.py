@@ -104,12 +104,13 @@ def distconv(farm: Farm | None, *args: str, timeout: float = 90, **extra: str) -
     return Run(done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
-def distconv_in_terminal(farm: Farm, *args: str, timeout: float = 90) -> tuple[int, bytes]:
+def distconv_in_terminal(farm: Farm | None, *args: str, timeout: float = 90,
+                         **extra: str) -> tuple[int, bytes]:
     """``distconv ARGS`` inside a pseudo-terminal; its exit status and every byte it
     wrote to the terminal."""
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([str(DISTCONV), *args], env=env(farm, TERM="xterm-256color",
-                                                            COLUMNS="160"),
+    proc = subprocess.Popen([str(DISTCONV), *args],
+                            env=env(farm, TERM="xterm-256color", COLUMNS="160", **extra),
                             stdin=follower, stdout=follower, stderr=follower)
     os.close(follower)
     seen = bytearray()
@@ -133,6 +134,19 @@ def distconv_in_terminal(farm: Farm, *args: str, timeout: float = 90) -> tuple[i
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def run_in(mode: str, farm: Farm | None, *args: str, **extra: str) -> Run:
+    """``distconv ARGS`` with pipes, or in a terminal (then ``err`` holds everything the
+    terminal showed, its line ends as written)."""
+    if mode == "pipe":
+        return distconv(farm, *args, **extra)
+    status, seen = distconv_in_terminal(farm, *args, **extra)
+    return Run(status, "", seen.decode("utf-8", "replace").replace("\r\n", "\n"))
+
+
+# Messages and exit statuses are the same whether a person or a script runs it.
+MODES = pytest.mark.parametrize("mode", ["pipe", "terminal"])
 
 
 def jobs_of(farm: Farm) -> list[dict[str, Any]]:
@@ -224,8 +238,9 @@ def test_json_of_every_read_command_parses(farm: Farm) -> None:
         assert key in json.loads(run.out), (args, run.out)
 
 
-def test_a_failed_job_exits_1_with_the_servers_message(farm: Farm) -> None:
-    run = distconv(farm, "submit", f"{farm.clips}/corrupt.mp4", "--codec", "h264",
+@MODES
+def test_a_failed_job_exits_1_with_the_servers_message(farm: Farm, mode: str) -> None:
+    run = run_in(mode, farm, "submit", f"{farm.clips}/corrupt.mp4", "--codec", "h264",
                    "--max-retries", "0", "--wait")
 
     assert 1 == run.status, run.text
@@ -283,8 +298,9 @@ def test_ctrl_c_while_waiting_exits_130_and_leaves_the_job_on_the_farm(farm: Far
     farm.server.request("DELETE", f"/jobs/{job['job_id']}")
 
 
-def test_a_wrong_key_exits_1_with_the_servers_message(farm: Farm) -> None:
-    run = distconv(farm, "jobs", DISTCONV_API_KEY="not-the-key")
+@MODES
+def test_a_wrong_key_exits_1_with_the_servers_message(farm: Farm, mode: str) -> None:
+    run = run_in(mode, farm, "jobs", DISTCONV_API_KEY="not-the-key")
 
     assert 1 == run.status
     message = farm.server.request("GET", "/jobs/", headers={"X-API-Key": "nope"}).json()
@@ -292,20 +308,22 @@ def test_a_wrong_key_exits_1_with_the_servers_message(farm: Farm) -> None:
            f"(401 unauthorized)\n" == run.err
 
 
-def test_no_key_exits_2_naming_the_variable(farm: Farm) -> None:
-    run = distconv(None, "jobs", DISTCONV_SERVER=farm.server.url)
+@MODES
+def test_no_key_exits_2_naming_the_variable(farm: Farm, mode: str) -> None:
+    run = run_in(mode, None, "jobs", DISTCONV_SERVER=farm.server.url)
 
     assert 2 == run.status
     assert "DISTCONV_API_KEY" in run.err
     assert "Traceback" not in run.text
 
 
-def test_a_stopped_server_exits_3_after_the_retries(tmp_path: Path) -> None:
+@MODES
+def test_a_stopped_server_exits_3_after_the_retries(tmp_path: Path, mode: str) -> None:
     server = Server(tmp_path, API_KEY).start()
     server.stop()
     started = time.monotonic()
 
-    run = distconv(None, "status", "1_0", DISTCONV_SERVER=server.url,
+    run = run_in(mode, None, "status", "1_0", DISTCONV_SERVER=server.url,
                    DISTCONV_API_KEY=API_KEY, DISTCONV_CLIENT_RETRIES="2")
 
     assert 3 == run.status, run.text
