@@ -250,7 +250,7 @@ def engines(ctx: Context, as_json: bool) -> None:
     if as_json:
         render.emit_json(found)
     else:
-        views.engines_table(found["engines"], {})
+        render.console().print(views.engines_table(found["engines"], {}))
 
 
 @command(cli, "top")

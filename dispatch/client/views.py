@@ -57,8 +57,7 @@ def events_table(history: dict[str, Any]) -> None:
 
 
 def engines_table(engines: list[dict[str, Any]], jobs: dict[str, dict[str, Any]]) -> Any:
-    """The engines, with the figures of the jobs they hold when ``jobs`` has them;
-    printed when ``jobs`` is empty, else returned (for ``top``)."""
+    """The engines, with the figures of the jobs they hold when ``jobs`` has them."""
     table = _table("ENGINE", "STATUS", "HOST", "CODECS", "JOB", "PROGRESS", "DONE", "FAILED")
     for engine in engines:
         held = [jobs.get(job_id, {"job_id": job_id}) for job_id in engine["current_jobs"]]
@@ -68,10 +67,7 @@ def engines_table(engines: list[dict[str, Any]], jobs: dict[str, dict[str, Any]]
                       " ".join(render.figures({**job, "assigned_engine": None})
                                for job in held if "status" in job) or "—",
                       str(engine["jobs_completed"]), str(engine["jobs_failed"]))
-    if jobs:
-        return table
-    render.console().print(table)
-    return None
+    return table
 
 
 def snapshot(api: Api) -> dict[str, Any]:
@@ -109,7 +105,7 @@ def top(api: Api, interval: float, as_json: bool) -> None:
                  + (f" ({queue})" if queue else ""),
                  f"completed per minute: {rate:.1f} since start" if rate is not None
                  else f"completed per minute: {per_hour / 60:.2f} over the last hour"]
-        jobs = {job["job_id"]: job for job in now["running"]} or {"": {}}
+        jobs = {job["job_id"]: job for job in now["running"]}
         return Group(*lines, engines_table(now["engines"], jobs))
 
     try:
