@@ -55,6 +55,8 @@ def upload(api: Api, path: Path, digest: str, quiet: bool) -> str:
     if not parts:  # the store holds this content already
         return str(body["source_url"])
     bar = None if quiet else ByteBar(path.name)
+    if bar is not None:
+        bar.total = size
     etags = []
     offset = 0
     try:
