@@ -53,7 +53,9 @@ def events_table(history: dict[str, Any]) -> None:
     for event in history["events"]:
         table.add_row(event["time"], event["event"], event["engine_id"] or "",
                       str(event["attempt"]), event["detail"] or "")
-    render.console().print(table)
+    out = render.console()
+    out.print(f"job {history['job_id']}: {len(history['events'])} events", markup=False)
+    out.print(table)
 
 
 def engines_table(engines: list[dict[str, Any]], jobs: dict[str, dict[str, Any]]) -> Any:

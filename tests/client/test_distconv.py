@@ -393,4 +393,5 @@ def test_tables_without_a_terminal_are_plain_and_whole(farm: Farm) -> None:
         assert 0 == run.status, (args, run.text)
         assert not ESCAPE.search(run.text.encode()), args
         assert (job_id if args[0] != "engines" else "engine-1") in run.out, (args, run.out)
+        assert args[0] != "events" or re.search(r"\n\S+Z +submitted ", run.out), run.out
     assert f"{farm.clips}/small.mp4?tables" in distconv(farm, "jobs", "--limit", "1000").out
