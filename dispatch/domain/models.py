@@ -70,6 +70,20 @@ def _time(value: Any) -> float | None:
     return value if value is None or type(value) is float else parse_time(value)
 
 
+def _detail(value: Any) -> dict[str, float | None] | None:
+    """A stored ``progress_detail``, its time as Unix seconds whatever form it was
+    written in; anything but an object is none."""
+    if not isinstance(value, Mapping):
+        return None
+    detail = {key: value.get(key) for key in PROGRESS_FIGURES}
+    detail["updated_at"] = parse_time(value.get("updated_at"))
+    return detail
+
+
+# The figures of a progress report beside its percentage (``Job.progress_detail``).
+PROGRESS_FIGURES = ("fps", "speed", "eta_seconds")
+
+
 @dataclass(slots=True)
 class Job:
     job_id: str
@@ -93,6 +107,10 @@ class Job:
     attempt: int = 0
     progress_at: float | None = None  # when progress last changed (stall detection)
     callback_url: str | None = None
+    # The engine's latest figures while it encodes: fps, speed (x real time),
+    # eta_seconds (each a number or None) and updated_at (Unix seconds); None until an
+    # engine reports one, and again when the job goes back to the queue.
+    progress_detail: dict[str, float | None] | None = None
     # Fields of a record written by the C++ server that this server does not use
     # (``metadata``...), written back as they were; None for every other job.
     extra: dict[str, Any] | None = None
@@ -104,6 +122,9 @@ class Job:
         body.pop("extra", None)
         for key in _TIME_KEYS:
             body[key] = format_time(body[key])
+        if self.progress_detail is not None:
+            body["progress_detail"] = {**self.progress_detail, "updated_at": format_time(
+                self.progress_detail.get("updated_at"))}
         return body
 
     def to_record(self) -> dict[str, Any]:
@@ -133,6 +154,7 @@ class Job:
             "attempt": self.attempt,
             "callback_url": self.callback_url,
             "progress_at": self.progress_at,
+            "progress_detail": self.progress_detail,
         }
         if self.extra is not None:
             record["extra"] = self.extra
@@ -162,7 +184,7 @@ class Job:
                 _time(data["retry_at"]), _time(data["assigned_at"]),
                 _time(data["completed_at"]), data["attempt"],
                 _time(data["progress_at"]), data.get("callback_url"),
-                data.get("extra"),
+                data.get("progress_detail"), data.get("extra"),
             )
         created = parse_time(data.get("created_at")) or 0.0
         return cls(
@@ -187,6 +209,7 @@ class Job:
             attempt=int(data.get("attempt") or 0),
             progress_at=parse_time(data.get("progress_at")),
             callback_url=data.get("callback_url") or None,
+            progress_detail=_detail(data.get("progress_detail")),
             extra=data.get("extra") or None,
         )
 

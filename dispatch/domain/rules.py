@@ -63,8 +63,8 @@ def failed_attempt(job: Job, reason: str, now: float, settings: Settings) -> Job
     """The job after a failed attempt: re-queued with backoff, or failed for good."""
     retries = job.retries + 1
     attempt_over = replace(job, retries=retries, error_message=reason,
-                           assigned_engine=None, progress=None, progress_at=None,
-                           updated_at=now)
+                           assigned_engine=None, progress=None, progress_detail=None,
+                           progress_at=None, updated_at=now)
     if settings.auto_retry_failed_jobs and retries <= job.max_retries:
         return replace(attempt_over, status="pending",
                        retry_at=now + retry_delay(retries, settings))

@@ -311,28 +311,37 @@ class Engine:
         # Nobody will look for this output: the job is someone else's now.
         remove(output)
 
-    def _progress(self, run: JobRun, percent: float) -> None:
-        """One progress report; a failed one is not retried (the next one supersedes
-        it), a refused one means the job is no longer this engine's."""
+    def _progress(self, run: JobRun, percent: float,
+                  figures: dict[str, float] | None = None) -> None:
+        """One progress report (with ffmpeg's fps, speed and the ETA when known); a
+        failed one is not retried (the next one supersedes it), a refused one means
+        the job is no longer this engine's."""
         answer = self.client.once("POST", f"/jobs/{run.job_id}/progress",
                                   {"engine_id": self.config.engine_id,
-                                   "progress": round(percent, 2), **run.stamp()},
+                                   "progress": round(percent, 2), **(figures or {}),
+                                   **run.stamp()},
                                   timeout=(2.0, 5.0))
         if answer is not None and answer.status in (404, 409):
             log.info("job %s: progress refused (%s); stopping", run.job_id, answer.message)
             run.stop("lost")
 
     def _progress_follower(self, run: JobRun,
-                           duration: float | None) -> Callable[[float, str], None]:
+                           duration: float | None
+                           ) -> Callable[[float, dict[str, float]], None]:
         last = time.monotonic()
 
-        def on_progress(seconds: float, speed: str) -> None:
+        def on_progress(seconds: float, figures: dict[str, float]) -> None:
             nonlocal last
             now = time.monotonic()
             if not duration or run.stop_reason is not None or now - last < PROGRESS_EVERY:
                 return
             last = now
-            self._progress(run, min(99.9, 100.0 * seconds / duration))
-            log.debug("job %s: %.1f/%.1f s, speed %s", run.job_id, seconds, duration, speed)
+            sent = {key: round(value, 2) for key, value in figures.items()}
+            speed = figures.get("speed")
+            if speed:
+                # Media seconds left at the current speed: what the encode has left.
+                sent["eta_seconds"] = round(max(duration - seconds, 0.0) / speed, 1)
+            self._progress(run, min(99.9, 100.0 * seconds / duration), sent)
+            log.debug("job %s: %.1f/%.1f s, %s", run.job_id, seconds, duration, sent)
 
         return on_progress

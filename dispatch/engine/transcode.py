@@ -205,6 +205,21 @@ def ffmpeg_command(ffmpeg: str, source: Path, encoder: Encoder, container: Conta
             "-c:a", container.audio, *container.extra, "-f", container.muxer, str(output)]
 
 
+def figures(block: dict[str, str]) -> dict[str, float]:
+    """fps and speed (× real time) of one ``-progress`` block; ffmpeg writes ``N/A``
+    or nothing before it knows, and such a figure is left out."""
+    found: dict[str, float] = {}
+    for key in ("fps", "speed"):
+        text = block.get(key, "").strip().removesuffix("x")
+        try:
+            value = float(text)
+        except ValueError:
+            continue
+        if value >= 0 and value != float("inf"):
+            found[key] = value
+    return found
+
+
 class FFmpeg:
     """A running ffmpeg: progress from its ``-progress pipe:1`` output, the last lines
     of its stderr, and :meth:`stop` (q, then SIGTERM, then SIGKILL)."""
@@ -235,9 +250,10 @@ class FFmpeg:
             if line:
                 self.stderr_tail.append(line)
 
-    def follow(self, on_progress: Callable[[float, str], None]) -> int:
+    def follow(self, on_progress: Callable[[float, dict[str, float]], None]) -> int:
         """Read progress blocks until ffmpeg exits, calling ``on_progress(out_time
-        seconds, speed)`` after each; returns ffmpeg's exit status."""
+        seconds, figures)`` after each (``figures``: the block's fps and speed that
+        ffmpeg knew, see :func:`figures`); returns ffmpeg's exit status."""
         assert self.proc.stdout is not None
         block: dict[str, str] = {}
         for raw in self.proc.stdout:
@@ -248,7 +264,7 @@ class FFmpeg:
                     seconds = int(block.get("out_time_us", "")) / 1e6
                 except ValueError:
                     seconds = 0.0
-                on_progress(max(seconds, 0.0), block.get("speed", "").strip())
+                on_progress(max(seconds, 0.0), figures(block))
                 block = {}
         status = self.proc.wait()
         self.elapsed = time.monotonic() - self.started

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, current_app
 from marshmallow import Schema
 
-from dispatch.domain.models import Job
+from dispatch.domain.models import PROGRESS_FIGURES, Job
 from dispatch.http.auth import (
     ENGINE_REPORTERS,
     JOB_READERS,
@@ -140,10 +140,14 @@ REPORT_REFUSED = ("Not assigned/processing, not held by engine_id, or not the jo
 
 
 def _report(kind: str, schema: type[Schema], field: str, answer: str, summary: str,
-            command: Callable[[DispatchService], Callable[..., Job]]) -> None:
+            command: Callable[[DispatchService], Callable[..., Job]],
+            figures: tuple[str, ...] = ()) -> None:
+    """``figures``: optional fields passed on to the command as one mapping."""
     def view(data: dict[str, Any], job_id: str) -> Response:
+        extra = ({"figures": {key: data[key] for key in figures if key in data}}
+                 if figures else {})
         job = command(_service())(job_id, data[field], acting_engine(data.get("engine_id")),
-                                  data.get("attempt"))
+                                  data.get("attempt"), **extra)
         return _job_response(job)
 
     view.__name__ = kind
@@ -159,7 +163,9 @@ def _report(kind: str, schema: type[Schema], field: str, answer: str, summary: s
 
 
 _report("progress", ProgressSchema, "progress", "The job, processing",
-        "Report progress (0-100).", lambda service: service.commands.report_progress)
+        "Report progress (0-100), with the encoder's fps, speed and ETA when known "
+        "(the job's `progress_detail`).", lambda service: service.commands.report_progress,
+        figures=PROGRESS_FIGURES)
 _report("complete", CompleteSchema, "output_url", "The job, completed",
         "Report a job done, with where its output is.",
         lambda service: service.commands.complete_job)

@@ -101,6 +101,12 @@ class JobListQuerySchema(StrictSchema):
 
 class ProgressSchema(StrictSchema):
     progress = FiniteFloat(required=True, validate=validate.Range(min=0, max=100))
+    fps = FiniteFloat(validate=validate.Range(min=0), metadata={
+        "description": "frames encoded per second"})
+    speed = FiniteFloat(validate=validate.Range(min=0), metadata={
+        "description": "encoding speed as a multiple of real time"})
+    eta_seconds = FiniteFloat(validate=validate.Range(min=0), metadata={
+        "description": "seconds until the job is expected to finish"})
     engine_id = engine_id_field()
     attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
@@ -186,6 +192,15 @@ class JobSchema(Schema):
     waiting_reason = fields.Nested(lambda: WaitingReasonSchema(), required=True,
                                    allow_none=True)
     webhook = fields.Nested(lambda: WebhookStateSchema(), required=True, allow_none=True)
+    progress_detail = fields.Nested(lambda: ProgressDetailSchema(), required=True,
+                                    allow_none=True)
+
+
+class ProgressDetailSchema(Schema):
+    fps = fields.Float(required=True, allow_none=True)
+    speed = fields.Float(required=True, allow_none=True)
+    eta_seconds = fields.Float(required=True, allow_none=True)
+    updated_at = fields.String(required=True, metadata={"format": "date-time"})
 
 
 class WaitingReasonSchema(Schema):

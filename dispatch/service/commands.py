@@ -12,7 +12,7 @@ from typing import Any
 from dispatch.config.settings import Settings
 from dispatch.domain import errors, rules
 from dispatch.domain.callbacks import callback_problem
-from dispatch.domain.models import FINISHED_STATUSES, Engine, Job
+from dispatch.domain.models import FINISHED_STATUSES, PROGRESS_FIGURES, Engine, Job
 from dispatch.domain.scheduler import Policy
 from dispatch.service import reports
 from dispatch.service.ports import (
@@ -116,11 +116,19 @@ class Commands(ServicePart):
         return job
 
     def report_progress(self, job_id: str, progress: float, engine_id: str | None = None,
-                        attempt: int | None = None) -> Job:
+                        attempt: int | None = None,
+                        figures: Mapping[str, float] | None = None) -> Job:
+        """``figures``: the engine's fps, speed and eta_seconds, when it sent any; a
+        report without them keeps the last ones."""
         with self.uow.transaction() as tx:
             job = self._held(tx, job_id, engine_id, attempt, "report progress on")
             now = self.now()
+            detail = job.progress_detail
+            if figures:
+                detail = {key: figures.get(key) for key in PROGRESS_FIGURES}
+                detail["updated_at"] = now
             new = replace(job, status="processing", progress=progress, updated_at=now,
+                          progress_detail=detail,
                           progress_at=job.progress_at if progress == job.progress else now)
             tx.jobs.put(new)
         return new
@@ -181,8 +189,8 @@ class Commands(ServicePart):
                 )
             self._reserve(tx, 1)
             new = replace(job, status="pending", retries=0, retry_at=None,
-                          assigned_engine=None, progress=None, output_url=None,
-                          completed_at=None, updated_at=self.now())
+                          assigned_engine=None, progress=None, progress_detail=None,
+                          output_url=None, completed_at=None, updated_at=self.now())
             tx.jobs.put(new)
         return new
 
@@ -217,7 +225,8 @@ class Commands(ServicePart):
             if job is None:
                 return AssignResult(None)
             new = replace(job, status="assigned", assigned_engine=engine_id, assigned_at=now,
-                          updated_at=now, progress=None, progress_at=now, retry_at=None,
+                          updated_at=now, progress=None, progress_detail=None,
+                          progress_at=now, retry_at=None,
                           attempt=job.attempt + 1)
             tx.jobs.put(new)
         events.info("job assigned", extra={"job_id": new.job_id, "engine_id": engine_id})
@@ -290,7 +299,7 @@ class Commands(ServicePart):
             for job_id in tx.jobs.held_by(engine_id):
                 job = job_for_update(tx, job_id)
                 tx.jobs.put(replace(job, status="pending", assigned_engine=None,
-                                    progress=None, updated_at=now))
+                                    progress=None, progress_detail=None, updated_at=now))
             tx.engines.delete(engine_id)
         events.info("engine removed", extra={"engine_id": engine_id})
         return state

@@ -24,8 +24,9 @@ JOB_KEYS = {
     "assigned_engine", "output_url", "progress", "retries", "max_retries", "error_message",
     "retry_at", "created_at", "updated_at", "assigned_at", "completed_at",
 }
-# Keys later issues added: attempts (#4), callbacks, waiting reasons, webhooks (#8).
-EXTRA_KEYS = {"attempt", "callback_url", "waiting_reason", "webhook"}
+# Keys later issues added: attempts (#4), callbacks, waiting reasons, webhooks (#8),
+# the encoder's figures (#22).
+EXTRA_KEYS = {"attempt", "callback_url", "waiting_reason", "webhook", "progress_detail"}
 # A pending job with no engine registered waits for one that supports its codec.
 NO_ENGINE = {"code": "no_engine_for_codec", "message": "no active engine supports codec 'h264'",
              "position": None}
@@ -58,6 +59,7 @@ def expected_job(job_id: str, **overrides: Any) -> dict[str, Any]:
         "max_retries": 3, "error_message": None, "retry_at": None, "created_at": START,
         "updated_at": START, "assigned_at": None, "completed_at": None, "attempt": 0,
         "callback_url": None, "waiting_reason": NO_ENGINE, "webhook": None,
+        "progress_detail": None,
     }
     body.update(overrides)
     return body
@@ -431,6 +433,54 @@ def test_progress_can_be_reported_again_while_processing(
                           headers=auth))
 
     assert ("processing", 100) == (body["status"], body["progress"])
+
+
+def test_progress_figures_are_the_jobs_progress_detail(
+        job_in: Callable[..., dict[str, Any]], client: FlaskClient, auth: dict[str, str],
+        clock: FakeClock, get: Callable[[str], dict[str, Any]]) -> None:
+    """fps, speed and eta_seconds sent with progress show as progress_detail with the
+    time of the report; a report without them keeps them; a requeue clears them."""
+    job = job_in("assigned")
+    assert job["progress_detail"] is None
+    clock.advance(2)
+
+    body = ok(client.post(f"/jobs/{job['job_id']}/progress", headers=auth, json={
+        "progress": 10, "fps": 61.5, "speed": 2.46, "eta_seconds": 12}))
+    clock.advance(1)
+    again = ok(client.post(f"/jobs/{job['job_id']}/progress", headers=auth,
+                           json={"progress": 20, "speed": 0}))
+    clock.advance(1)
+    kept = ok(client.post(f"/jobs/{job['job_id']}/progress", headers=auth,
+                          json={"progress": 30}))
+
+    assert {"fps": 61.5, "speed": 2.46, "eta_seconds": 12,
+            "updated_at": START + 2} == {**body["progress_detail"], "updated_at": parse_time(
+                body["progress_detail"]["updated_at"])}
+    assert {"fps": None, "speed": 0, "eta_seconds": None, "updated_at": START + 3} == {
+        **again["progress_detail"], "updated_at": parse_time(
+            again["progress_detail"]["updated_at"])}
+    assert again["progress_detail"] == kept["progress_detail"]
+    assert kept == get(f"/jobs/{job['job_id']}")
+    requeued = ok(client.post(f"/jobs/{job['job_id']}/fail", headers=auth,
+                              json={"error_message": "boom"}))
+    assert ("pending", None) == (requeued["status"], requeued["progress_detail"])
+
+
+@pytest.mark.parametrize("field,value", [("fps", -1), ("speed", "2x"), ("eta_seconds", True),
+                                         ("speed", None)])
+def test_progress_figures_are_numbers_from_0(job_in: Callable[..., dict[str, Any]],
+                                             client: FlaskClient, auth: dict[str, str],
+                                             get: Callable[[str], dict[str, Any]],
+                                             field: str, value: Any) -> None:
+    """fps, speed and eta_seconds are numbers ≥ 0; anything else is a 400 naming the
+    field, the job unchanged."""
+    job = job_in("assigned")
+
+    response = client.post(f"/jobs/{job['job_id']}/progress", headers=auth,
+                           json={"progress": 5, field: value})
+
+    assert_validation_error(response, field)
+    assert job == get(f"/jobs/{job['job_id']}")
 
 
 @pytest.mark.parametrize("progress", [-1, 100.5, "50", True, None])

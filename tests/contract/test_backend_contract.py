@@ -460,7 +460,11 @@ def test_a_restart_recovers_every_table(durable_harness: Harness, clock: FakeClo
         tx.idempotency.record("k1", "h1", waiting.job_id, now)
     with backend.transaction() as tx:
         tx.jobs.put(assigned(held, "e1", now))
-        tx.jobs.put(replace(done, status="cancelled", completed_at=now, updated_at=now))
+        # Cancelled mid-encode: the engine's last figures are kept with the job.
+        tx.jobs.put(replace(done, status="cancelled", completed_at=now, updated_at=now,
+                            progress=40.0, progress_detail={
+                                "fps": 24.5, "speed": 1.5, "eta_seconds": None,
+                                "updated_at": now}))
     with backend.transaction() as tx:
         running = tx.jobs.get(held.job_id)
         assert running is not None
@@ -479,6 +483,8 @@ def test_a_restart_recovers_every_table(durable_harness: Harness, clock: FakeClo
                      {j: tx.jobs.history(j) for j in (held.job_id, done.job_id)},
                      tx.idempotency.claim("k1", now, 60))
             assert before == after
+            assert {"fps": 24.5, "speed": 1.5, "eta_seconds": None, "updated_at": now} == \
+                tx.jobs.get(done.job_id).progress_detail  # type: ignore[union-attr]
             assert "stalled" == tx.jobs.history(held.job_id)[-2][1]
             assert tx.jobs.allocate_seq() > done.seq  # ids go on, never reused
     clock.advance(3600)  # past the backoff: the pending index was rebuilt

@@ -18,6 +18,7 @@ from dispatch.engine.transcode import (
     clean_leftovers,
     container_for,
     ffmpeg_command,
+    figures,
     probe,
 )
 from tests.support.engine import make_clip
@@ -34,10 +35,22 @@ def test_progress_is_read_until_ffmpeg_exits(tmp_path: Path) -> None:
     command = ffmpeg_command("ffmpeg", source, Encoder("libvpx-vp9", (), ("-cpu-used", "8")),
                              container_for("vp9"), output)
     seen: list[float] = []
+    numbers: list[dict[str, float]] = []
     ffmpeg = FFmpeg(command)
-    assert ffmpeg.follow(lambda seconds, speed: seen.append(seconds)) == 0
+    assert ffmpeg.follow(lambda seconds, found: (seen.append(seconds),
+                                                 numbers.append(found))) == 0
     assert seen == sorted(seen) and 2.9 <= seen[-1] <= 3.1
     assert output.stat().st_size > 0 and ffmpeg.elapsed > 0
+    # The last block knows ffmpeg's fps and speed (× real time), as numbers ≥ 0.
+    assert {"fps", "speed"} == set(numbers[-1]) and min(numbers[-1].values()) >= 0
+    assert max(found.get("speed", 0) for found in numbers) > 0
+
+
+def test_progress_figures_leave_out_what_ffmpeg_does_not_know() -> None:
+    """ffmpeg writes ``N/A`` (or nothing) before it knows a figure."""
+    assert {"fps": 24.5, "speed": 1.93} == figures({"fps": "24.5", "speed": " 1.93x"})
+    assert {} == figures({"fps": "N/A", "speed": "N/A"})
+    assert {"fps": 0.0} == figures({"fps": "0.00", "speed": "inf"})
 
 
 def test_failure_is_one_line_then_stderr(tmp_path: Path) -> None:

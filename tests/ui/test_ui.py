@@ -411,9 +411,12 @@ def test_job_page_shows_every_field_progress_history_error_and_webhook(
         make_settings: Callable[..., Settings], heartbeat: Callable[..., dict[str, Any]]) -> None:
     heartbeat("engine-001")
     job_id = run_job(client, auth, priority=3)
-    client.post(f"/jobs/{job_id}/progress", json={"progress": 42.5}, headers=auth)
+    client.post(f"/jobs/{job_id}/progress", json={"progress": 42.5, "fps": 61.5,
+                                                  "speed": 2.46, "eta_seconds": 75},
+                headers=auth)
     page = admin.get(f"/ui/jobs/{job_id}")
     shown = visible(page)
+    assert "42.5% · 61.5 fps · 2.46× real time · ETA 1:15" in shown
     api = api_job(client, auth, job_id)
     for key in api:
         if key not in ("waiting_reason", "webhook"):
@@ -465,13 +468,17 @@ def test_engines_page_shows_heartbeat_age_codecs_storage_benchmark_job_and_drain
                                                   "benchmark_time": 12.5}, headers=auth)
     heartbeat("engine-002", status="draining")
     job_id = run_job(client, auth)
-    client.post(f"/jobs/{job_id}/progress", json={"progress": 30}, headers=auth)
+    client.post(f"/jobs/{job_id}/progress", json={"progress": 30, "fps": 24, "speed": 0.5,
+                                                  "eta_seconds": 3},
+                headers=auth)
     clock.advance(4)
     page = admin.get("/ui/engines")
     assert "<th scope=\"col\">Last heartbeat</th>" in text(page)
     shown = visible(page)
     assert ("engine-001 node-1 busy 4 s h264, vp9 500 GB 12.5 s (avg 12.5 s) "
-            f"{job_id} 30% 30% not draining") in shown
+            f"{job_id} 30% 30% · 24 fps · 0.5× real time · ETA 0:03 not draining") in shown
+    assert f"{job_id} 30% 30% · 24 fps · 0.5× real time · ETA 0:03" in visible(
+        admin.get("/ui/engines/engine-001"))
     assert "engine-002 draining 4 s any — — — draining (engine's request)" in shown
     clock.advance(61)
     assert "engine-001 node-1 busy 1 min 5 s" in visible(admin.get("/ui/engines"))

@@ -72,4 +72,4 @@ def load(backend: MemoryBackend, state: RecoveredState) -> None:
             # A job held by an engine the file does not know can never be
             # reported on; return it to the queue rather than strand it.
             table.put(job.job_id, replace(job, status="pending", assigned_engine=None,
-                                          progress=None))
+                                          progress=None, progress_detail=None))
