@@ -96,6 +96,8 @@ class Job:
     # Fields of a record written by the C++ server that this server does not use
     # (``metadata``...), written back as they were; None for every other job.
     extra: dict[str, Any] | None = None
+    # The output kept in the object store ({size, sha256, content_type}), or None.
+    output: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The API form: the record's keys with RFC 3339 times."""
@@ -133,6 +135,7 @@ class Job:
             "attempt": self.attempt,
             "callback_url": self.callback_url,
             "progress_at": self.progress_at,
+            "output": self.output,
         }
         if self.extra is not None:
             record["extra"] = self.extra
@@ -162,7 +165,7 @@ class Job:
                 _time(data["retry_at"]), _time(data["assigned_at"]),
                 _time(data["completed_at"]), data["attempt"],
                 _time(data["progress_at"]), data.get("callback_url"),
-                data.get("extra"),
+                data.get("extra"), data.get("output"),
             )
         created = parse_time(data.get("created_at")) or 0.0
         return cls(
@@ -188,6 +191,7 @@ class Job:
             progress_at=parse_time(data.get("progress_at")),
             callback_url=data.get("callback_url") or None,
             extra=data.get("extra") or None,
+            output=data.get("output") or None,
         )
 
 

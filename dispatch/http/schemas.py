@@ -40,6 +40,7 @@ from dispatch.http.fields import (
     priority_field,
     text_field,
 )
+from dispatch.http.file_schemas import OutputSchema
 
 # ----------------------------------------------------------------- requests
 
@@ -101,12 +102,6 @@ class JobListQuerySchema(StrictSchema):
 
 class ProgressSchema(StrictSchema):
     progress = FiniteFloat(required=True, validate=validate.Range(min=0, max=100))
-    engine_id = engine_id_field()
-    attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
-
-
-class CompleteSchema(StrictSchema):
-    output_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
     engine_id = engine_id_field()
     attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
@@ -186,6 +181,17 @@ class JobSchema(Schema):
     waiting_reason = fields.Nested(lambda: WaitingReasonSchema(), required=True,
                                    allow_none=True)
     webhook = fields.Nested(lambda: WebhookStateSchema(), required=True, allow_none=True)
+    output = fields.Nested(OutputSchema, required=True, allow_none=True, metadata={
+        "description": "the stored output (GET /jobs/{job_id}/output), or null"})
+
+
+class AssignedJobSchema(JobSchema):
+    """The job as its engine gets it: ``source_url`` is a URL it can GET (signed for
+    a stored source)."""
+
+    output_upload = fields.String(required=True, metadata={
+        "description": "POST here (size, extension, content_type) for the output's "
+        "upload URLs; then complete with its upload_id, parts and size"})
 
 
 class WaitingReasonSchema(Schema):
