@@ -219,6 +219,41 @@ def test_same_content_is_sent_once(client: FlaskClient, auth: dict[str, str]) ->
     assert start(client, auth, len(data), sha256="0" * 64).status_code == 201
 
 
+def stored_output(client: FlaskClient, auth: dict[str, str], output: bytes,
+                  engine_id: str = "e1") -> dict[str, Any]:
+    """A job taken by ``engine_id`` and completed with ``output`` in the store."""
+    job_id = client.post("/jobs/", json={"source_url": "http://example.com/a.mp4",
+                                         "target_codec": "h264", "job_size": 1},
+                         headers=auth).get_json()["job_id"]
+    client.post("/engines/heartbeat", json={"engine_id": engine_id}, headers=auth)
+    client.post("/assign_job/", json={"engine_id": engine_id}, headers=auth)
+    upload = client.post(f"/jobs/{job_id}/output_upload", json={
+        "engine_id": engine_id, "size": len(output), "extension": "mp4"},
+        headers=auth).get_json()
+    done = client.post(f"/jobs/{job_id}/complete", headers=auth, json={
+        "engine_id": engine_id, "output_url": upload["source_url"],
+        "upload_id": upload["upload_id"], "size": len(output),
+        "parts": put_parts(client, upload, output)})
+    assert done.status_code == 200, done.get_json()
+    return done.get_json()
+
+
+def test_purging_a_job_removes_its_output(make_app: Callable[..., Any],
+                                          make_settings: Callable[..., Settings],
+                                          auth: dict[str, str], clock: FakeClock) -> None:
+    settings = make_settings(finished_job_retention=60.0)
+    app = make_app(settings)
+    client = app.test_client()
+    job = stored_output(client, auth, b"an output")
+    objects = store_root(settings) / "objects"
+    assert [p.name for p in objects.rglob("*") if p.is_file()] == [
+        f"{job['job_id']}-1.mp4"]
+    clock.advance(61)
+    assert app.extensions["dispatch"].maintenance.purge() == 1
+    assert not [p for p in objects.rglob("*") if p.is_file()]
+    assert_error(client.get(f"/jobs/{job['job_id']}/output", headers=auth), 404, "not_found")
+
+
 def test_output_checked_in_the_store_before_completed(client: FlaskClient,
                                                       auth: dict[str, str]) -> None:
     job = client.post("/jobs/", json={"source_url": "http://example.com/a.mp4",
@@ -260,3 +295,38 @@ def test_output_checked_in_the_store_before_completed(client: FlaskClient,
     link = client.get(f"/jobs/{job_id}/output", headers=auth)
     assert link.status_code == 302
     assert read(client, local(link.headers["Location"])).data == output
+
+
+def test_abandoned_uploads_and_old_files_are_removed(
+        client: FlaskClient, auth: dict[str, str], clock: FakeClock, settings: Settings,
+        app: Any) -> None:
+    """Uploads not completed within a day are removed with their parts; stored
+    outputs and uploaded sources go after output_retention_days (7), except a
+    source a waiting job still needs."""
+    service = app.extensions["dispatch"]
+    root = store_root(settings)
+    abandoned = start(client, auth, 10).get_json()
+    put_parts(client, abandoned, b"0123456789")
+    kept = start(client, auth, 4, name="kept.mp4").get_json()
+    client.post(f"/uploads/{kept['upload_id']}/complete",
+                json={"parts": put_parts(client, kept, b"kept")}, headers=auth)
+    old = start(client, auth, 3, name="old.mp4").get_json()
+    client.post(f"/uploads/{old['upload_id']}/complete",
+                json={"parts": put_parts(client, old, b"old")}, headers=auth)
+    assert client.post("/jobs/", json={"source_url": kept["source_url"], "target_codec": "h264",
+                                       "job_size": 1}, headers=auth).status_code == 201
+    assert service.maintenance.sweep_files() == 0  # nothing is old yet
+    clock.advance(UPLOAD_LIFETIME + 1)
+    assert service.maintenance.sweep_files() == 1  # the abandoned upload
+    assert not (root / "parts" / abandoned["upload_id"]).exists()
+    assert_error(client.get(f"/uploads/{abandoned['upload_id']}", headers=auth), 404,
+                 "not_found")
+    # Eight days on (file times are the disk's): the old source goes, the one a
+    # pending job needs stays.
+    clock.advance(8 * 86400)
+    for path in (root / "objects").rglob("*"):
+        if path.is_file():
+            os.utime(path, (clock() - 8 * 86400, clock() - 8 * 86400))
+    assert service.maintenance.sweep_files() == 1
+    names = sorted(p.name for p in (root / "objects").rglob("*") if p.is_file())
+    assert names == ["kept.mp4"]

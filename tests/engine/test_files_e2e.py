@@ -6,6 +6,7 @@ the embedded store and against a real S3 server (SeaweedFS)."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tests.support.engine import Engine, ffprobe, file_server, make_clip
 from tests.support.files import download, noise_clip, sha256_of, upload
 from tests.support.helpers import poll
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from tests.support.server import BIN as SERVER_BIN
 from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
@@ -178,3 +180,26 @@ def test_no_signature_or_credential_reaches_a_log(farm: dict[str, Any]) -> None:
     assert "files-engine" in logs and "upload" in logs
     for secret in ("signature=", "Signature=", "expires=", "X-Amz-", SECRET_KEY, ACCESS_KEY):
         assert secret not in logs
+
+
+@pytest.mark.parametrize("farm", ["s3"], indirect=True)
+def test_a_missing_bucket_or_refused_credentials_stop_the_server(farm: dict[str, Any],
+                                                                 tmp_path: Path) -> None:
+    """The start-up check writes, reads and deletes a probe: a bucket that does not
+    exist or credentials the store refuses exit 1 naming which, without the secret."""
+    weed = farm["weed"]
+    cases = (
+        (["--storage", "s3://no-such-bucket", "--storage-endpoint", weed.endpoint],
+         weed.env(), "bucket 'no-such-bucket' does not exist"),
+        (weed.args(), {**weed.env(), "AWS_SECRET_ACCESS_KEY": "wrong-secret-0123456789"},
+         "credentials refused"),
+    )
+    for args, env, message in cases:
+        state = tmp_path / f"state-{len(message)}.json"
+        result = subprocess.run(
+            [str(SERVER_BIN), "--state-file", str(state), "--port", "0", *args],
+            env={**os.environ, "DISTCONV_API_KEY": KEY, **env}, capture_output=True,
+            text=True, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert message in result.stderr
+        assert "wrong-secret" not in result.stderr + result.stdout
