@@ -49,6 +49,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/postgres.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/files.py
 
 # Lay the server out under PREFIX (default /opt/distconv/server); see README "Deployment".
 install:
