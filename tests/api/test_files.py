@@ -18,9 +18,11 @@ from werkzeug.test import TestResponse
 
 from dispatch.config.settings import Settings
 from dispatch.service.files import UPLOAD_LIFETIME
-from tests.conftest import FakeClock
+from tests.conftest import BOTH_BACKENDS, FakeClock
 from tests.support.helpers import assert_error
 
+# The store is the same on both; a job's output is kept in its record on each backend.
+pytestmark = BOTH_BACKENDS
 MiB = 1 << 20
 
 
