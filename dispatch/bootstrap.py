@@ -122,15 +122,19 @@ def open_server(settings: Settings, *, clock: Clock | None = None,
     it is."""
     backend = choose_backend(settings)
     store = open_store(settings)
-    try:
-        store.check()
-    except StoreError as exc:
-        raise StateError(f"file store: {exc}") from None
     server = Server(settings, backend, Metrics(), clock or time.time, store)
     if uow is not None:
         server.service = DispatchService(settings, uow, server.clock, store)
     else:
         server.checked = backend.check(settings, server.clock, server.metrics)
+    # After the state: a state that cannot be used stops the start before the store
+    # is touched (its folder created).
+    try:
+        store.check()
+    except StoreError as exc:
+        if server.checked is not None:
+            server.checked.close()
+        raise StateError(f"file store: {exc}") from None
     return server
 
 
