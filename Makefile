@@ -51,6 +51,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m bench.postgres
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.dashboard
+	$(BIN)/python -m bench.files
 
 # Lay the server out under PREFIX (default /opt/distconv/server); see README "Deployment".
 install:

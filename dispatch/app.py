@@ -13,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from dispatch import __version__
 from dispatch.config.settings import Settings
-from dispatch.http import blocks, engines, jobs, system
+from dispatch.http import blocks, engines, files, jobs, system, uploads
 from dispatch.http.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal, weak_key_warning
 from dispatch.http.converters import register_converters, route_label
 from dispatch.http.errors import register_error_handlers
@@ -76,8 +76,9 @@ def create_app(settings: Settings, service: DispatchService, metrics: Metrics) -
 
     api = _Api(app)
     register_converters(app, api)
-    for blueprint in (jobs.blp, engines.blp, system.blp, blocks.blp):
+    for blueprint in (jobs.blp, engines.blp, system.blp, blocks.blp, uploads.blp):
         api.register_blueprint(blueprint)
+    app.register_blueprint(files.blp)  # signed URLs, outside the OpenAPI document
     _document_common_errors(api)
     document_settings(api, settings)
     ui.init_app(app, settings)  # the dashboard, /ui/ (outside the OpenAPI document)

@@ -18,6 +18,8 @@ from flask import Flask
 
 from dispatch.app import create_app
 from dispatch.config.settings import Settings, load_settings
+from dispatch.domain.errors import StateError
+from dispatch.objects import ObjectStore, StoreError, open_store
 from dispatch.runtime.background import Runtime
 from dispatch.runtime.metrics import Metrics
 from dispatch.service import DispatchService
@@ -89,6 +91,7 @@ class Server:
     backend: Backend
     metrics: Metrics
     clock: Clock
+    store: ObjectStore
     checked: UnitOfWork | None = None  # what ``Backend.check`` opened, for first use
     service: DispatchService | None = None
 
@@ -98,7 +101,7 @@ class Server:
             uow, self.checked = self.checked, None
             if uow is None:
                 uow = self.backend.open(self.settings, self.clock, self.metrics)
-            self.service = DispatchService(self.settings, uow, self.clock)
+            self.service = DispatchService(self.settings, uow, self.clock, self.store)
         return self.service
 
     def release(self) -> None:
@@ -113,14 +116,24 @@ class Server:
 
 def open_server(settings: Settings, *, clock: Clock | None = None,
                 uow: UnitOfWork | None = None) -> Server:
-    """Check the backend the settings choose (raises StateError or Unavailable when
-    the state cannot be used); a ``uow`` passed in (tests) is served as it is."""
+    """Check the file store and the backend the settings choose (raises StateError or
+    Unavailable when either cannot be used); a ``uow`` passed in (tests) is served as
+    it is."""
     backend = choose_backend(settings)
-    server = Server(settings, backend, Metrics(), clock or time.time)
+    store = open_store(settings)
+    server = Server(settings, backend, Metrics(), clock or time.time, store)
     if uow is not None:
-        server.service = DispatchService(settings, uow, server.clock)
+        server.service = DispatchService(settings, uow, server.clock, store)
     else:
         server.checked = backend.check(settings, server.clock, server.metrics)
+    # After the state: a state that cannot be used stops the start before the store
+    # is touched (its folder created).
+    try:
+        store.check()
+    except StoreError as exc:
+        if server.checked is not None:
+            server.checked.close()
+        raise StateError(f"file store: {exc}") from None
     return server
 
 

@@ -49,8 +49,12 @@ def locate(api: Api, job: dict[str, Any]) -> str:
         raise Failure(f"job {job['job_id']} is {job['status']}, not completed: "
                       "it has no output")
     url = job.get("output_url") or ""
-    if not job.get("output") and url.startswith(("http://", "https://")):
-        return url
+    if not job.get("output"):
+        if url.startswith(("http://", "https://")):
+            return url
+        if "output" in job:  # a server with a store, and this output kept elsewhere
+            raise Failure(f"job {job['job_id']}'s output is not in the server's store: "
+                          f"it is at {url or 'no URL'}, which this machine cannot fetch")
     answer = api.send("GET", job_path(job["job_id"]) + "/output", accept=(404, 409))
     if answer.status_code == 404:
         raise Failure(f"this server cannot hand out outputs (it has no "

@@ -90,6 +90,17 @@ class Settings:
     database_password_file: str | None = None
     workers: int = 1
     leader_lease_seconds: float = 5.0
+    # Files in and out (dispatch.objects): "local" (a folder the server serves with
+    # signed URLs) or "s3://BUCKET[/PREFIX]".
+    storage: str = "local"
+    storage_dir: str | None = None  # default: files/ beside the state file
+    storage_endpoint: str | None = None
+    storage_region: str | None = None
+    storage_credentials_file: str | None = None
+    public_url: str | None = None  # the server's URL as clients reach it (signed URLs)
+    max_upload_gb: float = 50.0
+    upload_part_mb: int = 64
+    output_retention_days: float = 7.0
 
     def __repr__(self) -> str:
         # The key must never reach a log line or a traceback.
@@ -130,6 +141,22 @@ def _secret(text: str) -> str:
 
 def _host_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip().lower() for item in text.split(",") if item.strip())
+
+
+def _storage(text: str) -> str:
+    value = text.strip()
+    if value == "local":
+        return value
+    if not value.startswith("s3://") or not value[5:].split("/")[0]:
+        raise ValueError("must be local or s3://BUCKET[/PREFIX]")
+    return value.rstrip("/")
+
+
+def _http_url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")) or len(value.split("/")) < 3:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
 
 
 def _database_url(text: str) -> str:
@@ -207,6 +234,21 @@ _OPTIONS: tuple[Option, ...] = (
     Option("workers", integer(1, 64), "--workers", "DISTCONV_WORKERS", ("workers",)),
     Option("leader_lease_seconds", at_least(0.2), None, "DISTCONV_LEADER_LEASE",
             ("leader_lease_seconds",)),
+    Option("storage", _storage, "--storage", "DISTCONV_STORAGE", ("storage",)),
+    Option("storage_dir", nonempty, "--storage-dir", "DISTCONV_STORAGE_DIR", ("storage_dir",)),
+    Option("storage_endpoint", _http_url, "--storage-endpoint", "DISTCONV_STORAGE_ENDPOINT",
+            ("storage_endpoint",)),
+    Option("storage_region", nonempty, "--storage-region", "DISTCONV_STORAGE_REGION",
+            ("storage_region",)),
+    Option("storage_credentials_file", nonempty, "--storage-credentials-file",
+            "DISTCONV_STORAGE_CREDENTIALS_FILE", ("storage_credentials_file",)),
+    Option("public_url", _http_url, "--public-url", "DISTCONV_PUBLIC_URL", ("public_url",)),
+    Option("max_upload_gb", at_least(0.000001), "--max-upload-gb", "DISTCONV_MAX_UPLOAD_GB",
+            ("max_upload_gb",)),
+    Option("upload_part_mb", integer(5, 5120), "--upload-part-mb", "DISTCONV_UPLOAD_PART_MB",
+            ("upload_part_mb",)),
+    Option("output_retention_days", at_least(0), "--output-retention-days",
+            "DISTCONV_OUTPUT_RETENTION_DAYS", ("output_retention_days",)),
 )
 
 
@@ -248,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(shared by several instances) instead of the state file",
         "--database-password-file": "file holding the database password (else PGPASSFILE)",
         "--workers": "server processes (default 1; more only with --database-url)",
+        "--storage": "where uploads and outputs are kept: local (default; a folder served "
+        "by this server) or s3://BUCKET[/PREFIX] (AWS S3, MinIO, SeaweedFS, Ceph)",
+        "--storage-dir": "the local store's folder (default: files/ beside the state file)",
+        "--storage-endpoint": "URL of an S3-compatible service (default: AWS)",
+        "--storage-region": "the bucket's region (S3)",
+        "--storage-credentials-file": "INI file with aws_access_key_id and "
+        "aws_secret_access_key (default: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+        "--public-url": "this server's URL as clients and engines reach it, for the local "
+        "store's signed URLs (default: the URL each request came to)",
+        "--max-upload-gb": "largest upload, in GB (default 50)",
+        "--upload-part-mb": "upload part size in MiB, at least 5 (default 64)",
+        "--output-retention-days": "days stored outputs of finished jobs (and their "
+        "uploaded sources) are kept; 0 keeps them (default 7)",
     }
     add_flags(parser, _OPTIONS, helps)
     return parser

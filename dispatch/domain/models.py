@@ -114,6 +114,8 @@ class Job:
     # Fields of a record written by the C++ server that this server does not use
     # (``metadata``...), written back as they were; None for every other job.
     extra: dict[str, Any] | None = None
+    # The output kept in the object store ({size, sha256, content_type}), or None.
+    output: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The API form: the record's keys with RFC 3339 times."""
@@ -155,6 +157,7 @@ class Job:
             "callback_url": self.callback_url,
             "progress_at": self.progress_at,
             "progress_detail": self.progress_detail,
+            "output": self.output,
         }
         if self.extra is not None:
             record["extra"] = self.extra
@@ -184,7 +187,7 @@ class Job:
                 _time(data["retry_at"]), _time(data["assigned_at"]),
                 _time(data["completed_at"]), data["attempt"],
                 _time(data["progress_at"]), data.get("callback_url"),
-                data.get("progress_detail"), data.get("extra"),
+                data.get("progress_detail"), data.get("extra"), data.get("output"),
             )
         created = parse_time(data.get("created_at")) or 0.0
         return cls(
@@ -211,6 +214,7 @@ class Job:
             callback_url=data.get("callback_url") or None,
             progress_detail=_detail(data.get("progress_detail")),
             extra=data.get("extra") or None,
+            output=data.get("output") or None,
         )
 
 

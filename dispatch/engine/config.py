@@ -31,6 +31,7 @@ from dispatch.config.settings import LOG_LEVELS
 from dispatch.domain.models import ENGINE_ID
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+DEFAULT_OUTPUT_DIR = "distconv-output"
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,19 @@ class EngineConfig:
     ffprobe: str
     server: str = DEFAULT_SERVER
     work_dir: str = "distconv-work"
-    output_dir: str = "distconv-output"
+    # Given: outputs are kept there (today's behaviour). Not given: uploaded to the
+    # server's store when it offers one, else kept in DEFAULT_OUTPUT_DIR.
+    output_dir: str | None = None
     output_url_base: str | None = None
     heartbeat_interval: float = 5.0
     # codec -> encoder ("" = detect); None: every built-in codec, detected.
     codecs: tuple[tuple[str, str], ...] | None = None
     max_download_gb: float = 50.0
     log_level: str = "INFO"
+
+    @property
+    def outputs_folder(self) -> str:
+        return self.output_dir or DEFAULT_OUTPUT_DIR
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}"
@@ -127,7 +134,8 @@ _HELPS = {
     "--api-key-file": "file holding the API key (DISTCONV_API_KEY_FILE)",
     "--engine-id": "this engine's id (default: the host name)",
     "--work-dir": "folder for downloads and partial outputs (default ./distconv-work)",
-    "--output-dir": "folder of finished outputs, one file per job (default ./distconv-output)",
+    "--output-dir": "keep finished outputs in this folder, one file per job (default: "
+    "upload them to the server's store; ./distconv-output with a server without one)",
     "--output-url-base": "URL the output folder is served at; output_url is this base, "
     "'/', and the file name (default: the output's file:// URL)",
     "--heartbeat-interval": "seconds between heartbeats (default 5)",

@@ -34,6 +34,7 @@ from dispatch.engine.transcode import (
     remove,
     safe_name,
 )
+from dispatch.engine.upload import upload_output
 
 log = logging.getLogger("dispatch.engine")
 
@@ -52,6 +53,8 @@ class JobRun:
         self.attempt: int | None = job.get("attempt")
         self.codec: str = job["target_codec"]
         self.source_url: str = job["source_url"]
+        # Where the server's store takes the output (absent on servers without one).
+        self.output_upload: str | None = job.get("output_upload")
         self.stop_reason: str | None = None  # "cancelled", "lost" or "shutdown"
         self.ffmpeg: FFmpeg | None = None
         self._lock = threading.Lock()
@@ -82,7 +85,7 @@ class Engine:
         self.capabilities = capabilities
         self.benchmark_time = benchmark_time
         self.work_dir = Path(config.work_dir)
-        self.output_dir = Path(config.output_dir)
+        self.output_dir = Path(config.outputs_folder)
         self.hostname = socket.gethostname()
         self.client = ServerClient(config.server, config.api_key, config.engine_id)
         self.current: JobRun | None = None
@@ -254,16 +257,24 @@ class Engine:
             if run.stop_reason is None:
                 if status != 0 or not produced.is_file() or produced.stat().st_size == 0:
                     raise ffmpeg.failure(status)
-                final = publish(produced, self.output_dir,
-                                f"{safe_name(run.job_id)}-{run.attempt or 0}."
-                                f"{container.extension}")
-                url = output_url(final, self.output_dir, self.config.output_url_base)
+                if run.output_upload and self.config.output_dir is None:
+                    report = upload_output(self.client, run.job_id, run.stamp(), produced,
+                                           container.extension,
+                                           lambda: run.stop_reason is not None,
+                                           self.aborting)
+                    shown = f"the server's store (upload {report['upload_id']})"
+                else:
+                    final = publish(produced, self.output_dir,
+                                    f"{safe_name(run.job_id)}-{run.attempt or 0}."
+                                    f"{container.extension}")
+                    shown = output_url(final, self.output_dir, self.config.output_url_base)
+                    report = {"output_url": shown}
                 speed = duration / ffmpeg.elapsed if duration and ffmpeg.elapsed else 0.0
                 log.info("job %s completed: codec %s, duration %s s, ffmpeg %.2f s, "
                          "speed %.2fx, total %.2f s, output %s", run.job_id, run.codec,
                          f"{duration:.1f}" if duration else "unknown", ffmpeg.elapsed, speed,
-                         time.monotonic() - started, url)
-                outcome = ("complete", {"output_url": url})
+                         time.monotonic() - started, shown)
+                outcome = ("complete", report)
         except JobError as exc:
             if run.stop_reason is None:
                 log.warning("job %s failed: codec %s: %s", run.job_id, run.codec, exc.reason)

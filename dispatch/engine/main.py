@@ -37,7 +37,8 @@ def configure_logging(config: EngineConfig) -> None:
 
 def prepare_folders(config: EngineConfig) -> None:
     """Create the work and output folders and clear what a crashed run left there."""
-    for name, folder in (("--work-dir", config.work_dir), ("--output-dir", config.output_dir)):
+    for name, folder in (("--work-dir", config.work_dir),
+                         ("--output-dir", config.outputs_folder)):
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
             probe = Path(folder) / ".distconv-write-test"
@@ -46,7 +47,7 @@ def prepare_folders(config: EngineConfig) -> None:
         except OSError as exc:
             raise SettingsError(f"invalid value for {name}: cannot use {folder}: "
                                 f"{exc.strerror or exc}") from None
-    for path in clean_leftovers(Path(config.work_dir), Path(config.output_dir)):
+    for path in clean_leftovers(Path(config.work_dir), Path(config.outputs_folder)):
         log.info("removed leftover %s", path)
 
 
@@ -59,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatch-engine: {exc}", file=sys.stderr)
         return 2
     log.info("engine %s starting: server %s, work %s, output %s", config.engine_id,
-             config.server, config.work_dir, config.output_dir)
+             config.server, config.work_dir,
+             config.output_dir or "the server's store (else " + config.outputs_folder + ")")
 
     engine: Engine | None = None
     stop_requests = 0

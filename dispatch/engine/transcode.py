@@ -115,25 +115,27 @@ def fetch_source(url: str, destination: Path, max_bytes: int,
     ``http(s)://`` one is downloaded to ``destination`` (size limit, free-space check).
     Raises JobError, or Interrupted when ``stopped()`` turns true mid-download."""
     parts = urlsplit(url)
+    # A signed URL's query is its permission: never in a message or a log line.
+    shown = url.split("?", 1)[0] + ("?..." if "?" in url else "")
     if parts.scheme == "file":
         path = Path(url2pathname(unquote(parts.path)))
         if not path.is_file() or not os.access(path, os.R_OK):
-            raise JobError(f"cannot read source {url}: no such readable file")
+            raise JobError(f"cannot read source {shown}: no such readable file")
         return path
     if parts.scheme not in ("http", "https"):
-        raise JobError(f"cannot download source {url}: unsupported scheme {parts.scheme!r}")
+        raise JobError(f"cannot download source {shown}: unsupported scheme {parts.scheme!r}")
     try:
         with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as response:
             if response.status_code != 200:
-                raise JobError(f"cannot download source {url}: HTTP {response.status_code} "
+                raise JobError(f"cannot download source {shown}: HTTP {response.status_code} "
                                f"{response.reason}")
             length = int(response.headers.get("Content-Length") or 0)
             if length > max_bytes:
-                raise JobError(f"source {url} is {length} bytes, over the "
+                raise JobError(f"source {shown} is {length} bytes, over the "
                                f"{max_bytes}-byte download limit")
             free = shutil.disk_usage(destination.parent).free
             if length + SPACE_MARGIN > free:
-                raise JobError(f"not enough free space for source {url}: {length} bytes "
+                raise JobError(f"not enough free space for source {shown}: {length} bytes "
                                f"needed, {free} free in the work folder")
             received = 0
             with open(destination, "wb") as handle:
@@ -142,14 +144,15 @@ def fetch_source(url: str, destination: Path, max_bytes: int,
                         raise Interrupted()
                     received += len(chunk)
                     if received > max_bytes:
-                        raise JobError(f"source {url} is over the {max_bytes}-byte "
+                        raise JobError(f"source {shown} is over the {max_bytes}-byte "
                                        "download limit")
                     handle.write(chunk)
     except requests.RequestException as exc:
-        raise JobError(f"cannot download source {url}: {exc.__class__.__name__}: "
-                       f"{str(exc)[:300]}") from None
+        text = str(exc).replace(parts.query, "...") if parts.query else str(exc)
+        raise JobError(f"cannot download source {shown}: {exc.__class__.__name__}: "
+                       f"{text[:300]}") from None
     except OSError as exc:
-        raise JobError(f"cannot store source {url} in the work folder: {exc}") from None
+        raise JobError(f"cannot store source {shown} in the work folder: {exc}") from None
     return destination
 
 

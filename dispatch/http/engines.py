@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from flask import Response, current_app
 
 from dispatch.http.auth import ENGINE_REPORTERS, OPERATORS, acting_engine, auth
 from dispatch.http.common import Blueprint, json_response, log_ids
 from dispatch.http.schemas import (
+    AssignedJobSchema,
     AssignSchema,
     BenchmarkSchema,
     EngineListSchema,
@@ -16,8 +18,8 @@ from dispatch.http.schemas import (
     ErrorSchema,
     HeartbeatAnswerSchema,
     HeartbeatSchema,
-    JobSchema,
 )
+from dispatch.http.uploads import base_url
 from dispatch.service import DispatchService, present
 
 blp = Blueprint("engines", __name__, description="Transcoding engines")
@@ -107,8 +109,8 @@ def undrain(engine_id: str) -> Response:
 @blp.route("/assign_job/", methods=["POST"], strict_slashes=False)
 @auth.login_required(role=ENGINE_REPORTERS)
 @blp.arguments(AssignSchema())
-@blp.response(200, JobSchema, description="The job, now assigned to the engine (or the "
-              "job it already holds, again)")
+@blp.response(200, AssignedJobSchema, description="The job, now assigned to the engine "
+              "(or the job it already holds, again)")
 @blp.alt_response(204, description="Nothing suits the engine now")
 @blp.alt_response(404, schema=ErrorSchema, description="The engine never sent a heartbeat")
 def assign(data: dict[str, Any]) -> Response:
@@ -118,4 +120,9 @@ def assign(data: dict[str, Any]) -> Response:
     log_ids(engine_id=engine_id, job_id=result.job.job_id if result.job else None)
     if result.job is None:
         return Response(status=204)
-    return json_response(present.job(_service().queries.describe(result.job)))
+    service = _service()
+    body = present.job(service.queries.describe(result.job))
+    base = base_url()
+    body["source_url"] = service.files.engine_source(result.job.source_url, base)
+    body["output_upload"] = f"{base}jobs/{quote(result.job.job_id, safe='')}/output_upload"
+    return json_response(body)

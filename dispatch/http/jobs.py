@@ -8,6 +8,7 @@ from typing import Any
 from flask import Response, current_app
 from marshmallow import Schema
 
+from dispatch.domain import rules
 from dispatch.domain.models import PROGRESS_FIGURES, Job
 from dispatch.http.auth import (
     ENGINE_REPORTERS,
@@ -19,9 +20,9 @@ from dispatch.http.auth import (
 )
 from dispatch.http.common import Blueprint, json_response, log_ids
 from dispatch.http.errors import Forbidden
+from dispatch.http.file_schemas import CompleteSchema
 from dispatch.http.schemas import (
     BatchSubmitSchema,
-    CompleteSchema,
     ErrorSchema,
     FailSchema,
     IdempotencyHeaderSchema,
@@ -63,6 +64,7 @@ def _job_response(job: Job) -> Response:
 def submit(data: dict[str, Any], headers: dict[str, Any]) -> Response:
     """Submit a job."""
     service = _service()
+    service.files.check_source(data["source_url"])
     job, created = service.commands.submit_once(data, headers.get("key"))
     log_ids(job_id=job.job_id)
     return json_response(present.job(service.queries.describe(job)), 201 if created else 200,
@@ -79,6 +81,8 @@ def submit_batch(data: dict[str, Any]) -> Response:
     """Submit 1-1000 jobs at once: all are created, or none (a 400 names the index
     and errors of each invalid item)."""
     service = _service()
+    for item in data["jobs"]:
+        service.files.check_source(item["source_url"])
     jobs = service.commands.submit_batch(data["jobs"])
     describe = service.queries.describe
     return json_response({"jobs": [present.job(describe(job)) for job in jobs]}, 201)
@@ -162,13 +166,33 @@ def _report(kind: str, schema: type[Schema], field: str, answer: str, summary: s
         view = decorator(view)
 
 
+@blp.route("/<job_id:job_id>/complete", methods=["POST"], strict_slashes=False)
+@auth.login_required(role=ENGINE_REPORTERS)
+@blp.arguments(CompleteSchema())
+@blp.response(200, JobSchema, description="The job, completed")
+@blp.alt_response(404, schema=ErrorSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="Not assigned/processing, "
+                  "not held by engine_id, or not the job's current attempt; or its output "
+                  "upload is missing, incomplete or not the size reported (the job stays)")
+def complete(data: dict[str, Any], job_id: str) -> Response:
+    """Report a job done, with where its output is: `output_url`, or the output
+    upload (`upload_id`, `parts`, `size`, `sha256`), checked in the store first."""
+    service = _service()
+    engine_id, attempt = acting_engine(data.get("engine_id")), data.get("attempt")
+    output = None
+    if "upload_id" in data or data["output_url"].startswith("store:"):
+        job = service.queries.get_job(job_id)
+        rules.check_holder(job, engine_id, attempt, "complete")
+        output = service.files.finish_output(job_id, data)
+    job = service.commands.complete_job(job_id, data["output_url"], engine_id, attempt,
+                                        output)
+    return _job_response(job)
+
+
 _report("progress", ProgressSchema, "progress", "The job, processing",
         "Report progress (0-100), with the encoder's fps, speed and ETA when known "
         "(the job's `progress_detail`).", lambda service: service.commands.report_progress,
         figures=PROGRESS_FIGURES)
-_report("complete", CompleteSchema, "output_url", "The job, completed",
-        "Report a job done, with where its output is.",
-        lambda service: service.commands.complete_job)
 _report("fail", FailSchema, "error_message",
         "The job: pending again with retry_at, or failed",
         "Report a failed attempt; the job is retried with backoff while retries remain.",

@@ -40,6 +40,7 @@ from dispatch.http.fields import (
     priority_field,
     text_field,
 )
+from dispatch.http.file_schemas import OutputSchema
 
 # ----------------------------------------------------------------- requests
 
@@ -107,12 +108,6 @@ class ProgressSchema(StrictSchema):
         "description": "encoding speed as a multiple of real time"})
     eta_seconds = FiniteFloat(validate=validate.Range(min=0), metadata={
         "description": "seconds until the job is expected to finish"})
-    engine_id = engine_id_field()
-    attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
-
-
-class CompleteSchema(StrictSchema):
-    output_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_URL))
     engine_id = engine_id_field()
     attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
 
@@ -194,6 +189,8 @@ class JobSchema(Schema):
     webhook = fields.Nested(lambda: WebhookStateSchema(), required=True, allow_none=True)
     progress_detail = fields.Nested(lambda: ProgressDetailSchema(), required=True,
                                     allow_none=True)
+    output = fields.Nested(OutputSchema, required=True, allow_none=True, metadata={
+        "description": "the stored output (GET /jobs/{job_id}/output), or null"})
 
 
 class ProgressDetailSchema(Schema):
@@ -201,6 +198,15 @@ class ProgressDetailSchema(Schema):
     speed = fields.Float(required=True, allow_none=True)
     eta_seconds = fields.Float(required=True, allow_none=True)
     updated_at = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class AssignedJobSchema(JobSchema):
+    """The job as its engine gets it: ``source_url`` is a URL it can GET (signed for
+    a stored source)."""
+
+    output_upload = fields.String(required=True, metadata={
+        "description": "POST here (size, extension, content_type) for the output's "
+        "upload URLs; then complete with its upload_id, parts and size"})
 
 
 class WaitingReasonSchema(Schema):

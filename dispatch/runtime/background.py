@@ -16,6 +16,7 @@ from dispatch.runtime.webhooks import Outbox, Sender
 from dispatch.service import DispatchService
 
 log = logging.getLogger("dispatch.background")
+FILES_SWEEP_EVERY = 3600.0
 
 
 class Periodic(threading.Thread):
@@ -75,6 +76,8 @@ class Runtime:
                      _led(lead, service.maintenance.snapshot)),
             Periodic("sweeper", sweep_every, _led(lead, service.maintenance.sweep)),
             Periodic("purge", settings.cleanup_interval, _led(lead, self._purge)),
+            # Hourly is enough for what is kept a day or more.
+            Periodic("files", FILES_SWEEP_EVERY, _led(lead, service.maintenance.sweep_files)),
         ]
         self.sender = Sender(_LedOutbox(service.maintenance, lead), settings, service.clock)
         self.threads.append(self.sender)

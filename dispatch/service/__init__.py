@@ -5,7 +5,9 @@ ports (``dispatch.service.ports``) and nothing else:
 - ``commands``: requests that change jobs and engines (``commands.Commands``);
 - ``queries``: jobs and engines as they are, counts, statistics (``queries.Queries``);
 - ``maintenance``: liveness sweeps, retention, webhook bookkeeping, snapshots
-  (``maintenance.Maintenance``).
+  (``maintenance.Maintenance``);
+- ``files``: uploads, engines' outputs and their URLs, over an object store
+  (``files.Files``).
 
 The state lives in a unit of work (``ports.UnitOfWork``), whichever backend opened it.
 """
@@ -16,7 +18,9 @@ import time
 
 from dispatch.config.settings import Settings
 from dispatch.domain.models import to_micros
+from dispatch.objects import ObjectStore, open_store
 from dispatch.service.commands import AssignResult, Commands
+from dispatch.service.files import Files
 from dispatch.service.maintenance import Maintenance
 from dispatch.service.ports import Clock, UnitOfWork
 from dispatch.service.queries import Page, Queries
@@ -26,8 +30,9 @@ __all__ = ["AssignResult", "Clock", "DispatchService", "Page"]
 
 class DispatchService:
     def __init__(self, settings: Settings, uow: UnitOfWork | None = None,
-                 clock: Clock | None = None) -> None:
-        """The service over ``uow``; without one, over state kept in memory only."""
+                 clock: Clock | None = None, store: ObjectStore | None = None) -> None:
+        """The service over ``uow``; without one, over state kept in memory only.
+        Files go to ``store``, else to the store the settings name."""
         self.settings = settings
         self.clock: Clock = clock or time.time
         if uow is None:
@@ -39,7 +44,8 @@ class DispatchService:
         self.started_at = to_micros(self.clock())
         self.commands = Commands(settings, self.uow, self.clock)
         self.queries = Queries(settings, self.uow, self.clock, self.started_at)
-        self.maintenance = Maintenance(settings, self.uow, self.clock)
+        self.files = Files(settings, self.uow, self.clock, store or open_store(settings))
+        self.maintenance = Maintenance(settings, self.uow, self.clock, self.files)
 
     def close(self) -> None:
         """Release what the backend holds (files, locks, connections)."""

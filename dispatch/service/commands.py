@@ -145,12 +145,15 @@ class Commands(ServicePart):
             tx.engines.put(replace(engine, jobs_failed=engine.jobs_failed + 1))
 
     def complete_job(self, job_id: str, output_url: str, engine_id: str | None = None,
-                     attempt: int | None = None) -> Job:
+                     attempt: int | None = None,
+                     output: dict[str, Any] | None = None) -> Job:
+        """``output``: the stored output ({size, sha256, content_type}), checked in
+        the store by ``files.Files.finish_output``; None for one kept elsewhere."""
         with self.uow.transaction() as tx:
             job = self._held(tx, job_id, engine_id, attempt, "complete")
             now = self.now()
             new = replace(job, status="completed", output_url=output_url, progress=100.0,
-                          completed_at=now, updated_at=now, retry_at=None)
+                          completed_at=now, updated_at=now, retry_at=None, output=output)
             self._attempt_over(tx, job.assigned_engine, new)
         events.info("job completed", extra={"job_id": job_id, "engine_id": job.assigned_engine})
         return new
@@ -190,7 +193,8 @@ class Commands(ServicePart):
             self._reserve(tx, 1)
             new = replace(job, status="pending", retries=0, retry_at=None,
                           assigned_engine=None, progress=None, progress_detail=None,
-                          output_url=None, completed_at=None, updated_at=self.now())
+                          output_url=None, output=None, completed_at=None,
+                          updated_at=self.now())
             tx.jobs.put(new)
         return new
 

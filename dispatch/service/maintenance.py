@@ -7,15 +7,22 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from dispatch.config.settings import Settings
 from dispatch.domain import callbacks, history, rules
 from dispatch.domain.models import ACTIVE_STATUSES, Delivery, Engine, Job
-from dispatch.service.ports import ServicePart
+from dispatch.service.files import Files
+from dispatch.service.ports import Clock, ServicePart, UnitOfWork
 
 log = logging.getLogger("dispatch.service")
 events = logging.getLogger("dispatch.events")
 
 
 class Maintenance(ServicePart):
+    def __init__(self, settings: Settings, uow: UnitOfWork, clock: Clock,
+                 files: Files) -> None:
+        super().__init__(settings, uow, clock)
+        self.files = files
+
     # -------------------------------------------------------------- webhooks
 
     def due_deliveries(self) -> list[Delivery]:
@@ -118,10 +125,15 @@ class Maintenance(ServicePart):
                 old = tx.jobs.finished_before(self.now() - retention, batch)
                 for job in old:
                     tx.jobs.delete(job.job_id)
+            self.files.remove_outputs(old)
             if not old:
                 return purged
             purged += len(old)
             log.info("purged %d finished jobs older than %g s", len(old), retention)
+
+    def sweep_files(self) -> int:
+        """Abandoned uploads, and stored files past ``output_retention_days``."""
+        return self.files.sweep()
 
     def snapshot(self) -> bool:
         return self.uow.snapshot()

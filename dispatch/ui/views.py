@@ -32,6 +32,7 @@ from dispatch.domain import errors
 from dispatch.domain.job_search import JobFilter
 from dispatch.domain.models import JOB_STATUSES
 from dispatch.http.schemas import PrioritySchema
+from dispatch.http.uploads import base_url
 from dispatch.service import DispatchService
 from dispatch.service import present as forms
 from dispatch.ui import present, security
@@ -279,6 +280,17 @@ def job(job_id: str) -> Any:
                  view=forms.job(service.queries.describe(found)),
                  events=forms.events(service.queries.job_events(job_id)),
                  actions=JOB_ACTIONS.values(), nav="jobs")
+
+
+@blp.route("/jobs/<job_id>/output", methods=["GET"])
+def job_output(job_id: str) -> Any:
+    """The output's download: a signed URL made now (the page never holds one)."""
+    service = _service()
+    try:
+        return redirect(service.files.output_link(service.queries.get_job(job_id),
+                                                  base_url()), 302)
+    except errors.Conflict as exc:
+        raise Refused(409, exc.message) from None
 
 
 @blp.route("/jobs/<job_id>/<name>", methods=["POST"])

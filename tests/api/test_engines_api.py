@@ -366,6 +366,9 @@ def test_assign_job(
     expected = {**job_view(job), "status": "assigned", "assigned_engine": "e1",
                 "assigned_at": START + 5, "updated_at": START + 5}
     assert expected == job_view(body)
+    # The job as GET shows it, and where the engine uploads its output (#21).
+    upload_at = body.pop("output_upload")
+    assert upload_at == f"http://localhost/jobs/{job['job_id']}/output_upload"
     assert body == get_job(client, auth, job["job_id"])
     engine = get_engine(client, auth, "e1")
     assert ("busy", [job["job_id"]]) == (engine["status"], engine["current_jobs"])

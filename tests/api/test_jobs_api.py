@@ -25,8 +25,9 @@ JOB_KEYS = {
     "retry_at", "created_at", "updated_at", "assigned_at", "completed_at",
 }
 # Keys later issues added: attempts (#4), callbacks, waiting reasons, webhooks (#8),
-# the encoder's figures (#22).
-EXTRA_KEYS = {"attempt", "callback_url", "waiting_reason", "webhook", "progress_detail"}
+# the encoder's figures (#22), the stored output (#21).
+EXTRA_KEYS = {"attempt", "callback_url", "waiting_reason", "webhook", "progress_detail",
+              "output"}
 # A pending job with no engine registered waits for one that supports its codec.
 NO_ENGINE = {"code": "no_engine_for_codec", "message": "no active engine supports codec 'h264'",
              "position": None}
@@ -59,7 +60,7 @@ def expected_job(job_id: str, **overrides: Any) -> dict[str, Any]:
         "max_retries": 3, "error_message": None, "retry_at": None, "created_at": START,
         "updated_at": START, "assigned_at": None, "completed_at": None, "attempt": 0,
         "callback_url": None, "waiting_reason": NO_ENGINE, "webhook": None,
-        "progress_detail": None,
+        "progress_detail": None, "output": None,
     }
     body.update(overrides)
     return body
@@ -127,6 +128,7 @@ def job_in(client: FlaskClient, auth: dict[str, str], submit: Callable[..., dict
             return ok(client.delete(f"/jobs/{job_id}", headers=auth))
         heartbeat(engine, supported_codecs=[codec])
         job = ok(assign(engine))
+        job.pop("output_upload")  # the engine's, beside the job as GET shows it
         assert job["job_id"] == job_id
         if status == "assigned":
             return job

@@ -74,10 +74,17 @@ TABLE: dict[tuple[str, str], tuple[frozenset[str], dict[str, Any] | None]] = {
     ("GET", "/metrics"): (EVERYONE, None),
     ("GET", "/auth/blocks"): (OPERATORS, None),
     ("DELETE", "/auth/blocks/<address>"): (OPERATORS, None),
+    ("POST", "/uploads"): (WRITERS, {"filename": "clip.mp4", "size": 10}),
+    ("GET", "/uploads/<upload_id>"): (WRITERS, None),
+    ("POST", "/uploads/<upload_id>/complete"): (WRITERS, {"parts": [
+        {"part_number": 1, "etag": "x"}]}),
+    ("POST", "/jobs/<job_id>/output_upload"): (REPORTERS, {"size": 10}),
+    ("GET", "/jobs/<job_id>/output"): (READERS, None),
 }
-# Not API endpoints: the OpenAPI document and Flask's static route; and the dashboard
-# (ui.*), which signs in with a session, not X-API-Key (tests/ui/test_ui.py).
-NOT_IN_TABLE = {"api-docs.openapi_json", "static"}
+# Not API endpoints: the OpenAPI document and Flask's static route; the embedded
+# store's signed URLs, where the URL is the permission (tests/api/test_files.py); and
+# the dashboard (ui.*), which signs in with a session, not X-API-Key (tests/ui/test_ui.py).
+NOT_IN_TABLE = {"api-docs.openapi_json", "static", "files.put_part", "files.get_object"}
 DASHBOARD = "ui."
 
 

@@ -14,6 +14,7 @@ from marshmallow import RAISE, Schema, ValidationError
 
 from dispatch import __version__
 from dispatch.http.schemas import (
+    AssignedJobSchema,
     EngineListSchema,
     EngineSchema,
     ErrorSchema,
@@ -328,14 +329,14 @@ def test_response_bodies_load_with_their_schemas(
     first = record("submit", JobSchema, call("post", "/jobs/", NEW_JOB), 201)["job_id"]
     second = submit(max_retries=1)["job_id"]
     third = submit()["job_id"]
-    record("assign", JobSchema, call("post", "/assign_job/", {"engine_id": "e1"}), 200)
+    record("assign", AssignedJobSchema, call("post", "/assign_job/", {"engine_id": "e1"}), 200)
     record("progress", JobSchema, call("post", f"/jobs/{first}/progress",
                                        {"progress": 30.5}), 200)
     record("get engine busy", EngineSchema, call("get", "/engines/e1"), 200)
     record("complete", JobSchema, call("post", f"/jobs/{first}/complete",
                                        {"output_url": "http://out/o.mp4"}), 200)
     record("get completed", JobSchema, call("get", f"/jobs/{first}"), 200)
-    assert second == record("assign 2", JobSchema,
+    assert second == record("assign 2", AssignedJobSchema,
                             call("post", "/assign_job/", {"engine_id": "e1"}), 200)["job_id"]
     record("fail requeued", JobSchema, call("post", f"/jobs/{second}/fail",
                                             {"error_message": "boom"}), 200)

@@ -332,9 +332,9 @@ def test_a_stopped_server_exits_3_after_the_retries(tmp_path: Path, mode: str) -
     assert "after 3 attempts" in run.err
 
 
-def test_download_from_a_server_without_outputs_says_so(farm: Farm, tmp_path: Path) -> None:
-    """A job whose output is a file:// on the engine's machine, on a server without
-    GET /jobs/{id}/output: exit 1 saying the server cannot hand out outputs."""
+def test_download_of_an_output_kept_on_the_engine_says_so(farm: Farm, tmp_path: Path) -> None:
+    """A job whose output is a file:// on the engine's machine (not in the server's
+    store): exit 1 saying where it is and that this machine cannot fetch it."""
     created = farm.server.request("POST", "/jobs/", json={
         "source_url": "http://example.com/x.mp4", "target_codec": "x", "job_size": 0})
     job_id = created.json()["job_id"]
@@ -348,7 +348,7 @@ def test_download_from_a_server_without_outputs_says_so(farm: Farm, tmp_path: Pa
     run = distconv(farm, "download", job_id, "-o", str(tmp_path))
 
     assert 1 == run.status, run.text
-    assert "this server cannot hand out outputs" in run.err
+    assert "not in the server's store" in run.err
     assert "file:///srv/out/x.mkv" in run.err
     assert [] == list(tmp_path.iterdir())
 

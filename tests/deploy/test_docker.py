@@ -424,14 +424,21 @@ def test_compose_config_accepts_the_file(tmp_path: Path) -> None:
     command = ["docker-compose", "-f", str(project / "docker-compose.yml")]
     compose(command, "config", "--quiet")
     compose(command, "--profile", "postgres", "config", "--quiet")
+    compose(command, "--profile", "storage", "config", "--quiet")
     assert compose(command, "--profile", "postgres", "config", "--services").split() == [
-        "server", "engine", "postgres", "server-postgres"]
+        "server", "engine", "postgres", "server-postgres", "seaweedfs", "server-s3",
+        "engine-s3"]
     assert set(compose(command, "config", "--volumes").split()) == {
         "distconv-data", "distconv-logs", "distconv-output", "distconv-work",
-        "distconv-postgres", "distconv-postgres-logs"}
+        "distconv-postgres", "distconv-postgres-logs", "distconv-seaweedfs",
+        "distconv-s3-data", "distconv-s3-work"}
     # The server of the profile keeps its state in the profile's PostgreSQL.
     resolved = compose(command, "--profile", "postgres", "config")
     assert "DISTCONV_DATABASE_URL: postgresql://distconv@postgres:5432/distconv" in resolved
+    # The storage profile's server keeps files in SeaweedFS's bucket (issue #21).
+    stored = compose(command, "--profile", "storage", "config")
+    assert "DISTCONV_STORAGE: s3://distconv/farm" in stored
+    assert "dockerfile: docker/seaweedfs.Dockerfile" in stored
 
 
 def test_compose_up_brings_server_and_engine_up_healthy(

@@ -392,7 +392,9 @@ def test_server_restart_mid_job_engine_finishes_and_completion_is_recorded(
     server.start()
     finished = wait_status(server, job_id, "completed", 60)
     assert finished["output_url"] == (engine.output_dir / name).resolve().as_uri()
-    assert f"job {job_id}: complete recorded by the server" in engine.output()
+    # The engine logs the answer just after the server recorded it.
+    poll(lambda: f"job {job_id}: complete recorded by the server" in engine.output(), 10,
+         "the engine logging the recorded completion")
     assert engine.proc is not None and engine.proc.poll() is None
 
 

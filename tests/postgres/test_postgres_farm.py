@@ -42,7 +42,12 @@ def farm(postgres: PostgresServer, tmp_path: Path) -> Iterator[Callable[..., Ser
                         "--workers", str(workers), "--threads", "8", *args,
                         env={"DISTCONV_LEADER_LEASE": "1", **env})
         servers.append(server)
-        return server.start(timeout=60)
+        server.start(timeout=60)
+        # /health answers once the first worker serves; the others may still be
+        # loading the app. Tests that count workers, or stop the database, need all.
+        poll(lambda: server.output().count("dispatch-server ready") >= workers, 60,
+             f"{workers} workers ready")
+        return server
 
     yield start
     for server in servers:

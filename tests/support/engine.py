@@ -90,16 +90,20 @@ class Engine:
     """A ``dispatch-engine`` subprocess with its own work and output folders."""
 
     def __init__(self, root: Path, server_url: str, api_key: str, engine_id: str,
-                 *args: str) -> None:
+                 *args: str, keep_outputs: bool = True) -> None:
+        """``keep_outputs``: pass ``--output-dir`` (outputs stay on the engine);
+        without it the engine uploads them to the server's store."""
         self.engine_id = engine_id
         self.work_dir = root / f"{engine_id}-work"
         self.output_dir = root / f"{engine_id}-output"
         self.log = root / f"{engine_id}.log"
+        outputs = ["--output-dir", str(self.output_dir)] if keep_outputs else []
         self.args = ["--server", server_url, "--engine-id", engine_id,
-                     "--work-dir", str(self.work_dir), "--output-dir", str(self.output_dir),
+                     "--work-dir", str(self.work_dir), *outputs,
                      "--heartbeat-interval", "1", *args]
+        # Engines hold no store credentials: none reach them from the test run either.
         self.env = {key: value for key, value in os.environ.items()
-                    if not key.startswith("DISTCONV_")}
+                    if not key.startswith(("DISTCONV_", "AWS_"))}
         self.env["DISTCONV_API_KEY"] = api_key
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_start = 0
@@ -108,7 +112,7 @@ class Engine:
         self.log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as handle:
             self.proc = subprocess.Popen([str(BIN), *self.args], env=self.env, stdout=handle,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, cwd=self.work_dir.parent)
         return self
 
     @property

@@ -781,3 +781,31 @@ def test_priority_endpoint_reorders_the_queue_and_is_recorded(
     finished = client.post(f"/jobs/{first}/priority", json={"priority": 1}, headers=auth)
     assert finished.status_code == 409 and "already cancelled" in \
         finished.get_json()["error"]["message"]
+
+
+def test_a_stored_output_has_a_download_link_without_a_signature_in_the_page(
+        admin: Browser, client: FlaskClient, auth: dict[str, str]) -> None:
+    """Issue #21: the job page links to the output; the link is the dashboard's own,
+    which answers with a URL signed at that moment (the page holds no signature)."""
+    job_id = run_job(client, auth)
+    output = b"transcoded bytes"
+    upload = client.post(f"/jobs/{job_id}/output_upload", json={
+        "engine_id": "engine-001", "size": len(output), "extension": "mp4",
+        "content_type": "video/mp4"}, headers=auth).get_json()
+    part = client.put(upload["parts"][0]["url"].replace("http://localhost", ""), data=output)
+    assert part.status_code == 200
+    done = client.post(f"/jobs/{job_id}/complete", headers=auth, json={
+        "engine_id": "engine-001", "output_url": upload["source_url"],
+        "upload_id": upload["upload_id"], "size": len(output),
+        "parts": [{"part_number": 1, "etag": part.headers["ETag"].strip('"')}]})
+    assert done.status_code == 200, done.get_json()
+    page = admin.get(f"/ui/jobs/{job_id}")
+    assert f'href="/ui/jobs/{job_id}/output"' in text(page)
+    assert "Download" in visible(page) and "signature=" not in text(page)
+    link = admin.get(f"/ui/jobs/{job_id}/output")
+    assert link.status_code == 302 and "signature=" in link.headers["Location"]
+    file = client.get(link.headers["Location"].replace("http://localhost", ""))
+    assert file.get_data() == output
+    file.close()
+    other = run_job(client, auth, "engine-002")
+    assert admin.get(f"/ui/jobs/{other}/output").status_code == 409

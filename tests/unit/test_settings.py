@@ -562,3 +562,22 @@ def test_repr_hides_the_key(tmp_path: Path, conf: Callable[[str], str]) -> None:
         assert secret not in str(settings)
         assert secret not in f"{settings!r} {settings}"
         assert "port=8080" in repr(settings)
+
+
+def test_file_store_settings_from_flags_variables_and_the_file(tmp_path: Path) -> None:
+    """Issue #21: the store's settings are settings like every other."""
+    conf = tmp_path / "server.conf"
+    conf.write_text("[server]\nstorage = s3://bucket/farm/\nupload_part_mb = 8\n")
+    settings = load(["--config", str(conf), "--storage-endpoint", "http://127.0.0.1:8333"],
+                    {**ENV, "DISTCONV_OUTPUT_RETENTION_DAYS": "2",
+                     "DISTCONV_MAX_UPLOAD_GB": "0.5"})
+    assert (settings.storage, settings.storage_endpoint, settings.upload_part_mb,
+            settings.output_retention_days, settings.max_upload_gb) == (
+        "s3://bucket/farm", "http://127.0.0.1:8333", 8, 2.0, 0.5)
+    assert load([]).storage == "local" and load([]).upload_part_mb == 64
+    for argv, name in ((["--storage", "ftp://bucket"], "storage"),
+                       (["--storage", "s3://"], "storage"),
+                       (["--upload-part-mb", "4"], "upload-part-mb"),
+                       (["--public-url", "example.com"], "public-url")):
+        with pytest.raises(SettingsError, match=name):
+            load(argv)
