@@ -47,11 +47,8 @@ class _Slice:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def upload_output(client: ServerClient, job_id: str, stamp: dict[str, Any], path: Path,

@@ -109,11 +109,17 @@ def list_jobs(query: dict[str, Any]) -> Response:
 def get_job(job_id: str) -> Response:
     """One job. An engine key bound to an engine reads that engine's jobs only."""
     service = _service()
+    return json_response(present.job(service.queries.describe(readable_job(service, job_id))))
+
+
+def readable_job(service: DispatchService, job_id: str) -> Job:
+    """The job, when the caller's key may read it: a key bound to an engine reads
+    that engine's jobs only."""
     job = service.queries.get_job(job_id)
     bound = current().engine_id
     if bound is not None and job.assigned_engine != bound:
         raise Forbidden(f"this key reads the jobs of engine {bound!r} only")
-    return json_response(present.job(service.queries.describe(job)))
+    return job
 
 
 @blp.route("/<job_id:job_id>/events", methods=["GET"], strict_slashes=False)

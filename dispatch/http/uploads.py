@@ -14,10 +14,8 @@ from dispatch.http.auth import (
     JOB_WRITERS,
     acting_engine,
     auth,
-    current,
 )
 from dispatch.http.common import Blueprint, json_response, log_ids
-from dispatch.http.errors import Forbidden
 from dispatch.http.file_schemas import (
     OutputUploadSchema,
     UploadCompleteSchema,
@@ -25,6 +23,7 @@ from dispatch.http.file_schemas import (
     UploadDoneSchema,
     UploadSchema,
 )
+from dispatch.http.jobs import readable_job
 from dispatch.http.schemas import ErrorSchema
 from dispatch.service import DispatchService
 
@@ -106,9 +105,6 @@ def output_upload(data: dict[str, Any], job_id: str) -> Response:
 def job_output(job_id: str) -> Response:
     """Download a completed job's output."""
     service = _service()
-    job = service.queries.get_job(job_id)
-    bound = current().engine_id
-    if bound is not None and job.assigned_engine != bound:
-        raise Forbidden(f"this key reads the jobs of engine {bound!r} only")
+    job = readable_job(service, job_id)
     return Response(status=302, headers={"Location": service.files.output_link(job,
                                                                                base_url())})

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.files import sha256_of
+from dispatch.engine.upload import sha256_of
 from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e

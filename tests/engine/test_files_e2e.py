@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import requests
 
+from dispatch.engine.upload import sha256_of
 from tests.support.engine import Engine, ffprobe, file_server, make_clip
-from tests.support.files import download, noise_clip, sha256_of, upload
+from tests.support.files import download, noise_clip, upload
 from tests.support.helpers import poll
 from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from tests.support.server import BIN as SERVER_BIN

@@ -3,7 +3,6 @@ server hands out (no API key on them), and the download of a job's output."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,14 +10,6 @@ from typing import Any
 import requests
 
 CHUNK = 1 << 20
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def noise_clip(path: Path, seconds: float) -> Path:
