@@ -6,8 +6,7 @@ Their API forms are made in one place, ``present``."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from dispatch.config.settings import Settings
 from dispatch.domain.codecs import family
@@ -16,8 +15,9 @@ from dispatch.domain.scheduler import fits, takes_codec
 from dispatch.service.ports import Transaction
 
 
-@dataclass(frozen=True, slots=True)
-class JobState:
+# Tuples: one is made for every job a request shows, so they must be cheap to build
+# (a frozen dataclass's __init__ costs several times as much).
+class JobState(NamedTuple):
     """A job as its client sees it."""
 
     job: Job
@@ -25,8 +25,7 @@ class JobState:
     delivery: Delivery | None = None  # jobs with a callback URL: their webhook
 
 
-@dataclass(frozen=True, slots=True)
-class EngineState:
+class EngineState(NamedTuple):
     """An engine with what the server derives: the jobs it holds, and so its status."""
 
     engine: Engine
@@ -37,8 +36,7 @@ class EngineState:
         return engine_status(self.engine, bool(self.current_jobs))
 
 
-@dataclass(frozen=True, slots=True)
-class Beat:
+class Beat(NamedTuple):
     """The answer to a heartbeat: the engine, and the jobs in its queue it must stop
     (cancelled, or no longer its own)."""
 
