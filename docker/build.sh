@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Build the server and engine images, and the PostgreSQL image of docker-compose.yml's
-# `postgres` profile (docker/postgres.Dockerfile), with the classic builder, first making
+# Build the server and engine images, the PostgreSQL image of docker-compose.yml's
+# `postgres` profile (docker/postgres.Dockerfile) and the SeaweedFS image of its `storage`
+# profile (docker/seaweedfs.Dockerfile), with the classic builder, first making
 # sure the base image exists (docker/base-image.sh: pulled, or built from Debian packages).
 # The build host's CA bundle goes into the build stage so pip works behind an
 # intercepting proxy; it is not in the images. Used by tests/deploy/test_docker.py.
-# Usage: docker/build.sh [SERVER_TAG [ENGINE_TAG [POSTGRES_TAG]]]
-#   (default distconv/dispatch-server, distconv/dispatch-engine and distconv/postgres)
+# Usage: docker/build.sh [SERVER_TAG [ENGINE_TAG [POSTGRES_TAG [SEAWEEDFS_TAG]]]]
+#   (default distconv/dispatch-server, distconv/dispatch-engine, distconv/postgres and
+#   distconv/seaweedfs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 server=${1:-distconv/dispatch-server}
 engine=${2:-distconv/dispatch-engine}
 postgres=${3:-distconv/postgres}
+seaweedfs=${4:-distconv/seaweedfs}
 
-# The one base image of all three: the Dockerfile's, passed to postgres.Dockerfile too.
+# The one base image of all four: the Dockerfile's, passed to the other two Dockerfiles.
 base=$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
 bash docker/base-image.sh "$base"
 
@@ -38,9 +41,13 @@ for target in engine server; do
         exit 1
     fi
 done
-if ! docker build --network host --build-arg "BASE_IMAGE=$base" \
-        -f docker/postgres.Dockerfile -t "$postgres" . >"$log" 2>&1; then
-    cat "$log" >&2
-    echo "build.sh: building the postgres image failed" >&2
-    exit 1
-fi
+for name in postgres seaweedfs; do
+    tag=$postgres
+    [ "$name" = seaweedfs ] && tag=$seaweedfs
+    if ! docker build --network host --build-arg "BASE_IMAGE=$base" \
+            -f "docker/$name.Dockerfile" -t "$tag" . >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "build.sh: building the $name image failed" >&2
+        exit 1
+    fi
+done

@@ -7,7 +7,9 @@ Needs docker, mmdebstrap and docker-compose (scripts/test-deps.sh installs them)
 Docker daemon answers, one is started for the session and stopped afterwards. Containers
 use the host's network and listen on 127.0.0.1 only; compose publishes on 127.0.0.1.
 Everything created here is named distconv-test-* and removed afterwards, except the base
-image (python:3.11-slim, or its stand-in), kept so the next run is faster."""
+image (python:3.11-slim, or its stand-in), kept so the next run is faster. The images
+are built once per session (tests/deploy/conftest.py) and shared with
+test_docker_storage.py."""
 
 from __future__ import annotations
 
@@ -27,165 +29,31 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.docker import (
+    API_KEY,
+    ENGINE_IMAGE,
+    KEY_IN_CONTAINER,
+    POSTGRES_IMAGE,
+    REPO,
+    SERVER_IMAGE,
+    Containers,
+    api,
+    docker,
+    in_engine_image,
+    logs,
+    wait_healthy,
+)
 from tests.support.helpers import poll as wait_until
 from tests.support.server import free_port
 
 pytestmark = pytest.mark.docker
 
-REPO = Path(__file__).resolve().parents[2]
-SERVER_IMAGE = "distconv-test/dispatch-server:pytest"
-ENGINE_IMAGE = "distconv-test/dispatch-engine:pytest"
-POSTGRES_IMAGE = "distconv-test/postgres:pytest"
-API_KEY = "docker-test-key-0123456789abcdef"
 ENGINE_KEY = "docker-engine-key-0123456789abcdef"
 DB_PASSWORD = "docker-db-password-0123456789abcdef"
-KEY_IN_CONTAINER = "/run/secrets/distconv_api_key"
 JOB = {"source_url": "http://example.com/in.mp4", "target_codec": "h264", "job_size": 10}
 DISTCONV_UID = 10001  # the Dockerfile's fixed uid for the distconv user
 # README "Docker", live backup: a consistent copy of /app/data as a tarball on stdout.
 BACKUP = "/app/docker/backup-state.sh /app/data /tmp/backup >&2 && tar -C /tmp/backup -czf - ."
-
-
-def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
-    """Run a docker command; its stdout. A failure shows the command and its stderr."""
-    done = subprocess.run(["docker", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    if check and done.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}:\n"
-                             f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def daemon_answers() -> bool:
-    return subprocess.run(["docker", "info"], capture_output=True,
-                          timeout=30, check=False).returncode == 0
-
-
-@pytest.fixture(scope="session")
-def docker_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A Docker daemon that answers: the machine's, or one started here as root.
-    Ours runs without iptables rules and without the default bridge (it must work in a
-    sandbox, and it changes nothing on the host's firewall); builds and test containers
-    use the host network, compose its own user-defined bridge."""
-    if shutil.which("docker") is None:
-        pytest.fail("docker is not installed: run scripts/test-deps.sh as root")
-    if daemon_answers():
-        yield
-        return
-    if os.geteuid() != 0 or shutil.which("dockerd") is None:
-        pytest.fail("no Docker daemon answers and this user cannot start dockerd")
-    root = tmp_path_factory.mktemp("dockerd")
-    command = ["dockerd", "--iptables=false", "--bridge=none"]
-    host = os.environ.get("DOCKER_HOST", "")
-    if host.startswith("unix://"):
-        # DOCKER_HOST names a socket nobody serves: a daemon of its own there, beside
-        # the machine's (how this fixture is tried on a machine that has a daemon).
-        command += ["--host", host, "--data-root", str(root / "data"),
-                    "--exec-root", str(root / "exec"), "--pidfile", str(root / "pid")]
-    log_path = root / "dockerd.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: process.poll() is not None or daemon_answers(), 60,
-                   "dockerd to answer", interval=0.5)
-        if process.poll() is not None:
-            pytest.fail(f"dockerd exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture(scope="session")
-def images(docker_daemon: None) -> Iterator[None]:
-    """The three images, built from this checkout by docker/build.sh under test tags;
-    removed afterwards (with the build stage they leave behind)."""
-    started = time.monotonic()
-    done = subprocess.run(["bash", str(REPO / "docker" / "build.sh"), SERVER_IMAGE,
-                           ENGINE_IMAGE, POSTGRES_IMAGE], capture_output=True, text=True,
-                          timeout=1200, check=False)
-    assert done.returncode == 0, done.stderr[-5000:]
-    print(f"\ndocker/build.sh: {time.monotonic() - started:.1f}s")
-    try:
-        yield
-    finally:
-        docker("rmi", SERVER_IMAGE, ENGINE_IMAGE, POSTGRES_IMAGE, check=False)
-        docker("image", "prune", "--force", "--filter", "label=distconv.stage=build",
-               check=False)
-
-
-class Containers:
-    """Creates containers and volumes with unique distconv-test-* names and removes
-    every one of them at the end of the test."""
-
-    def __init__(self) -> None:
-        self.containers: list[str] = []
-        self.volumes: list[str] = []
-
-    def name(self, what: str) -> str:
-        return f"distconv-test-{what}-{uuid.uuid4().hex[:8]}"
-
-    def volume(self) -> str:
-        name = self.name("data")
-        docker("volume", "create", name)
-        self.volumes.append(name)
-        return name
-
-    def run(self, image: str, *args: str, options: tuple[str, ...] = ()) -> str:
-        name = self.name("c")
-        self.containers.append(name)
-        docker("run", "--detach", "--name", name, "--network", "host", *options, image, *args)
-        return name
-
-    def cleanup(self) -> None:
-        for name in self.containers:
-            docker("rm", "--force", "--volumes", name, check=False)
-        for name in self.volumes:
-            docker("volume", "rm", "--force", name, check=False)
-
-
-@pytest.fixture
-def containers() -> Iterator[Containers]:
-    made = Containers()
-    yield made
-    made.cleanup()
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    """The API key in a file, mounted read-only into containers at KEY_IN_CONTAINER."""
-    path = tmp_path / "api_key"
-    path.write_text(API_KEY + "\n")
-    path.chmod(0o644)  # the container's distconv user reads it
-    return path
-
-
-def logs(name: str) -> str:
-    """What the container wrote, stdout and stderr."""
-    done = subprocess.run(["docker", "logs", name], capture_output=True, text=True,
-                          timeout=60, check=True)
-    return done.stdout + done.stderr
-
-
-def health(name: str) -> str:
-    return docker("inspect", "--format", "{{.State.Health.Status}}", name).strip()
-
-
-def wait_healthy(name: str, timeout: float = 60) -> float:
-    """Seconds until Docker's health check calls the container healthy."""
-    start = time.monotonic()
-
-    def healthy() -> bool:
-        status = health(name)
-        assert status != "unhealthy", logs(name)[-3000:]
-        return status == "healthy"
-
-    wait_until(healthy, timeout, f"{name} to become healthy", interval=0.25)
-    return time.monotonic() - start
 
 
 def run_server(containers: Containers, volume: str, port: int, key_file: Path,
@@ -195,11 +63,6 @@ def run_server(containers: Containers, volume: str, port: int, key_file: Path,
         "--env", f"DISTCONV_API_KEY_FILE={KEY_IN_CONTAINER}",
         "--volume", f"{key_file}:{KEY_IN_CONTAINER}:ro",
         "--volume", f"{volume}:/app/data", *options))
-
-
-def api(port: int, method: str, path: str, **kwargs: Any) -> requests.Response:
-    return requests.request(method, f"http://127.0.0.1:{port}{path}",
-                            headers={"X-API-Key": API_KEY}, timeout=10, **kwargs)
 
 
 def test_server_container_keeps_jobs_on_its_volume(
@@ -304,13 +167,6 @@ def file_server(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     yield folder, server.server_address[1]
     server.shutdown()
     server.server_close()
-
-
-def in_engine_image(*command: str, mounts: tuple[str, ...]) -> str:
-    """Run ffmpeg or ffprobe from the engine image (so the host needs neither)."""
-    options = [opt for mount in mounts for opt in ("--volume", mount)]
-    return docker("run", "--rm", "--network", "none", "--entrypoint", command[0],
-                  *options, ENGINE_IMAGE, *command[1:])
 
 
 def test_engine_image_transcodes_a_clip_against_the_server_container(
