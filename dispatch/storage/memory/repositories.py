@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from dispatch.storage.memory.backend import MemoryBackend
 
 
+def _seq(job: Job) -> int:
+    return job.seq
+
+
 class _Repository:
     # The tables, held directly: these methods run on every request.
     __slots__ = ("backend", "jobs", "engines", "histories", "keys", "deliveries")
@@ -87,6 +91,11 @@ class MemoryJobs(_Repository):
             return None
         return pick_job(table.pending, engine, self.engines.rows.values(),
                         capabilities, now, policy)
+
+    def tasks_of(self, parent_id: str) -> list[Job]:
+        ids = self.jobs.children.get(parent_id)
+        rows = self.jobs.rows
+        return sorted((rows[job_id] for job_id in ids), key=_seq) if ids else []
 
     def held_by(self, engine_id: str) -> Sequence[str]:
         held = self.jobs.held.get(engine_id)

@@ -210,6 +210,11 @@ class Jobs(Repository):
                 return None  # every candidate there is was looked at
         return None
 
+    def tasks_of(self, parent_id: str) -> list[Job]:
+        rows = self.unit.rows(f"{SELECT_JOB} WHERE record->>'parent_id' = %s ORDER BY seq",
+                              (parent_id,)).fetchall()
+        return [job_from_row(row) for row in rows]
+
     def held_by(self, engine_id: str) -> Sequence[str]:
         rows = self.unit.execute(
             f"SELECT job_id FROM jobs WHERE assigned_engine = %s AND {_ACTIVE} ORDER BY seq",
