@@ -71,7 +71,7 @@ class MemoryJobs(_Repository):
 
     def dump(self) -> Iterator[tuple[Job, list[Event]]]:
         events = self.histories.events
-        for job in list(self.jobs.ordered):
+        for job in self.jobs.in_creation_order():
             yield job, events(job.job_id)
 
     def allocate_seq(self) -> int:
@@ -121,7 +121,7 @@ class MemoryJobs(_Repository):
                 for status, index in self.jobs.by_status.items()}
 
     def total(self) -> int:
-        return len(self.jobs.rows)
+        return len(self.jobs.ordered)  # jobs, not the tasks of chunked ones
 
     def oldest_pending(self) -> Job | None:
         pending = self.jobs.by_status["pending"]

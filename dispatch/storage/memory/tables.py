@@ -8,6 +8,7 @@ JSON form an entry is persisted as (None when it is deleted).
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -151,6 +152,15 @@ class Jobs(Table[Job]):
                 held.pop(job.job_id, None)
                 if not held:
                     del self.held[job.assigned_engine]
+
+    def in_creation_order(self) -> list[Job]:
+        """Every job and task, oldest first (snapshots, moving a farm)."""
+        rows = self.rows
+        tasks = sorted((rows[task_id] for ids in self.children.values() for task_id in ids),
+                       key=_seq_key)
+        if not tasks:
+            return list(self.ordered)
+        return list(heapq.merge(self.ordered, tasks, key=_seq_key))
 
     def active_count(self) -> int:
         return (len(self.by_status["assigned"]) + len(self.by_status["processing"])
