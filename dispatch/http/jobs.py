@@ -36,7 +36,7 @@ from dispatch.http.schemas import (
     PrioritySchema,
     ProgressSchema,
 )
-from dispatch.service import DispatchService, present
+from dispatch.service import DispatchService, chunked, present
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Transcoding jobs")
 
@@ -201,7 +201,8 @@ def complete(data: dict[str, Any], job_id: str) -> Response:
     if "upload_id" in data or data["output_url"].startswith("store:"):
         job = service.queries.get_job(job_id)
         rules.check_holder(job, engine_id, attempt, "complete")
-        output = service.files.finish_output(job_id, data)
+        if "upload_id" in data or not chunked.reads_source(job, data["output_url"]):
+            output = service.files.finish_output(job_id, data)
     job = service.commands.complete_job(job_id, data["output_url"], engine_id, attempt,
                                         output, data.get("probe"))
     return _job_response(job)

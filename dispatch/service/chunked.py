@@ -40,6 +40,12 @@ def refuse_task(job: Job, action: str) -> None:
             f"{job.parent_id!r}; {action} that job instead")
 
 
+def reads_source(job: Job, output_url: str) -> bool:
+    """A plan task's report that the chunks read the source itself (it answers
+    ``Range``, or is already in the store): an output that is not a new file."""
+    return chunking.kind_of(job) == "plan" and output_url == job.source_url
+
+
 def check_completion(job: Job, probe: Mapping[str, Any] | None) -> None:
     """A plan task completes with the source's probe, and no other job does."""
     if chunking.kind_of(job) == "plan":

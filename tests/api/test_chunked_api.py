@@ -176,3 +176,23 @@ def test_a_restart_keeps_parents_and_tasks(make_app: Callable[..., Any], setting
     assert assign(again, auth, "py")["job_id"] == chunk["job_id"]  # it still holds it
     post(again, auth, "/engines/heartbeat", {"engine_id": "py2", "task_kinds": ["chunk"]})
     assert assign(again, auth, "py2")["task"]["index"] == 1
+
+
+def test_a_stored_source_is_read_by_the_chunks_as_it_is(client: FlaskClient,
+                                                         auth: dict[str, str]) -> None:
+    """The planner reports the stored source itself as what the chunks read: no new
+    output to check; the chunks get a signed URL of it."""
+    data = b"a source in the store"
+    upload = post(client, auth, "/uploads", {"filename": "film.mp4", "size": len(data)}, 201)
+    post(client, auth, f"/uploads/{upload['upload_id']}/complete",
+         {"parts": put_parts(client, upload, data)})
+    parent = post(client, auth, "/jobs/", {**JOB, "source_url": upload["source_url"],
+                                           "chunk_seconds": 10}, 201)
+    post(client, auth, "/engines/heartbeat", {"engine_id": "py", "task_kinds": KINDS})
+    plan = assign(client, auth, "py")
+    assert read(client, local(plan["source_url"])).data == data
+    post(client, auth, f"/jobs/{plan['job_id']}/complete", {
+        "engine_id": "py", "attempt": 1, "output_url": upload["source_url"], "probe": PROBE})
+    chunk = assign(client, auth, "py")
+    assert chunk["parent_id"] == parent["job_id"]
+    assert read(client, local(chunk["source_url"])).data == data
