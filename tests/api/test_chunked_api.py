@@ -5,7 +5,9 @@ restart in the middle."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from flask.testing import FlaskClient
 from dispatch.config.settings import Settings
 from tests.api.test_files import local, put_parts, read
 from tests.api.test_jobs_api import assert_validation_error
-from tests.conftest import BOTH_BACKENDS, JOB
+from tests.conftest import BOTH_BACKENDS, JOB, FakeClock
 from tests.support.helpers import assert_error
 
 pytestmark = BOTH_BACKENDS
@@ -196,3 +198,25 @@ def test_a_stored_source_is_read_by_the_chunks_as_it_is(client: FlaskClient,
     chunk = assign(client, auth, "py")
     assert chunk["parent_id"] == parent["job_id"]
     assert read(client, local(chunk["source_url"])).data == data
+
+
+def test_the_source_a_running_chunked_job_reads_is_kept(client: FlaskClient,
+                                                        auth: dict[str, str], app: Any,
+                                                        clock: FakeClock,
+                                                        settings: Settings) -> None:
+    """Past output_retention_days, the stored copy the planner made stays while the
+    job's chunks still read it."""
+    parent = post(client, auth, "/jobs/", {**JOB, "chunk_seconds": 10}, 201)
+    post(client, auth, "/engines/heartbeat", {"engine_id": "py", "task_kinds": KINDS})
+    plan = assign(client, auth, "py")
+    complete_stored(client, auth, "py", plan, b"the source, copied", probe=PROBE)
+    assert client.get(f"/jobs/{parent['job_id']}", headers=auth).get_json()["status"] \
+        == "processing"
+    clock.advance(8 * 86400)
+    objects = Path(settings.state_file).parent / "files" / "objects"
+    for path in objects.rglob("*"):
+        if path.is_file():
+            os.utime(path, (clock() - 8 * 86400, clock() - 8 * 86400))
+    assert app.extensions["dispatch"].maintenance.sweep_files() == 0
+    chunk = assign(client, auth, "py")
+    assert read(client, local(chunk["source_url"])).data == b"the source, copied"
