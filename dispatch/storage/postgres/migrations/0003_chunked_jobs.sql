@@ -3,21 +3,21 @@
 -- chunked job's 'parent', or a task's kind: 'plan', 'chunk', 'audio', 'stitch') and
 -- ``parent_id`` (a task's parent).
 
-ALTER TABLE jobs ADD COLUMN kind text NOT NULL DEFAULT 'job';
-ALTER TABLE jobs ADD COLUMN parent_id text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'job';
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS parent_id text;
 
 -- A parent's tasks.
-CREATE INDEX jobs_children ON jobs (parent_id, seq) WHERE parent_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_children ON jobs (parent_id, seq) WHERE parent_id IS NOT NULL;
 -- Assignment: the pending buckets of each kind, so an engine that runs no tasks reads
 -- whole jobs only, however many tasks wait (and no engine ever reads a parent).
-CREATE INDEX jobs_pending_kind_family ON jobs (kind, codec_family, priority, seq)
+CREATE INDEX IF NOT EXISTS jobs_pending_kind_family ON jobs (kind, codec_family, priority, seq)
     INCLUDE (job_id, target_codec, job_size, created_at, retry_at) WHERE status = 'pending';
-CREATE INDEX jobs_pending_kind_priority ON jobs (kind, priority, seq)
+CREATE INDEX IF NOT EXISTS jobs_pending_kind_priority ON jobs (kind, priority, seq)
     INCLUDE (job_id, target_codec, job_size, created_at, retry_at) WHERE status = 'pending';
 
 -- Counts by status are of jobs ('job' and 'parent'); tasks are counted apart ('task'),
 -- for the concurrency limit only (a parent is never held, a task is).
-ALTER TABLE job_counts ADD COLUMN kind text NOT NULL DEFAULT 'job';
+ALTER TABLE job_counts ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'job';
 
 CREATE OR REPLACE FUNCTION job_counts_delta() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
