@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from dispatch.config.settings import Settings
 from dispatch.domain import callbacks, history, rules
-from dispatch.domain.models import ACTIVE_STATUSES, Delivery, Engine, Job
+from dispatch.domain.models import ACTIVE_STATUSES, FINISHED_STATUSES, Delivery, Engine, Job
 from dispatch.service import chunked
 from dispatch.service.files import Files
 from dispatch.service.ports import Clock, ServicePart, UnitOfWork
@@ -93,6 +93,9 @@ class Maintenance(ServicePart):
             if not failed and not lost:
                 return 0
             for job, kind in failed:
+                current = tx.jobs.get_for_update(job.job_id)
+                if current is not None and current.status in FINISHED_STATUSES:
+                    continue  # a task cancelled with its chunked job by an earlier one
                 tx.jobs.put(job, kind)
                 chunked.follow(tx, job, now)
             for engine in lost:

@@ -273,3 +273,26 @@ def test_parents_and_tasks_survive_a_restart(durable_harness: Harness,
     assert take(restarted, "e1").job_id == first.job_id  # redelivered
     beat(restarted, "e2", KINDS)
     assert take(restarted, "e2").parent_id == parent.job_id
+
+
+def test_a_sweep_that_fails_the_job_leaves_its_other_tasks_cancelled(
+        make_service: MakeService, clock: FakeClock) -> None:
+    service = make_service(engine_heartbeat_timeout=10, retry_backoff_seconds=0)
+    beat(service, "e1", KINDS)  # swept first: its task fails the job
+    beat(service, "e2", KINDS)
+    parent = service.commands.submit_job(chunked(max_retries=1))
+    plan = take(service, "e1")
+    service.commands.complete_job(plan.job_id, parent.source_url, "e1", plan.attempt,
+                                  probe=PROBE)
+    worn = take(service, "e1")
+    service.commands.fail_job(worn.job_id, "once", "e1", worn.attempt)  # its last retry left
+    assert take(service, "e1").job_id == worn.job_id
+    other = take(service, "e2")
+    beat(service, "e3", KINDS)
+    clock.advance(11)  # e1 and e2 fall silent together
+    beat(service, "e3", KINDS)
+    assert service.maintenance.sweep() == 2
+    body = shown(service, parent.job_id)
+    assert body["status"] == "failed" and body["error_message"].startswith("chunk 0 failed:")
+    assert service.queries.get_job(other.job_id).status == "cancelled"
+    assert service.commands.assign_job("e3", None).job is None
