@@ -216,7 +216,9 @@ class Engine:
                 report, final = self._transcode(run, folder)
             else:
                 report, final = run_task(self, run, folder)
-            log.info("%s %s completed in %.2f s", what, run.job_id, time.monotonic() - started)
+            if run.task is not None:  # a whole job's line is _transcode's, with its figures
+                log.info("%s %s completed in %.2f s", what, run.job_id,
+                         time.monotonic() - started)
             outcome = ("complete", report)
         except JobError as exc:
             if run.stop_reason is None:
@@ -253,6 +255,7 @@ class Engine:
                            f"{self.config.engine_id}")
         container = container_for(run.codec)
         produced = folder / f"output.{container.extension}"
+        started = time.monotonic()
         self.progress(run, 0.0)
         source = fetch_source(run.source_url, folder / "source",
                               int(self.config.max_download_gb * 1e9), lambda: run.stopped)
@@ -264,10 +267,13 @@ class Engine:
         ffmpeg = run.encode(ffmpeg_command(self.config.ffmpeg, source, encoder, container,
                                            produced),
                             produced, self.follower(run, duration))
+        report, final = self.deliver(run, produced, container.extension)
         speed = duration / ffmpeg.elapsed if duration and ffmpeg.elapsed else 0.0
-        log.info("job %s encoded: duration %s s, ffmpeg %.2f s, speed %.2fx", run.job_id,
-                 f"{duration:.1f}" if duration else "unknown", ffmpeg.elapsed, speed)
-        return self.deliver(run, produced, container.extension)
+        log.info("job %s completed: codec %s, duration %s s, ffmpeg %.2f s, speed %.2fx, "
+                 "total %.2f s", run.job_id, run.codec,
+                 f"{duration:.1f}" if duration else "unknown", ffmpeg.elapsed, speed,
+                 time.monotonic() - started)
+        return report, final
 
     def deliver(self, run: JobRun, produced: Path,
                 extension: str) -> tuple[dict[str, Any], Path | None]:

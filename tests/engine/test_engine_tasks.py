@@ -136,6 +136,22 @@ def test_a_stitch_that_fails_verification_says_which_numbers(
     assert not list((tmp_path / "work").iterdir())
 
 
+def test_a_chunk_reads_only_its_range_of_the_source(
+        served: Served, capabilities: Capabilities, tmp_path: Path) -> None:
+    """The last 4 s of a 30 s source: the middle of the file is never sent. (What
+    ffmpeg reads beyond its range: the index at the end of the file, and read-ahead
+    on the connections it drops to seek, a fixed cost of its buffers.)"""
+    worker = engine(served, tmp_path / "work", capabilities)
+    task = chunk_tasks({"frame_rate": "25/1", "start_time": 0.0}, [650, 750])[0]
+    worker.run_job(assignment("r.g1.c0000", f"{served.base}/long.mp4", task))
+    completed(served, "r.g1.c0000")
+    size = (served.folder / "long.mp4").stat().st_size
+    middle = (size // 4, size * 3 // 4)
+    assert [span for span in served.spans["long.mp4"]
+            if span[0] < middle[1] and span[1] > middle[0]] == []
+    assert served.sent["long.mp4"] < size / 2
+
+
 @pytest.mark.parametrize("how", ["cancelled", "shutdown"])
 def test_a_running_chunk_reports_progress_and_stops_like_a_job(
         served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:

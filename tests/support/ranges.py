@@ -26,6 +26,8 @@ class Served:
     base: str
     folder: Path
     sent: dict[str, int] = field(default_factory=dict)  # file name -> bytes sent
+    # file name -> (first byte, byte after the last) of each answer, as sent
+    spans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)  # the heartbeat's cancelled_jobs
 
@@ -106,6 +108,7 @@ def range_server(folder: Path, ranges: bool = True) -> Iterator[Served]:
                 finally:
                     with lock:
                         served.sent[path.name] = served.sent.get(path.name, 0) + sent
+                        served.spans.setdefault(path.name, []).append((start, start + sent))
 
     class Server(http.server.ThreadingHTTPServer):
         def get_request(self) -> tuple[socket.socket, Any]:
