@@ -9,6 +9,8 @@ whole job's (:mod:`transcode`, :mod:`run`, the host's ``deliver``)."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -31,8 +33,11 @@ from dispatch.engine.transcode import (
     container_for,
     fetch_source,
     ffmpeg_head,
+    remove,
     with_video_filter,
 )
+
+log = logging.getLogger("dispatch.engine")
 
 Result = tuple[dict[str, Any], Path | None]
 # The share of a stitch's progress done when the pieces are here, then when joined.
@@ -88,32 +93,74 @@ def plan(host: Host, run: JobRun, task: dict[str, Any], folder: Path) -> Result:
 
 # ------------------------------------------------------------------ chunk and audio
 
+# Seconds before a chunk's first frame that the demuxer is asked to seek to, tried in
+# turn. MP4 and Matroska seek to the keyframe at or before the point: no margin needed.
+# MPEG-TS lands on any packet and decoding starts at the next keyframe, which may be
+# after the chunk's first frame: then a margin of a GOP or more.
+SEEK_MARGINS = (0.0, 4.0, 16.0)
+
+
+def _filter_value(text: str) -> str:
+    """``text`` as a filter option value inside a filtergraph (both escaping levels)."""
+    value = re.sub(r"([\\':])", r"\\\1", text)
+    return re.sub(r"([\\'\[\],;])", r"\\\1", value)
+
+
 def chunk_command(ffmpeg: str, source: str, encoder: Encoder, container: Container,
-                  seek: float, frames: int, output: Path) -> list[str]:
-    """Frames from the first at or after ``seek`` (a source timestamp: half a frame
-    before the chunk's first, so rounding never takes the frame before it), ``frames``
-    of them, video only, timestamps from 0 (so no frame is doubled to fill a gap)."""
-    seeking = ["-seek_timestamp", "1", "-ss", f"{seek:.6f}"] if seek > 0 else []
-    return [*ffmpeg_head(ffmpeg), *encoder.input_args, *seeking, "-i", source,
+                  seek: float, margin: float, frames: int, output: Path,
+                  marks: Path) -> list[str]:
+    """``frames`` frames from the first at or after ``seek`` (a source timestamp: half a
+    frame before the chunk's first, so rounding never takes the frame before it), video
+    only. The demuxer seeks ``margin`` s earlier; ``trim`` drops the frames before
+    ``seek`` and the first one kept is written to ``marks`` (its time from the seek
+    point), so a start after the chunk's first frame is seen. Timestamps then start at
+    0, or ffmpeg's constant-rate logic doubles the first frame and drops the last."""
+    frame_log = (f"trim=start={margin:.6f},metadata=mode=add:key=distconv_chunk:value=1,"
+                 f"metadata=mode=print:file={_filter_value(str(marks))},setpts=PTS-STARTPTS")
+    return [*ffmpeg_head(ffmpeg), *encoder.input_args,
+            "-seek_timestamp", "1", "-ss", f"{seek - margin:.6f}", "-i", source,
             "-map", "0:v:0", "-an", "-sn", "-dn", "-frames:v", str(frames),
-            "-c:v", encoder.name, *with_video_filter(encoder.output_args, "setpts=PTS-STARTPTS"),
+            "-c:v", encoder.name, *with_video_filter(encoder.output_args, frame_log),
             *container.extra, "-f", container.muxer, str(output)]
+
+
+def _first_frame(marks: Path) -> float | None:
+    """The time (from the seek point) of the first frame the chunk kept."""
+    try:
+        with open(marks, encoding="utf-8", errors="replace") as handle:
+            found = re.search(r"pts_time:(-?[0-9.]+)", handle.readline())
+    except FileNotFoundError:
+        return None
+    return float(found.group(1)) if found else None
 
 
 def chunk(host: Host, run: JobRun, task: dict[str, Any], folder: Path) -> Result:
     encoder = _encoder(host, run)
     container = container_for(run.codec)
     rate = Fraction(str(task["frame_rate"]))
-    frames = int(task["frames"])
-    produced = folder / f"chunk.{container.extension}"
-    seek = float(task["start_time"]) - float(1 / rate) / 2
-    command = chunk_command(host.config.ffmpeg, readable(run.source_url), encoder, container,
-                            seek, frames, produced)
+    frames, index = int(task["frames"]), task.get("index")
+    half = float(1 / rate) / 2
+    produced, marks = folder / f"chunk.{container.extension}", folder / "first-frame.txt"
     host.progress(run, 0.0)
-    run.encode(command, produced, host.follower(run, float(frames / rate)))
+    for attempt, margin in enumerate(SEEK_MARGINS):
+        remove(marks)
+        command = chunk_command(host.config.ffmpeg, readable(run.source_url), encoder,
+                                container, float(task["start_time"]) - half, margin, frames,
+                                produced, marks)
+        run.encode(command, produced, host.follower(run, float(frames / rate)))
+        first = _first_frame(marks)
+        late = round((first - margin - half) * rate) if first is not None else 0
+        if late <= 0 or margin == SEEK_MARGINS[-1]:
+            break
+        log.info("chunk %s: decoding started %d frames late; seeking %g s earlier",
+                 run.job_id, late, SEEK_MARGINS[attempt + 1])
+    if late > 0:
+        start = int(task.get("start_frame", 0))
+        raise JobError(f"chunk {index} starts {late} frames late (at frame {start + late}, "
+                       f"not {start}): no keyframe within {margin:g} s before it")
     made = count_packets(host.config.ffprobe, produced, "v:0")
     if made != frames:
-        raise JobError(f"chunk {task.get('index')} has {made} frames, expected {frames}")
+        raise JobError(f"chunk {index} has {made} frames, expected {frames}")
     return host.deliver(run, produced, container.extension)
 
 

@@ -41,6 +41,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_source(folder / "pal.mp4", 24)
     make_source(folder / "ntsc.mp4", 24, rate="30000/1001")
     make_source(folder / "short.mp4", 6)
+    make_source(folder / "stream.ts", 12)  # MPEG-TS: starts at 1.48 s, imprecise seeks
     return folder
 
 
@@ -120,6 +121,20 @@ def test_h264_chunks_stitch_frame_exact(served: Served, capabilities: Capabiliti
     whole = whole_encode(source, capabilities, "h264", tmp_path / "whole.mp4")
     # The chunk boundaries cost at most 0.2 dB against the same encode in one piece.
     assert psnr(output, source) >= psnr(whole, source) - 0.2
+
+
+def test_mpegts_chunks_seek_early_enough_to_start_on_their_frame(
+        served: Served, capabilities: Capabilities, tmp_path: Path) -> None:
+    """MPEG-TS seeks land on any packet, so decoding may start at a keyframe after the
+    chunk's first frame (here frame 100 for a chunk from 77): the chunk sees it and
+    seeks earlier. The source starts at 1.48 s, which the chunk start times include."""
+    output, probe = run_chunked(served, capabilities, tmp_path / "work", "stream.ts",
+                                [0, 77, 191])
+    assert probe["start_time"] == 1.48 and probe["frames"] == 300
+    check_exact(output, probe)
+    # One frame off anywhere costs over 15 dB (not compared with a whole encode here:
+    # the whole-job path doubles the first frame of this source, 301 frames).
+    assert psnr(output, served.folder / "stream.ts") > 38
 
 
 def test_vp9_chunks_stitch_frame_exact(served: Served, capabilities: Capabilities,

@@ -30,9 +30,11 @@ def make_source(path: Path, seconds: float, rate: str = "25", size: str = "320x2
 
 
 def psnr(encoded: Path, source: Path) -> float:
-    """Average PSNR of ``encoded`` against ``source``, frame by frame in order."""
+    """Average PSNR of ``encoded`` against ``source``, frame by frame in order (by
+    index, whatever their timestamps)."""
+    graph = "[0:v]setpts=N/TB[a];[1:v]setpts=N/TB[b];[a][b]psnr=shortest=1"
     result = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-i", str(encoded),
-                             "-i", str(source), "-lavfi", "[0:v][1:v]psnr=shortest=1",
+                             "-i", str(source), "-lavfi", graph,
                              "-f", "null", "-"], capture_output=True, text=True, timeout=600)
     found = re.findall(r"average:([0-9.]+|inf)", result.stderr)
     assert found, result.stderr[-2000:]
