@@ -149,7 +149,9 @@ def chunk(host: Host, run: JobRun, task: dict[str, Any], folder: Path) -> Result
                                 produced, marks)
         run.encode(command, produced, host.follower(run, float(frames / rate)))
         first = _first_frame(marks)
-        late = round((first - margin - half) * rate) if first is not None else 0
+        if first is None:  # ffmpeg wrote frames, so it logged the first one
+            raise JobError(f"chunk {index}: the time of its first frame was not recorded")
+        late = round((first - margin - half) * rate)
         if late <= 0 or margin == SEEK_MARGINS[-1]:
             break
         log.info("chunk %s: decoding started %d frames late; seeking %g s earlier",

@@ -140,8 +140,10 @@ def test_a_chunk_reads_only_its_range_of_the_source(
         served: Served, capabilities: Capabilities, tmp_path: Path) -> None:
     """The last 4 s of a 30 s source: the middle of the file is never sent. (What
     ffmpeg reads beyond its range: the index at the end of the file, and read-ahead
-    on the connections it drops to seek, a fixed cost of its buffers.)"""
-    worker = engine(served, tmp_path / "work", capabilities)
+    on the connections it drops to seek, a fixed cost of its buffers.) The work folder's
+    name has the characters a filtergraph must have escaped."""
+    work = tmp_path / "work: it's [odd], isn't it; \\"
+    worker = engine(served, work, capabilities)
     task = chunk_tasks({"frame_rate": "25/1", "start_time": 0.0}, [650, 750])[0]
     worker.run_job(assignment("r.g1.c0000", f"{served.base}/long.mp4", task))
     completed(served, "r.g1.c0000")
@@ -150,6 +152,7 @@ def test_a_chunk_reads_only_its_range_of_the_source(
     assert [span for span in served.spans["long.mp4"]
             if span[0] < middle[1] and span[1] > middle[0]] == []
     assert served.sent["long.mp4"] < size / 2
+    assert not list(work.iterdir())
 
 
 @pytest.mark.parametrize("how", ["cancelled", "shutdown"])
