@@ -1,0 +1,220 @@
+"""What chunked jobs need to know about media (issue 23): the plan's probe of a
+source, whether its server takes HTTP ``Range``, packet counts and durations, and the
+stitch's verification. ffprobe and ffmpeg only; nothing here talks to the server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+import requests
+
+from dispatch.engine.transcode import PROBE_TIMEOUT, STDERR_LINES, JobError
+
+RANGE_TIMEOUT = (10.0, 30.0)
+# r_frame_rate and avg_frame_rate of a constant-rate stream agree to rounding (the
+# average is frames / duration); a larger gap means the frame rate varies.
+VFR_TOLERANCE = Fraction(1, 1000)
+DECODE_TIMEOUT = 3600.0
+
+
+def shown(url: str) -> str:
+    """A URL for messages: a signed URL's query is its permission, never shown."""
+    return url.split("?", 1)[0] + ("?..." if "?" in url else "")
+
+
+def readable(url: str) -> str:
+    """What ffmpeg/ffprobe are given for a source URL: a ``file://`` URL's path, else
+    the URL itself (ffmpeg reads http(s) with ``Range`` requests, only what it needs)."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return url2pathname(unquote(parts.path))
+    return url
+
+
+def accepts_range(url: str) -> bool:
+    """True when the source answers ``Range: bytes=0-0`` with 206 (or is a local
+    file): then chunk engines can read just their part of it."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return True
+    try:
+        with requests.get(url, headers={"Range": "bytes=0-0"}, stream=True,
+                          timeout=RANGE_TIMEOUT) as response:
+            return response.status_code == 206
+    except requests.RequestException as exc:
+        raise JobError(f"cannot reach source {shown(url)}: {exc.__class__.__name__}") from None
+
+
+def _ffprobe(command: Sequence[str], what: str) -> dict[str, Any]:
+    try:
+        result = subprocess.run(list(command), capture_output=True, text=True,
+                                errors="replace", timeout=PROBE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise JobError(f"cannot probe {what}: {exc}") from None
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    if result.returncode != 0:
+        raise JobError(f"cannot probe {what}: " + (lines[-1] if lines else
+                                                   f"ffprobe exit status {result.returncode}"),
+                       "\n".join(lines[-STDERR_LINES:]))
+    try:
+        info: dict[str, Any] = json.loads(result.stdout or "{}")
+    except ValueError:
+        raise JobError(f"cannot probe {what}: unreadable ffprobe output") from None
+    return info
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and number not in (float("inf"), float("-inf")) else None
+
+
+def _rate(text: Any) -> Fraction | None:
+    try:
+        rate = Fraction(str(text))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return rate if rate > 0 else None
+
+
+def _duration(stream: dict[str, Any], container: dict[str, Any]) -> float | None:
+    """A stream's duration: its own, else Matroska's DURATION tag, else the file's."""
+    own = _number(stream.get("duration"))
+    if own is not None:
+        return own
+    tag = (stream.get("tags") or {}).get("DURATION")
+    if tag:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return _number(container.get("duration"))
+
+
+def probe_source(ffprobe: str, url: str) -> dict[str, Any]:
+    """The plan report's ``probe`` of a source: duration, frames, frame_rate,
+    start_time, width, height, variable_frame_rate and audio (duration, streams)."""
+    target = readable(url)
+    info = _ffprobe([ffprobe, "-v", "error", "-show_entries",
+                     "stream=codec_type,nb_frames,r_frame_rate,avg_frame_rate,start_time,"
+                     "duration,width,height:stream_tags=DURATION:format=duration,start_time",
+                     "-of", "json", target], "source")
+    streams = info.get("streams") or []
+    container = info.get("format") or {}
+    videos = [stream for stream in streams if stream.get("codec_type") == "video"]
+    audios = [stream for stream in streams if stream.get("codec_type") == "audio"]
+    if not videos:
+        raise JobError("cannot plan the source: it has no video stream")
+    video = videos[0]
+    rate = _rate(video.get("r_frame_rate"))
+    average = _rate(video.get("avg_frame_rate"))
+    if rate is None:
+        raise JobError("cannot plan the source: its video stream has no frame rate")
+    frames = int(_number(video.get("nb_frames")) or 0)
+    if frames < 1:
+        frames = count_packets(ffprobe, target, "v:0")
+    variable = average is None or abs(rate - average) > rate * VFR_TOLERANCE
+    duration = _duration(video, container)
+    audio = None
+    if audios:
+        audio = {"duration": round(_duration(audios[0], container) or 0.0, 6),
+                 "streams": len(audios)}
+    return {"duration": round(duration if duration is not None else float(frames / rate), 6),
+            "frames": frames, "frame_rate": f"{rate.numerator}/{rate.denominator}",
+            "start_time": round(_number(video.get("start_time")) or 0.0, 6),
+            "width": int(video.get("width") or 0), "height": int(video.get("height") or 0),
+            "variable_frame_rate": variable, "audio": audio}
+
+
+def count_packets(ffprobe: str, target: str | Path, stream: str) -> int:
+    """The packet count of one stream (``v:0``), read through the whole file."""
+    info = _ffprobe([ffprobe, "-v", "error", "-count_packets", "-select_streams", stream,
+                     "-show_entries", "stream=nb_read_packets", "-of", "json", str(target)],
+                    "the packets")
+    streams = info.get("streams") or []
+    return int(_number(streams[0].get("nb_read_packets")) or 0) if streams else 0
+
+
+@dataclass(frozen=True)
+class Track:
+    """One stream of a file as its packets say: how many, and how long it plays."""
+
+    kind: str
+    packets: int
+    duration: float
+
+
+def tracks(ffprobe: str, path: Path) -> list[Track]:
+    """Each stream's packet count and duration (last packet's end - first packet's
+    start), from the packets themselves: the same in every container."""
+    info = _ffprobe([ffprobe, "-v", "error", "-show_entries",
+                     "packet=stream_index,pts_time,duration_time:stream=index,codec_type",
+                     "-of", "json", str(path)], "the output")
+    kinds = {stream.get("index"): stream.get("codec_type") for stream in info.get("streams", [])}
+    spans: dict[int, list[float]] = {}
+    counts: dict[int, int] = {}
+    for packet in info.get("packets", []):
+        index = packet.get("stream_index")
+        start = _number(packet.get("pts_time"))
+        if start is None:
+            continue
+        end = start + (_number(packet.get("duration_time")) or 0.0)
+        span = spans.setdefault(index, [start, end])
+        span[0], span[1] = min(span[0], start), max(span[1], end)
+        counts[index] = counts.get(index, 0) + 1
+    return [Track(str(kinds.get(index)), counts[index], spans[index][1] - spans[index][0])
+            for index in sorted(spans)]
+
+
+def decode_errors(ffmpeg: str, path: Path) -> str:
+    """What ``ffmpeg -v error -i OUT -f null -`` prints (empty: it decodes cleanly);
+    decoded with every core, since the stitch waits for it."""
+    try:
+        result = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-threads", "0",
+                                 "-i", str(path), "-f", "null", "-"],
+                                capture_output=True, text=True, errors="replace",
+                                timeout=DECODE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"decode check did not finish: {exc}"
+    return (result.stdout + result.stderr).strip()
+
+
+def verify(ffprobe: str, ffmpeg: str, path: Path, expect: dict[str, Any]) -> list[str]:
+    """The stitch's checks against ``expect`` (frames, duration, audio_duration,
+    frame_rate); each failed one is a sentence with the numbers."""
+    problems = []
+    found = tracks(ffprobe, path)
+    videos = [track for track in found if track.kind == "video"]
+    audios = [track for track in found if track.kind == "audio"]
+    frame = float(1 / Fraction(expect["frame_rate"]))
+    if not videos:
+        problems.append("the output has no video stream")
+    else:
+        video = videos[0]
+        if video.packets != expect["frames"]:
+            problems.append(f"video has {video.packets} frames, expected {expect['frames']}")
+        if abs(video.duration - expect["duration"]) > frame + 1e-6:
+            problems.append(f"video lasts {video.duration:.6f} s, expected "
+                            f"{expect['duration']:.6f} s (± one frame, {frame:.6f} s)")
+    wanted = expect.get("audio_duration")
+    if wanted is not None:
+        if not audios:
+            problems.append("the output has no audio stream")
+        for audio in audios:
+            if abs(audio.duration - wanted) > 0.05:
+                problems.append(f"audio lasts {audio.duration:.6f} s, expected "
+                                f"{wanted:.6f} s (± 0.05 s)")
+    errors = decode_errors(ffmpeg, path)
+    if errors:
+        lines = errors.splitlines()
+        problems.append(f"the output does not decode cleanly ({len(lines)} error lines): "
+                        + lines[0][:300])
+    return problems
