@@ -14,6 +14,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from dispatch.config.settings import Settings
+from dispatch.http.chunk_schemas import ChunksSchema
+from dispatch.http.schemas import JobSchema
 from tests.api.test_files import local, put_parts, read
 from tests.api.test_jobs_api import assert_validation_error
 from tests.conftest import BOTH_BACKENDS, JOB, FakeClock
@@ -75,6 +77,11 @@ def test_a_chunked_job_from_submission_to_its_output(client: FlaskClient,
     post(client, auth, f"/jobs/{plan['job_id']}/complete", {
         "engine_id": "py", "attempt": 1, "output_url": JOB["source_url"], "probe": PROBE})
     chunks = client.get(f"/jobs/{parent['job_id']}/chunks", headers=auth).get_json()
+    assert {} == ChunksSchema().validate(chunks)
+    assert {} == JobSchema().validate(
+        client.get(f"/jobs/{parent['job_id']}", headers=auth).get_json())
+    assert {} == JobSchema().validate(
+        client.get(f"/jobs/{plan['job_id']}", headers=auth).get_json())
     assert [(c["index"], c["start_time"], c["end_time"], c["frames"]) for c in
             chunks["chunks"]] == [(0, 0.0, 8.0, 200), (1, 8.0, 17.6, 240)]
     assert [t["kind"] for t in chunks["tasks"]] == ["plan"]

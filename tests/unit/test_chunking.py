@@ -10,7 +10,7 @@ from itertools import count
 import pytest
 
 from dispatch.domain import chunking
-from dispatch.domain.models import Job
+from dispatch.domain.models import Engine, Job
 
 PROBE = {"duration": 60.0, "frames": 1800, "frame_rate": "30/1", "start_time": 0.0,
          "width": 640, "height": 360, "variable_frame_rate": False,
@@ -131,3 +131,17 @@ def test_labels_name_the_task() -> None:
     plan = chunking.plan_task(parent(), 1, 0, 1.0)
     assert [chunking.task_label(t) for t in (tasks[3], tasks[-1], plan)] == [
         "chunk 3", "audio", "planning"]
+
+
+def test_records_written_before_chunked_encoding_load_with_none() -> None:
+    record = parent().to_record()
+    for key in ("chunk_seconds", "parent_id", "task", "chunks"):
+        del record[key]
+    old = Job.from_dict(record, 1)
+    assert (old.chunk_seconds, old.parent_id, old.task, old.chunks) == (None,) * 4
+    kept = chunking.plan_task(parent(), 1, 2, 3.0)
+    assert Job.from_dict(kept.to_record(), 2) == kept
+    engine = Engine.from_dict({"engine_id": "e1", "last_heartbeat": 1.0})
+    assert engine.task_kinds == ()
+    assert Engine.from_dict(replace(engine, task_kinds=("plan",)).to_record()).task_kinds \
+        == ("plan",)
