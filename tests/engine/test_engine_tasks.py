@@ -155,11 +155,12 @@ def test_a_chunk_reads_only_its_range_of_the_source(
     assert not list(work.iterdir())
 
 
-@pytest.mark.parametrize("how", ["cancelled", "shutdown"])
+@pytest.mark.parametrize("how", ["cancelled", "lost", "shutdown"])
 def test_a_running_chunk_reports_progress_and_stops_like_a_job(
         served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
-    """Percent of the chunk's frames with fps, speed and ETA; a cancel stops ffmpeg
-    within 2 s and reports nothing, a shutdown gives the chunk back."""
+    """Percent of the chunk's frames with fps, speed and ETA; a cancel (or a refused
+    progress report: the chunk is no longer this engine's) stops ffmpeg within 2 s and
+    reports nothing, a shutdown gives the chunk back."""
     monkeypatch.setattr(loop, "PROGRESS_EVERY", 0.0)
     slow = Capabilities({"h264": Encoder("libx264", (), ("-pix_fmt", "yuv420p", "-preset",
                                                          "veryslow", "-threads", "1"))},
@@ -186,6 +187,8 @@ def test_a_running_chunk_reports_progress_and_stops_like_a_job(
     if how == "cancelled":
         served.cancelled.append("l.g1.c0000")
         assert worker.beat_once(worker.client)
+    elif how == "lost":
+        served.lost.append("l.g1.c0000")  # the next progress report is refused
     else:
         worker.request_stop()
         worker.request_stop()
@@ -193,7 +196,7 @@ def test_a_running_chunk_reports_progress_and_stops_like_a_job(
     assert not runner.is_alive() and run.ffmpeg.proc.poll() is not None
     assert time.monotonic() - stopped_at < 2.0
     finals = [report for report in served.reports("l.g1.c0000") if report[0] != "progress"]
-    if how == "cancelled":
+    if how != "shutdown":
         assert finals == []
     else:
         assert finals == [("fail", {"engine_id": "e1", "attempt": 1,

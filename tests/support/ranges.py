@@ -30,6 +30,7 @@ class Served:
     spans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)  # the heartbeat's cancelled_jobs
+    lost: list[str] = field(default_factory=list)  # job ids whose reports are refused (409)
 
     def reports(self, job_id: str) -> list[tuple[str, dict[str, Any]]]:
         """(route's last segment, body) of each POST about ``job_id``, in order."""
@@ -55,9 +56,15 @@ def range_server(folder: Path, ranges: bool = True) -> Iterator[Served]:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
             served.posts.append((self.path, body))
-            answer = {"cancelled_jobs": list(served.cancelled)} if "heartbeat" in self.path else {}
+            answer: dict[str, Any] = {}
+            status = 200
+            if "heartbeat" in self.path:
+                answer = {"cancelled_jobs": list(served.cancelled)}
+            elif any(self.path.startswith(f"/jobs/{job_id}/") for job_id in served.lost):
+                status = 409
+                answer = {"error": {"code": "conflict", "message": "not this engine's job"}}
             data = json.dumps(answer).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
