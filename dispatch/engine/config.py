@@ -23,6 +23,7 @@ from dispatch.config.options import (
     SettingsError,
     add_flags,
     at_least,
+    integer,
     nonempty,
     one_of,
     resolve_options,
@@ -52,6 +53,8 @@ class EngineConfig:
     # codec -> encoder ("" = detect); None: every built-in codec, detected.
     codecs: tuple[tuple[str, str], ...] | None = None
     max_download_gb: float = 50.0
+    # Threads each ffmpeg decodes and encodes with; 0 lets ffmpeg choose (one per core).
+    ffmpeg_threads: int = 0
     task_kinds: tuple[str, ...] = TASK_KINDS
     log_level: str = "INFO"
 
@@ -139,6 +142,8 @@ _OPTIONS: tuple[Option, ...] = (
     Option("ffprobe", _program, "--ffprobe", "DISTCONV_FFPROBE", ("ffprobe",)),
     Option("max_download_gb", at_least(0.001), "--max-download-gb", "DISTCONV_MAX_DOWNLOAD_GB",
             ("max_download_gb",)),
+    Option("ffmpeg_threads", integer(0, 256), "--ffmpeg-threads", "DISTCONV_FFMPEG_THREADS",
+           ("ffmpeg_threads",)),
     Option("task_kinds", _task_kinds, "--task-kinds", "DISTCONV_TASK_KINDS", ("task_kinds",)),
     Option("log_level", one_of(LOG_LEVELS, upper=True), "--log-level", "DISTCONV_LOG_LEVEL",
             ("log_level",)),
@@ -160,6 +165,8 @@ _HELPS = {
     "--ffmpeg": "ffmpeg program (default: ffmpeg from PATH)",
     "--ffprobe": "ffprobe program (default: ffprobe from PATH)",
     "--max-download-gb": "largest source to download, in GB (default 50)",
+    "--ffmpeg-threads": "threads each ffmpeg uses, 0 = ffmpeg's choice (default 0); 1 with "
+                        "taskset makes an engine one core",
     "--task-kinds": "parts of chunked jobs to take: comma-separated plan, chunk, audio, "
     "stitch, or none (default: all four)",
     "--log-level": "DEBUG, INFO, WARNING or ERROR (default INFO)",

@@ -48,7 +48,7 @@ class Farm:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.server = Server(root, KEY, "--state-file", str(root / "state.json"),
-                             "--engine-timeout", "2",
+                             "--engine-timeout", "5",
                              env={"DISTCONV_RETRY_BACKOFF": "0"}).start()
         self.engines: dict[str, Engine] = {}
 

@@ -57,6 +57,19 @@ def test_task_kinds_setting() -> None:
         kinds("--task-kinds", "plan,transcode")
 
 
+def test_ffmpeg_threads_limit_every_encode(capabilities: Capabilities) -> None:
+    """``--ffmpeg-threads 1`` (with taskset, "one engine is one core"): each ffmpeg
+    decodes and encodes on one thread; 0 leaves ffmpeg's own choice."""
+    config = load_config(["--api-key", "k", "--ffmpeg-threads", "1"], {})
+    limited = capabilities.with_threads(config.ffmpeg_threads).encoders["h264"]
+    assert limited.input_args[:2] == ("-threads", "1")
+    assert limited.output_args[-2:] == ("-threads", "1")
+    assert capabilities.with_threads(load_config(["--api-key", "k"], {}).ffmpeg_threads) \
+        is capabilities
+    with pytest.raises(SettingsError, match="ffmpeg"):
+        load_config(["--api-key", "k", "--ffmpeg-threads", "-1"], {})
+
+
 def test_heartbeat_advertises_task_kinds_or_leaves_the_field_out(
         served: Served, capabilities: Capabilities, tmp_path: Path) -> None:
     every = engine(served, tmp_path / "a", capabilities)

@@ -33,7 +33,7 @@ def server(postgres: PostgresServer, tmp_path: Path) -> Iterator[Server]:
     saved = {name: os.environ.pop(name) for name in list(os.environ)
              if name.startswith(("DISTCONV_", "AWS_"))}
     server = Server(tmp_path, KEY, "--database-url", postgres.url, "--workers", "2",
-                    "--storage-dir", str(tmp_path / "files"), "--engine-timeout", "2",
+                    "--storage-dir", str(tmp_path / "files"), "--engine-timeout", "5",
                     env={"DISTCONV_RETRY_BACKOFF": "0", "DISTCONV_LEADER_LEASE": "1"})
     server.start(timeout=60)
     try:
