@@ -236,6 +236,13 @@ class ByteBar:
         if self.progress is not None:
             self.progress.update(self.task, total=self.total, advance=count)
 
+    def note(self, message: str) -> None:
+        """A line above the bar on a terminal; a plain line otherwise."""
+        if self.progress is not None:
+            self.progress.console.print(message, markup=False, highlight=False)
+        else:
+            render.say(message)
+
     def rewind(self, done: int) -> None:
         """Back to ``done`` bytes: what was sent since goes again."""
         self.done = done
