@@ -18,11 +18,8 @@ from dispatch.client.transfer import CHUNK, ByteBar
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with open(path, "rb") as handle:  # read into one reused buffer
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _part(path: Path, offset: int, size: int, bar: ByteBar | None) -> Iterator[bytes]:
