@@ -3,15 +3,18 @@ store beside ``curl`` doing the same requests, and ``distconv --version``'s star
 
     .venv/bin/python -m bench.client               # 1 GiB, 5 runs of each, alternating
     .venv/bin/python -m bench.client --mib 256 --runs 3
+    .venv/bin/python -m bench.client --before /tmp/old  # also an older checkout's client
 
 Upload: ``distconv submit FILE --codec h264 --json`` (the file's SHA-256, POST
-/uploads, each part PUT, the completion, POST /jobs/) beside ``sha256sum`` and ``curl``
-making the same requests (the parts cut beforehand, untimed; one curl process sends
-them all over one connection). Each run changes the file's first bytes, so the store
-never holds its content already. Download: ``distconv download JOB -o FILE`` (checked
-against the job's size and SHA-256, fsynced, renamed) beside ``curl -L -o FILE`` and
-``sync FILE``, and beside ``curl | tee FILE | sha256sum``. Wall time of the processes,
-medians; the server is the same for both and does the same work.
+/uploads, each part PUT, the completion, POST /jobs/) beside ``openssl dgst -sha256``
+(coreutils' sha256sum is 3x slower here) and ``curl`` making the same requests (the
+parts cut beforehand, untimed; one curl process sends them all over one connection).
+Each run changes the file's first bytes, so the store never holds its content
+already. Download: ``distconv download JOB -o FILE`` (checked against the job's size
+and SHA-256, fsynced, renamed) beside ``curl -L -o FILE`` and ``sync FILE``, and
+beside ``curl | tee FILE | openssl dgst -sha256``. Wall and CPU time of the processes
+(CPU: user + system of the process and what it waited for), medians; the server is
+the same for both and does the same work.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -37,10 +41,17 @@ MiB = 1 << 20
 PART_MB = 64  # the server's default upload_part_mb
 
 
-def timed(command: list[str] | str, **kwargs: Any) -> float:
-    start = time.perf_counter()
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every child process waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str] | str, **kwargs: Any) -> tuple[float, float]:
+    """Wall and CPU seconds of ``command`` (and of the processes it waited for)."""
+    cpu, start = children_cpu(), time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, **kwargs)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, children_cpu() - cpu
 
 
 def stored_output(server: Server, source: Path) -> str:
@@ -80,9 +91,9 @@ def cut_parts(source: Path, folder: Path, part_mb: int) -> None:
 
 
 def upload_with_curl(server: Server, source: Path, folder: Path, key: str) -> None:
-    """sha256sum, POST /uploads, every part with one curl, complete, POST /jobs/."""
-    digest = subprocess.run(["sha256sum", str(source)], check=True, capture_output=True,
-                            text=True).stdout.split()[0]
+    """openssl's SHA-256, POST /uploads, every part with one curl, complete, POST /jobs/."""
+    digest = subprocess.run(["openssl", "dgst", "-sha256", "-r", str(source)], check=True,
+                            capture_output=True, text=True).stdout.split()[0]
     created = json.loads(subprocess.run(
         ["curl", "-sSf", "-H", key, "-H", "Content-Type: application/json", "-d",
          json.dumps({"filename": source.name, "size": source.stat().st_size,
@@ -118,15 +129,19 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=1024, help="file size in MiB (1024)")
     parser.add_argument("--runs", type=int, default=5, help="runs of each (5)")
     parser.add_argument("--skip-upload", action="store_true")
+    parser.add_argument("--before", metavar="TREE", help="also time the distconv of this "
+                        "checkout (its dispatch package first on PYTHONPATH), alternately")
     args = parser.parse_args()
     key = secrets.token_hex(16)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("DISTCONV_")},
            "DISTCONV_API_KEY": key, "HOME": "/nonexistent"}
     times: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}
 
-    def record(name: str, seconds: float) -> None:
-        times.setdefault(name, []).append(seconds)
-        print(f"  {name:28} {seconds:6.2f} s", flush=True)
+    def record(name: str, measured: tuple[float, float]) -> None:
+        times.setdefault(name, []).append(measured[0])
+        cpus.setdefault(name, []).append(measured[1])
+        print(f"  {name:34} {measured[0]:6.2f} s, CPU {measured[1]:5.2f} s", flush=True)
 
     with tempfile.TemporaryDirectory(dir=ROOT / "bench") as folder:
         root = Path(folder)
@@ -147,12 +162,18 @@ def main() -> int:
                     [str(BIN / "distconv"), "download", job_id, "-o", str(out), "--json"],
                     env=env))
                 out.unlink()
+                if args.before:
+                    record("distconv download (before)", timed(
+                        [str(BIN / "distconv"), "download", job_id, "-o", str(out),
+                         "--json"], env={**env, "PYTHONPATH": args.before}))
+                    out.unlink()
                 record("curl -o + sync", timed(
                     f"curl -sSfL -H 'X-API-Key: {key}' -o {out} {output} && sync {out}",
                     shell=True))
                 out.unlink()
-                record("curl | tee | sha256sum + sync", timed(
-                    f"curl -sSfL -H 'X-API-Key: {key}' {output} | tee {out} | sha256sum"
+                record("curl | tee | openssl sha256 + sync", timed(
+                    f"curl -sSfL -H 'X-API-Key: {key}' {output} | tee {out} | "
+                    "openssl dgst -sha256"
                     f" && sync {out}", shell=True))
                 out.unlink()
             if not args.skip_upload:
@@ -166,25 +187,33 @@ def main() -> int:
                     record("distconv submit (upload)", timed(
                         [str(BIN / "distconv"), "submit", str(source), "--codec", "h264",
                          "--json"], env=env))
+                    if args.before:
+                        refresh(source, None)
+                        record("distconv submit (upload, before)", timed(
+                            [str(BIN / "distconv"), "submit", str(source), "--codec",
+                             "h264", "--json"], env={**env, "PYTHONPATH": args.before}))
                     refresh(source, parts)
-                    start = time.perf_counter()
+                    cpu, start = children_cpu(), time.perf_counter()
                     upload_with_curl(server, source, parts, header)
-                    record("sha256sum + curl (upload)", time.perf_counter() - start)
+                    record("openssl sha256 + curl (upload)",
+                           (time.perf_counter() - start, children_cpu() - cpu))
                     for stored in (objects / "sources").glob("*/*"):
                         stored.unlink()  # room on the disk; the jobs are never run
         finally:
             server.stop()
-    start_up = [timed([str(BIN / "distconv"), "--version"]) for _ in range(20)]
+    start_up = [timed([str(BIN / "distconv"), "--version"])[0] for _ in range(20)]
     print(f"\n{args.mib} MiB through the embedded store, medians of {args.runs}:")
     for name, values in times.items():
-        print(f"  {name:32} {statistics.median(values):6.2f} s  "
-              f"(min {min(values):.2f}, max {max(values):.2f})")
+        print(f"  {name:34} {statistics.median(values):6.2f} s  "
+              f"(min {min(values):.2f}, max {max(values):.2f}), "
+              f"CPU {statistics.median(cpus[name]):.2f} s")
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"  download: distconv / curl -o = "
           f"{medians['distconv download'] / medians['curl -o + sync']:.2f}x")
     if not args.skip_upload:
-        print(f"  upload: distconv / (sha256sum + curl) = "
-              f"{medians['distconv submit (upload)'] / medians['sha256sum + curl (upload)']:.2f}x")
+        ratio = medians["distconv submit (upload)"] / medians["openssl sha256 + curl (upload)"]
+        print(f"  upload: distconv / (openssl sha256 + curl) = {ratio:.2f}x")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} cores)")
     print(f"distconv --version: {statistics.mean(start_up) * 1000:.0f} ms mean of 20 "
           f"({min(start_up) * 1000:.0f}-{max(start_up) * 1000:.0f} ms)")
     return 0

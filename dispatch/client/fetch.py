@@ -3,10 +3,10 @@
 
 The body is read with the standard library's ``http.client`` into reused buffers,
 not through httpx: httpx hands a body over in 64 KiB ``bytes`` that its HTTP/1.1
-parser has copied twice, which cost 1.2 s of CPU per GiB here, more than curl spends
-on the whole download. Writing and hashing run on a second thread (both release the
-GIL), so they overlap the reads. Proxies from the environment are honoured, as httpx
-honours them for the API."""
+parser has copied twice, which cost about 1 s of CPU per GiB here, as much as curl
+spends on the whole download (docs/performance.md). Writing and hashing run on a
+second thread (both release the GIL), so they overlap the reads. Proxies from the
+environment are honoured, as httpx honours them for the API."""
 
 from __future__ import annotations
 
