@@ -25,6 +25,7 @@ class Behaviour:
     def __init__(self, cut_first: bool, honour_range: bool, status: int = 200) -> None:
         self.cut_first, self.honour_range, self.status = cut_first, honour_range, status
         self.ranges: list[str | None] = []
+        self.paths: list[str] = []
 
 
 @pytest.fixture
@@ -40,6 +41,7 @@ def served() -> Iterator[tuple[str, Behaviour]]:
         def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
             asked = self.headers.get("Range")
             behaviour.ranges.append(asked)
+            behaviour.paths.append(self.path)
             if behaviour.status != 200:
                 body = b"no such object\n"
                 self.send_response(behaviour.status)
@@ -107,3 +109,18 @@ def test_a_refusal_is_the_servers_message(served: tuple[str, Behaviour],
         download(url, tmp_path / "out")
 
     assert "the server refused: no such object (404 http_error)" == refused.value.message
+
+
+def test_the_environments_proxy_is_used(served: tuple[str, Behaviour], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """http_proxy names the loopback server: it is sent the whole URL, as a proxy is."""
+    url, behaviour = served
+    behaviour.cut_first = False
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", url.rsplit("/", 1)[0])
+
+    digest, _ = download("http://media.example/out.mp4?sig=1", tmp_path / "out")
+
+    assert ["http://media.example/out.mp4?sig=1"] == behaviour.paths
+    assert hashlib.sha256(PAYLOAD).hexdigest() == digest
