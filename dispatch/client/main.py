@@ -72,13 +72,16 @@ def cli(ctx: click.Context, server: str | None, api_key: str | None,
 @click.option("--codec", required=True, help="Target codec (h264, hevc, vp9, av1...).")
 @click.option("--priority", type=click.IntRange(-100, 100), help="-100..100, higher first.")
 @click.option("--max-retries", type=click.IntRange(0, 100), help="Attempts after a failure.")
+@click.option("--chunk-seconds", type=click.IntRange(2, 600), metavar="N",
+              help="Encode each video in chunks of about N seconds (2..600) on several "
+              "engines at once; the server must support chunked jobs.")
 @click.option("--callback-url", metavar="URL", help="Webhook called when the job ends.")
 @click.option("--wait", is_flag=True, help="Wait until every job has finished.")
 @click.option("--output", "-o", metavar="PATH|DIR", help="With --wait: download each "
               "result to PATH, or into DIR named after its source.")
 def submit(ctx: Context, sources: tuple[str, ...], codec: str, priority: int | None,
-           max_retries: int | None, callback_url: str | None, wait: bool,
-           output: str | None, as_json: bool) -> None:
+           max_retries: int | None, chunk_seconds: int | None, callback_url: str | None,
+           wait: bool, output: str | None, as_json: bool) -> None:
     """Submit each SOURCE (a local file, uploaded, or an http(s):// URL) as a job."""
     from dispatch.client import submit as submitting
 
@@ -88,8 +91,10 @@ def submit(ctx: Context, sources: tuple[str, ...], codec: str, priority: int | N
             not os.path.isdir(output):
         raise click.UsageError("with several sources, --output must be a folder")
     found = submitting.read_sources(sources)
-    options = {"target_codec": codec, "priority": priority, "max_retries": max_retries,
-               "callback_url": callback_url}
+    options: dict[str, Any] = {"target_codec": codec, "priority": priority,
+                               "max_retries": max_retries, "callback_url": callback_url}
+    if chunk_seconds is not None:  # absent otherwise: the Idempotency-Key stays as it was
+        options["chunk_seconds"] = chunk_seconds
     api = ctx.api()
     jobs = submitting.submit(api, found, options, quiet=as_json)
     names = {job["job_id"]: source.name for job, source in zip(jobs, found, strict=True)}

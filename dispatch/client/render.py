@@ -52,10 +52,14 @@ def duration(seconds: float | None) -> str:
 
 
 def figures(job: dict[str, Any]) -> str:
-    """'42% · 61 fps · 2.4× · ETA 0:12 · engine-1', what is known of it."""
+    """'42% · chunks 3/12 · 61 fps · 2.4× · ETA 0:12 · engine-1', what is known of it
+    (a job in chunks: its combined figures)."""
     parts = []
     if job.get("progress") is not None:
         parts.append(f"{job['progress']:.0f}%")
+    chunks = job.get("chunks")
+    if chunks:
+        parts.append(f"chunks {chunks['completed']}/{chunks['total']}")
     detail = job.get("progress_detail") or {}
     if job.get("status") == "processing":
         if detail.get("fps") is not None:
@@ -67,3 +71,12 @@ def figures(job: dict[str, Any]) -> str:
     if job.get("assigned_engine"):
         parts.append(str(job["assigned_engine"]))
     return " · ".join(parts)
+
+
+def chunks(job: dict[str, Any]) -> str | None:
+    """'3 of 12 completed, 2 running, 7 pending, 0 failed' (None: not in chunks)."""
+    counts = job.get("chunks")
+    if not counts:
+        return None
+    return (f"{counts['completed']} of {counts['total']} completed, {counts['running']} "
+            f"running, {counts['pending']} pending, {counts['failed']} failed")

@@ -5,19 +5,17 @@ them), then renamed into place: a file at PATH is always whole."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import queue
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 from dispatch.client import render
-from dispatch.client.api import Api, Failure, backoff, error_of, job_path
+from dispatch.client.api import Api, Failure, error_of, job_path
+from dispatch.client.fetch import fetch
 
 CHUNK = 1 << 20
 # The engine's containers by codec family, for a file named after its source.
@@ -70,22 +68,20 @@ def locate(api: Api, job: dict[str, Any]) -> str:
 
 def download(api: Api, job: dict[str, Any], target: Path, quiet: bool) -> Path:
     """Fetch the output of completed ``job`` to ``target``; returns it."""
-    import httpx
-
     url = locate(api, job)
     expected = job.get("output") or {}
     target.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.",
                                          suffix=".part", delete=False)
     temporary = Path(handle.name)
+    bar = None if quiet else ByteBar(target.name)
     try:
-        with handle, httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0),
-                                  follow_redirects=True) as http:
-            # Hashed only when there is a SHA-256 to check against: it is the
-            # costliest part of a download (about 1 s per GiB here).
-            digest, size = _fetch(http, url, handle, api.settings.retries, quiet,
-                                  target.name, hashing=bool(expected.get("sha256")))
-            handle.flush()
+        with handle:
+            try:
+                digest, size = fetch(url, handle.fileno(), api.settings.retries, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
             os.fsync(handle.fileno())
         if expected.get("size") is not None and size != expected["size"]:
             raise Failure(f"the download of job {job['job_id']} has {size} bytes, the "
@@ -103,109 +99,6 @@ def download(api: Api, job: dict[str, Any], target: Path, quiet: bool) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return target
-
-
-class _Sink:
-    """Writes and hashes on a thread of its own. File writes and SHA-256 updates of
-    large blocks release the GIL, so they overlap the network reads: a 1 GiB download
-    takes about 40 % less time than writing and hashing between two reads."""
-
-    def __init__(self, handle: Any, hashing: bool) -> None:
-        self.handle, self.size = handle, 0
-        self.digest = hashlib.sha256() if hashing else None
-        self.error: OSError | None = None
-        self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._thread = threading.Thread(target=self._run, name="download-sink", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (block := self._blocks.get()) is not None:
-            if self.error is None:
-                try:
-                    self.handle.write(block)
-                    if self.digest is not None:
-                        self.digest.update(block)
-                except OSError as exc:  # a full disk: raised in the reading thread
-                    self.error = exc
-
-    def put(self, chunk: bytes) -> None:
-        """Take ``chunk``; handed on in blocks of at least ``CHUNK`` (one hand-over per
-        64 KiB network read would cost more than it saves)."""
-        if self.error is not None:
-            raise self.error
-        self._pending.append(chunk)
-        self._pending_size += len(chunk)
-        self.size += len(chunk)
-        if self._pending_size >= CHUNK:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            self._blocks.put(b"".join(self._pending))
-            self._pending, self._pending_size = [], 0
-
-    def abandon(self) -> None:
-        """Stop the writer thread after an error (nothing more comes)."""
-        if self._thread.is_alive():
-            self._blocks.put(None)
-            self._thread.join()
-
-    def close(self) -> str | None:
-        """Everything written; returns the SHA-256 (None when not hashing)."""
-        self._flush()
-        self._blocks.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        return None if self.digest is None else self.digest.hexdigest()
-
-
-def _fetch(http: Any, url: str, handle: Any, retries: int, quiet: bool, label: str,
-           hashing: bool) -> tuple[str | None, int]:
-    """Stream ``url`` into ``handle``; a dropped connection resumes with ``Range``
-    (or starts over when the server ignores it). Returns (sha256 when ``hashing``,
-    size)."""
-    import httpx
-
-    sink, attempt = _Sink(handle, hashing), 0
-    bar = None if quiet else ByteBar(label)
-    try:
-        while True:
-            # identity: the bytes as stored, so they can be taken raw (no decoding).
-            headers = {"Accept-Encoding": "identity"}
-            if sink.size:
-                headers["Range"] = f"bytes={sink.size}-"
-            try:
-                with http.stream("GET", url, headers=headers) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise error_of(response)
-                    if sink.size and response.status_code != 206:  # Range ignored
-                        sink.close()
-                        handle.seek(0)
-                        handle.truncate()
-                        sink = _Sink(handle, hashing)
-                        if bar is not None:
-                            bar.rewind(0)
-                    total = response.headers.get("content-length")
-                    if bar is not None and total is not None:
-                        bar.total = sink.size + int(total)
-                    for chunk in response.iter_raw():
-                        sink.put(chunk)
-                        if bar is not None:
-                            bar.advance(len(chunk))
-                return sink.close(), sink.size
-            except httpx.TransportError as exc:
-                if attempt >= retries:
-                    raise Failure(f"download from the store failed: {exc}", 3) from None
-                time.sleep(backoff(attempt))
-                attempt += 1
-    finally:
-        if bar is not None:
-            bar.close()
-        sink.abandon()
 
 
 class ByteBar:
@@ -235,6 +128,13 @@ class ByteBar:
         self.done += count
         if self.progress is not None:
             self.progress.update(self.task, total=self.total, advance=count)
+
+    def note(self, message: str) -> None:
+        """A line above the bar on a terminal; a plain line otherwise."""
+        if self.progress is not None:
+            self.progress.console.print(message, markup=False, highlight=False)
+        else:
+            render.say(message)
 
     def rewind(self, done: int) -> None:
         """Back to ``done`` bytes: what was sent since goes again."""

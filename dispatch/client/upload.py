@@ -18,11 +18,8 @@ from dispatch.client.transfer import CHUNK, ByteBar
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with open(path, "rb") as handle:  # read into one reused buffer
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _part(path: Path, offset: int, size: int, bar: ByteBar | None) -> Iterator[bytes]:
@@ -62,9 +59,12 @@ def upload(api: Api, path: Path, digest: str, quiet: bool) -> str:
     try:
         with httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0)) as http:
             for part in parts:
+                label = f"{path.name}: part {part['part_number']} of {len(parts)}"
                 etags.append({"part_number": part["part_number"],
-                              "etag": _put(http, api, path, offset, part, bar)})
+                              "etag": _put(http, api, path, offset, part, bar, label)})
                 offset += int(part["size"])
+                if bar is not None and len(parts) > 1:
+                    bar.note(f"{label} stored")
     finally:
         if bar is not None:
             bar.close()
@@ -74,7 +74,7 @@ def upload(api: Api, path: Path, digest: str, quiet: bool) -> str:
 
 
 def _put(http: Any, api: Api, path: Path, offset: int, part: dict[str, Any],
-         bar: ByteBar | None) -> str:
+         bar: ByteBar | None, label: str) -> str:
     """PUT one part, again from its first byte after a failure; returns its ETag."""
     import httpx
 
@@ -100,5 +100,8 @@ def _put(http: Any, api: Api, path: Path, offset: int, part: dict[str, Any],
         if attempt >= api.settings.retries:
             raise Failure(f"upload of {path.name} part {part['part_number']} failed "
                           f"({problem}) after {attempt + 1} attempts", UNREACHABLE)
+        if bar is not None:  # a person sees why the bar stopped, and that it goes on
+            bar.note(f"{label} failed ({problem}); sending it again in "
+                     f"{backoff(attempt):g} s")
         time.sleep(backoff(attempt))
         attempt += 1

@@ -28,6 +28,9 @@ def jobs_detail(jobs: list[dict[str, Any]]) -> None:
                 ("priority", str(job["priority"])),
                 ("retries", f"{job['retries']} of {job['max_retries']}"),
                 ("created", job["created_at"]), ("updated", job["updated_at"])]
+        chunks = render.chunks(job)
+        if chunks:
+            rows.insert(3, ("chunks", chunks))
         if job.get("waiting_reason"):
             rows.append(("waiting", job["waiting_reason"]["message"]))
         if job.get("error_message"):

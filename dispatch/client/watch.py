@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dispatch.client import render
@@ -51,16 +52,28 @@ def wait(api: Api, jobs: list[dict[str, Any]], labels: dict[str, str],
             def plain(job: dict[str, Any], changed: bool) -> None:
                 if changed:
                     render.say(line(job, labels.get(job["job_id"], job["job_id"])))
-            _poll(api, current, plain)
+            # A chunk finishing is a line of its own in a log; live bars show it in place.
+            _poll(api, current, plain, moment=_moment_with_chunks)
     except KeyboardInterrupt:
         raise interrupted([job_id for job_id, job in current.items()
                            if job["status"] not in FINISHED] or list(current)) from None
     return list(current.values())
 
 
-def _poll(api: Api, current: dict[str, dict[str, Any]], seen: Any) -> None:
+def _moment(job: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a new line: the status, the attempt's error, the engine."""
+    return job["status"], job.get("error_message"), job.get("assigned_engine")
+
+
+def _moment_with_chunks(job: dict[str, Any]) -> tuple[Any, ...]:
+    chunks = job.get("chunks") or {}
+    return *_moment(job), chunks.get("completed"), chunks.get("failed")
+
+
+def _poll(api: Api, current: dict[str, dict[str, Any]], seen: Any,
+          moment: Callable[[dict[str, Any]], tuple[Any, ...]] = _moment) -> None:
     """Update ``current`` until every job is finished, calling ``seen(job, changed)``
-    after each look (``changed``: its status or its attempt's error changed)."""
+    after each look (``changed``: its ``moment`` changed)."""
     while True:
         waiting = [job_id for job_id, job in current.items() if job["status"] not in FINISHED]
         if not waiting:
@@ -69,8 +82,7 @@ def _poll(api: Api, current: dict[str, dict[str, Any]], seen: Any) -> None:
             before = current[job_id]
             job = api.job(job_id)
             current[job_id] = job
-            changed = (job["status"], job.get("error_message"), job.get("assigned_engine")) != (
-                before["status"], before.get("error_message"), before.get("assigned_engine"))
+            changed = moment(job) != moment(before)
             seen(job, changed)
         if any(job["status"] not in FINISHED for job in current.values()):
             time.sleep(api.settings.poll_interval)

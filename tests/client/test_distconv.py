@@ -13,7 +13,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,18 +22,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY
+from tests.support.client import DISTCONV, ESCAPE, Run, client_env, run_distconv
 from tests.support.engine import Engine, ffprobe, file_server, make_clip
 from tests.support.helpers import poll
 from tests.support.server import Server, free_port
 
 pytestmark = pytest.mark.e2e
 
-DISTCONV = Path(sys.executable).with_name("distconv")
 START = 30.0  # seconds an engine may take to start (test encodes, benchmark)
 # ~2-3 s of h264 encoding here: long enough for progress reports with fps and ETA
 # (the engine reports at most once a second), short enough for the suite.
 PROGRESS_SECONDS = 20
-ESCAPE = re.compile(rb"\x1b")
 
 
 @dataclass
@@ -42,17 +40,6 @@ class Farm:
     server: Server
     engine: Engine
     clips: str  # URL of the clips folder
-
-
-@dataclass
-class Run:
-    status: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
 
 
 @pytest.fixture(scope="module")
@@ -88,20 +75,13 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
 
 
 def env(farm: Farm | None, **extra: str) -> dict[str, str]:
-    values = {key: value for key, value in os.environ.items()
-              if not key.startswith("DISTCONV_")}
-    values.update({"DISTCONV_CLIENT_POLL_INTERVAL": "0.2", "HOME": "/nonexistent"})
-    if farm is not None:
-        values.update({"DISTCONV_SERVER": farm.server.url, "DISTCONV_API_KEY": API_KEY})
-    values.update(extra)
-    return values
+    return client_env(farm.server.url if farm is not None else None, **extra)
 
 
 def distconv(farm: Farm | None, *args: str, timeout: float = 90, **extra: str) -> Run:
     """``distconv ARGS`` without a terminal (stdout and stderr are pipes)."""
-    done = subprocess.run([str(DISTCONV), *args], env=env(farm, **extra),
-                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    return Run(done.returncode, done.stdout.decode(), done.stderr.decode())
+    return run_distconv(farm.server.url if farm is not None else None, *args,
+                        timeout=timeout, **extra)
 
 
 def distconv_in_terminal(farm: Farm | None, *args: str, timeout: float = 90,
