@@ -25,6 +25,7 @@ from tests.support.chunked import (
     submit_chunked,
     wait_finished,
 )
+from tests.support.client import ESCAPE, run_distconv
 from tests.support.engine import Engine, ffmpeg_children
 from tests.support.files import download, upload
 from tests.support.helpers import poll
@@ -111,6 +112,24 @@ def test_three_engines_encode_one_file_and_the_output_is_frame_exact(
     # One job to its client: the listing has no tasks, and the history is the job's.
     listing = farm.server.request("GET", "/jobs/").json()
     assert [item["job_id"] for item in listing["jobs"]] == [job_id]
+
+
+def test_distconv_submits_in_chunks_and_brings_the_result_back(
+        farm: Farm, clips: dict[str, Path], tmp_path: Path) -> None:
+    """``distconv submit --chunk-seconds``, as a person runs it without a terminal: one
+    job, its chunks counted on the way, the frame-exact result saved."""
+    farm.engine("e1")
+    farm.engine("e2")
+    target = tmp_path / "result.mp4"
+    run = run_distconv(farm.server.url, "submit", str(clips["long"]), "--codec", "h264",
+                       "--chunk-seconds", "20", "--wait", "--output", str(target),
+                       timeout=240, DISTCONV_API_KEY=KEY)
+    assert run.status == 0, run.text
+    assert not ESCAPE.search(run.text.encode())
+    assert "chunks 3/3" in run.err, run.err
+    assert_exact(target, clips["long"])
+    listing = farm.server.request("GET", "/jobs/").json()["jobs"]
+    assert len(listing) == 1 and listing[0]["chunks"]["total"] == 3
 
 
 def test_a_killed_engine_loses_only_its_chunk(
