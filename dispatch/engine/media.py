@@ -147,7 +147,9 @@ def count_packets(ffprobe: str, target: str | Path, stream: str) -> int:
 PARAMETERS = ("codec_name", "profile", "width", "height", "pix_fmt", "time_base",
               "extradata_hash")
 # Packets decoded from each join of a stitched output on (a few reorderings' worth).
-JOIN_FRAMES = 8
+JOIN_PACKETS = 8
+# Joins decoded by one ffprobe run (its intervals are one argument, at most 128 KiB).
+JOINS_PER_RUN = 2000
 
 
 @dataclass(frozen=True)
@@ -233,20 +235,22 @@ def decode_command(ffmpeg: str, path: Path, threads: int) -> list[str]:
             "-i", str(path), "-f", "null", "-"]
 
 
-def join_command(ffprobe: str, path: Path, joins: Sequence[float], rate: Fraction,
-                 threads: int) -> list[str]:
-    """A decode of a stitched output at each join (the time of the keyframe that starts
-    a chunk) through the JOIN_FRAMES packets from it, in one run that reads the file's
-    index once: ffprobe's ``-read_intervals`` seeks to the keyframe nearest each start
-    (half a frame after the join: the join's own) and decodes from there
-    (``-count_frames``; it prints the count). ffmpeg with an ``-ss`` input per join
-    takes twice as long, opening the file once per join. Prints no error line when
-    each part decodes cleanly."""
+def join_commands(ffprobe: str, path: Path, joins: Sequence[float], rate: Fraction,
+                  threads: int) -> list[list[str]]:
+    """Decodes of a stitched output at each join (the time of the keyframe that starts
+    a chunk) through the JOIN_PACKETS packets from it, one run per JOINS_PER_RUN joins
+    that reads the file's index once: ffprobe's ``-read_intervals`` seeks to the
+    keyframe nearest each start (half a frame after the join: the join's own) and
+    decodes from there (``-count_frames``; it prints the count). ffmpeg with an
+    ``-ss`` input per join takes twice as long, opening the file once per join. Each
+    prints no error line when its parts decode cleanly."""
     half = float(1 / rate) / 2
-    intervals = ",".join(f"{at + half:.6f}%+#{JOIN_FRAMES}" for at in joins)
-    return [ffprobe, "-hide_banner", "-v", "error", "-threads", str(threads),
-            "-read_intervals", intervals, "-select_streams", "v:0", "-count_frames",
-            "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)]
+    return [[ffprobe, "-hide_banner", "-v", "error", "-threads", str(threads),
+             "-read_intervals", ",".join(f"{at + half:.6f}%+#{JOIN_PACKETS}"
+                                         for at in joins[first:first + JOINS_PER_RUN]),
+             "-select_streams", "v:0", "-count_frames", "-show_entries",
+             "stream=nb_read_frames", "-of", "csv=p=0", str(path)]
+            for first in range(0, len(joins), JOINS_PER_RUN)]
 
 
 def decode_errors(ffmpeg: str, path: Path) -> str:

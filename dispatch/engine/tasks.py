@@ -25,7 +25,7 @@ from dispatch.engine.media import (
     decode_command,
     differences,
     headers_command,
-    join_command,
+    join_commands,
     parameters,
     probe_source,
     read_start,
@@ -286,9 +286,9 @@ def stitch(host: Host, run: JobRun, task: dict[str, Any], folder: Path) -> Resul
     problems, joins = verify(host.config.ffprobe, produced, expect,
                              [int(piece["frames"]) for piece in pieces])
     # Each chunk was decoded whole on its engine; what stream copy adds is the joins.
-    errors = run.check(join_command(host.config.ffprobe, produced, joins,
-                                    Fraction(expect["frame_rate"]),
-                                    host.config.ffmpeg_threads)) if joins else []
+    errors = [line for command in join_commands(
+        host.config.ffprobe, produced, joins, Fraction(expect["frame_rate"]),
+        host.config.ffmpeg_threads) for line in run.check(command)]
     if errors:
         problems.append("the output does not decode cleanly at its joins: "
                         + errors[0][:300])
