@@ -4,9 +4,11 @@ stitch and its verification should take under 5 % of the job).
 Runs the engine's tasks in-process (plan, 10 s chunks, audio, stitch) on a 1280x720
 lavfi clip with a sine track, served over HTTP with ``Range``, on one core (affinity)
 with one encoder thread, as one engine of the issue's benchmark would; the server is
-the recording stand-in of the tests. Prints each step's time, the parts of the
-stitch (join, packet check, decode check) and the stitch's share of the job on
-``--engines`` engines (chunk time / engines, the ideal spread).
+the recording stand-in of the tests. Prints each step's time (a chunk's includes the
+decode check of its output), the parts of the stitch (packet check, decode at the
+joins; and what a whole decode of the output, no longer the stitch's, would cost) and
+the stitch's share of the job on ``--engines`` engines (chunk time / engines, the
+ideal spread).
 
     .venv/bin/python -m bench.stitch                 # 120 s clip, ~6 minutes
     .venv/bin/python -m bench.stitch --seconds 30
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -77,15 +80,22 @@ def main() -> None:
                 "/", 1)[1]
             packet_time = timed(media.tracks, "ffprobe", output)
             decode_time = timed(media.decode_errors, "ffmpeg", output)
+            _, joins = media.verify("ffprobe", output, stitch["expect"],
+                                    [int(t["frames"]) for t in tasks])
+            join_time = timed(lambda: [
+                subprocess.run(command, check=True, capture_output=True)
+                for command in media.join_commands("ffprobe", output, joins, rate, 1)])
     encode = sum(chunk_times)
     # The audio task runs beside the chunks, on whichever engine is free.
-    job = plan_time + (encode + audio_time) / args.engines + stitch_time
     print(f"plan {plan_time:.2f} s; {len(tasks)} chunks {encode:.1f} s in all "
           f"({min(chunk_times):.1f}..{max(chunk_times):.1f} s each); audio {audio_time:.2f} s")
     print(f"stitch task {stitch_time:.2f} s (fetch, join, verify, publish), of which "
-          f"packet check {packet_time:.2f} s and decode check {decode_time:.2f} s")
-    print(f"job on {args.engines} engines (plan + (chunks + audio)/{args.engines} + stitch): "
-          f"{job:.1f} s; stitch share {100 * stitch_time / job:.1f} %")
+          f"packet check {packet_time:.2f} s and decode at the {len(joins)} joins "
+          f"{join_time:.2f} s (a whole decode, no longer in it: {decode_time:.2f} s)")
+    for engines in sorted({args.engines, 10}):
+        job = plan_time + (encode + audio_time) / engines + stitch_time
+        print(f"job on {engines} engines (plan + (chunks + audio)/{engines} + stitch): "
+              f"{job:.1f} s; stitch share {100 * stitch_time / job:.1f} %")
 
 
 if __name__ == "__main__":

@@ -143,24 +143,35 @@ def count_packets(ffprobe: str, target: str | Path, stream: str) -> int:
     return int(_number(streams[0].get("nb_read_packets")) or 0) if streams else 0
 
 
+# How two chunks' video streams differ, named (ffprobe) when their starts differ.
+PARAMETERS = ("codec_name", "profile", "width", "height", "pix_fmt", "time_base",
+              "extradata_hash")
+# Packets decoded from each join of a stitched output on (a few reorderings' worth).
+JOIN_PACKETS = 8
+# Joins decoded by one ffprobe run (its intervals are one argument, at most 128 KiB).
+JOINS_PER_RUN = 2000
+
+
 @dataclass(frozen=True)
 class Track:
-    """One stream of a file as its packets say: how many, and how long it plays."""
+    """One stream of a file as its packets say: how many, how long it plays, and (video)
+    each packet's time and whether it is a keyframe, in decode order."""
 
     kind: str
     packets: int
     duration: float
+    points: tuple[tuple[float, bool], ...] = ()
 
 
 def tracks(ffprobe: str, path: Path) -> list[Track]:
     """Each stream's packet count and duration (last packet's end - first packet's
     start), from the packets themselves: the same in every container."""
     info = _ffprobe([ffprobe, "-v", "error", "-show_entries",
-                     "packet=stream_index,pts_time,duration_time:stream=index,codec_type",
+                     "packet=stream_index,pts_time,duration_time,flags:stream=index,codec_type",
                      "-of", "json", str(path)], "the output")
     kinds = {stream.get("index"): stream.get("codec_type") for stream in info.get("streams", [])}
     spans: dict[int, list[float]] = {}
-    counts: dict[int, int] = {}
+    points: dict[int, list[tuple[float, bool]]] = {}
     for packet in info.get("packets", []):
         index = packet.get("stream_index")
         start = _number(packet.get("pts_time"))
@@ -169,32 +180,101 @@ def tracks(ffprobe: str, path: Path) -> list[Track]:
         end = start + (_number(packet.get("duration_time")) or 0.0)
         span = spans.setdefault(index, [start, end])
         span[0], span[1] = min(span[0], start), max(span[1], end)
-        counts[index] = counts.get(index, 0) + 1
-    return [Track(str(kinds.get(index)), counts[index], spans[index][1] - spans[index][0])
+        points.setdefault(index, []).append((start, "K" in str(packet.get("flags", ""))))
+    return [Track(str(kinds.get(index)), len(points[index]), spans[index][1] - spans[index][0],
+                  tuple(points[index]) if kinds.get(index) == "video" else ())
             for index in sorted(spans)]
 
 
+def headers_command(ffmpeg: str, paths: Sequence[Path], folder: Path) -> list[str]:
+    """One ffmpeg run (each process costs ~60 ms) writing, for each file, its first
+    video packet copied into ``folder/start-N.crc`` (the framecrc muxer: codec, time
+    base, size, aspect, a CRC of the extradata, and ``F=`` on a packet that is not a
+    keyframe)."""
+    inputs = [part for path in paths for part in ("-i", str(path))]
+    outputs = [part for number in range(len(paths)) for part in (
+        "-map", f"{number}:v:0", "-c", "copy", "-frames:v", "1", "-f", "framecrc",
+        str(folder / f"start-{number}.crc"))]
+    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", *inputs, *outputs]
+
+
+def read_start(crc: Path) -> tuple[str, bool]:
+    """What a ``headers_command`` file says: the header lines (what a join needs to
+    be the same) and whether the first packet is a keyframe."""
+    lines = crc.read_text(errors="replace").splitlines()
+    header = [line for line in lines if line.startswith("#") and not line.startswith(
+        "#software")]
+    packets = [line for line in lines if line and not line.startswith("#")]
+    return "\n".join(header), bool(packets) and "F=" not in packets[0]
+
+
+def parameters(ffprobe: str, path: Path) -> dict[str, str]:
+    """A file's first video stream's PARAMETERS as ffprobe names them (to say how two
+    chunks differ)."""
+    info = _ffprobe([ffprobe, "-v", "error", "-show_data_hash", "sha256", "-select_streams",
+                     "v:0", "-show_entries", "stream=" + ",".join(PARAMETERS), "-of", "json",
+                     str(path)], "a chunk")
+    stream = (info.get("streams") or [{}])[0]
+    return {name: str(stream.get(name, "")) for name in PARAMETERS}
+
+
+def _brief(value: str) -> str:
+    return value if len(value) <= 24 else value[:24] + "..."
+
+
+def differences(first: dict[str, str], other: dict[str, str]) -> str:
+    """``other``'s parameters that are not ``first``'s, for a message."""
+    return ", ".join(f"{name} {_brief(other[name])!r}, not {_brief(first[name])!r}"
+                     for name in PARAMETERS if other[name] != first[name]) or \
+        "the container's description of the stream"
+
+
+def decode_command(ffmpeg: str, path: Path, threads: int) -> list[str]:
+    """A whole decode of ``path`` that prints nothing when it decodes cleanly."""
+    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-threads", str(threads),
+            "-i", str(path), "-f", "null", "-"]
+
+
+def join_commands(ffprobe: str, path: Path, joins: Sequence[float], rate: Fraction,
+                  threads: int) -> list[list[str]]:
+    """Decodes of a stitched output at each join (the time of the keyframe that starts
+    a chunk) through the JOIN_PACKETS packets from it, one run per JOINS_PER_RUN joins
+    that reads the file's index once: ffprobe's ``-read_intervals`` seeks to the
+    keyframe nearest each start (half a frame after the join: the join's own) and
+    decodes from there (``-count_frames``; it prints the count). ffmpeg with an
+    ``-ss`` input per join takes twice as long, opening the file once per join. Each
+    prints no error line when its parts decode cleanly."""
+    half = float(1 / rate) / 2
+    return [[ffprobe, "-hide_banner", "-v", "error", "-threads", str(threads),
+             "-read_intervals", ",".join(f"{at + half:.6f}%+#{JOIN_PACKETS}"
+                                         for at in joins[first:first + JOINS_PER_RUN]),
+             "-select_streams", "v:0", "-count_frames", "-show_entries",
+             "stream=nb_read_frames", "-of", "csv=p=0", str(path)]
+            for first in range(0, len(joins), JOINS_PER_RUN)]
+
+
 def decode_errors(ffmpeg: str, path: Path) -> str:
-    """What ``ffmpeg -v error -i OUT -f null -`` prints (empty: it decodes cleanly);
-    decoded with every core, since the stitch waits for it."""
+    """What ``ffmpeg -v error -i OUT -f null -`` prints (empty: it decodes cleanly)."""
     try:
-        result = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-threads", "0",
-                                 "-i", str(path), "-f", "null", "-"],
-                                capture_output=True, text=True, errors="replace",
-                                timeout=DECODE_TIMEOUT)
+        result = subprocess.run(decode_command(ffmpeg, path, 0), capture_output=True,
+                                text=True, errors="replace", timeout=DECODE_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"decode check did not finish: {exc}"
     return (result.stdout + result.stderr).strip()
 
 
-def verify(ffprobe: str, ffmpeg: str, path: Path, expect: dict[str, Any]) -> list[str]:
-    """The stitch's checks against ``expect`` (frames, duration, audio_duration,
-    frame_rate); each failed one is a sentence with the numbers."""
+def verify(ffprobe: str, path: Path, expect: dict[str, Any],
+           chunk_frames: Sequence[int]) -> tuple[list[str], list[float]]:
+    """The stitch's checks of its output against ``expect`` (frames, duration,
+    audio_duration, frame_rate), each failed one a sentence with the numbers, and the
+    times of the joins (the first packet of each chunk after the first, in decode
+    order, which must be a keyframe) for the decode around them."""
     problems = []
     found = tracks(ffprobe, path)
     videos = [track for track in found if track.kind == "video"]
     audios = [track for track in found if track.kind == "audio"]
     frame = float(1 / Fraction(expect["frame_rate"]))
+    joins: list[float] = []
     if not videos:
         problems.append("the output has no video stream")
     else:
@@ -204,6 +284,15 @@ def verify(ffprobe: str, ffmpeg: str, path: Path, expect: dict[str, Any]) -> lis
         if abs(video.duration - expect["duration"]) > frame + 1e-6:
             problems.append(f"video lasts {video.duration:.6f} s, expected "
                             f"{expect['duration']:.6f} s (± one frame, {frame:.6f} s)")
+        at = 0
+        for index, frames in enumerate(chunk_frames[:-1], start=1):
+            at += frames
+            if at < len(video.points):
+                pts, key = video.points[at]
+                if not key:
+                    problems.append(f"the join before chunk {index} (packet {at}) is not "
+                                    "a keyframe")
+                joins.append(pts)
     wanted = expect.get("audio_duration")
     if wanted is not None:
         if not audios:
@@ -212,9 +301,4 @@ def verify(ffprobe: str, ffmpeg: str, path: Path, expect: dict[str, Any]) -> lis
             if abs(audio.duration - wanted) > 0.05:
                 problems.append(f"audio lasts {audio.duration:.6f} s, expected "
                                 f"{wanted:.6f} s (± 0.05 s)")
-    errors = decode_errors(ffmpeg, path)
-    if errors:
-        lines = errors.splitlines()
-        problems.append(f"the output does not decode cleanly ({len(lines)} error lines): "
-                        + lines[0][:300])
-    return problems
+    return problems, joins

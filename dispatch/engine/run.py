@@ -67,6 +67,20 @@ class JobRun:
             raise ffmpeg.failure(status)
         return ffmpeg
 
+    def check(self, command: list[str]) -> list[str]:
+        """Run a checking ffmpeg that writes no file (a decode to ``-f null``),
+        stoppable like :meth:`encode`; the lines it printed (its last
+        ``STDERR_LINES``), with its exit status when that is not 0."""
+        if self.stopped:
+            raise Interrupted()
+        ffmpeg = FFmpeg(command)
+        self.attach(ffmpeg)
+        status = ffmpeg.follow(lambda seconds, figures: None)
+        if self.stopped:
+            raise Interrupted()
+        lines = list(ffmpeg.stderr_tail)
+        return lines + [f"ffmpeg exit status {status}"] if status != 0 else lines
+
 
 class Host(Protocol):
     """What a job's work uses of the engine: its settings and codecs, and the reports

@@ -22,7 +22,13 @@ from dispatch.engine.capabilities import Encoder
 from dispatch.engine.media import (
     accepts_range,
     count_packets,
+    decode_command,
+    differences,
+    headers_command,
+    join_commands,
+    parameters,
     probe_source,
+    read_start,
     readable,
     verify,
 )
@@ -42,6 +48,8 @@ log = logging.getLogger("dispatch.engine")
 Result = tuple[dict[str, Any], Path | None]
 # The share of a stitch's progress done when the pieces are here, then when joined.
 FETCHED, JOINED = 60.0, 70.0
+# Chunks whose starts one ffmpeg run reads (an input and an output each).
+STARTS_PER_RUN = 64
 
 
 def run_task(host: Host, run: JobRun, folder: Path) -> Result:
@@ -163,6 +171,12 @@ def chunk(host: Host, run: JobRun, task: dict[str, Any], folder: Path) -> Result
     made = count_packets(host.config.ffprobe, produced, "v:0")
     if made != frames:
         raise JobError(f"chunk {index} has {made} frames, expected {frames}")
+    # The whole decode check of the output is done here, on every chunk's engine at
+    # once, not by the stitch after the last chunk (docs/architecture.md).
+    errors = run.check(decode_command(host.config.ffmpeg, produced, host.config.ffmpeg_threads))
+    if errors:
+        raise JobError(f"chunk {index} does not decode cleanly: {errors[0][:300]}",
+                       "\n".join(errors))
     return host.deliver(run, produced, container.extension)
 
 
@@ -209,17 +223,52 @@ def _throttled(host: Host, run: JobRun) -> Callable[[float], None]:
     return report
 
 
+def _fetch_chunks(host: Host, run: JobRun, pieces: list[dict[str, Any]],
+                  folder: Path, extension: str) -> list[Path]:
+    """The chunks' files, in index order."""
+    report = _throttled(host, run)
+    paths: list[Path] = []
+    for number, piece in enumerate(pieces):
+        report(FETCHED * number / len(pieces))
+        name = f"chunk-{int(piece['index']):05d}.{extension}"
+        paths.append(fetch_source(piece["url"], folder / name, _max_bytes(host),
+                                  lambda: run.stopped))
+    return paths
+
+
+def _check_joinable(host: Host, run: JobRun, pieces: list[dict[str, Any]],
+                    paths: list[Path], folder: Path) -> None:
+    """JobError unless every chunk starts with a keyframe (a decoder entering it owes
+    nothing to the chunk before) and has the first chunk's codec, time base, size and
+    extradata (SPS/PPS: the output declares only the first chunk's). The differences
+    are named by ffprobe, which is only run when there are some."""
+    starts: list[tuple[str, bool]] = []
+    for first in range(0, len(paths), STARTS_PER_RUN):
+        batch = paths[first:first + STARTS_PER_RUN]
+        problems = run.check(headers_command(host.config.ffmpeg, batch, folder))
+        if problems:
+            raise JobError("cannot read the chunks' first packets: " + problems[0][:300])
+        starts += [read_start(folder / f"start-{number}.crc") for number in range(len(batch))]
+    problems = [f"chunk {piece['index']} does not start with a keyframe"
+                for piece, (_, key) in zip(pieces, starts, strict=True) if not key]
+    differ = [number for number, (header, _) in enumerate(starts) if header != starts[0][0]]
+    if differ:
+        reference = parameters(host.config.ffprobe, paths[0])
+        problems += [f"chunk {pieces[number]['index']} was encoded with other parameters "
+                     f"than chunk {pieces[0]['index']}: "
+                     + differences(reference, parameters(host.config.ffprobe, paths[number]))
+                     for number in differ[:3]]
+    if problems:
+        raise JobError("the chunks cannot be joined without re-encoding: "
+                       + "; ".join(problems))
+
+
 def stitch(host: Host, run: JobRun, task: dict[str, Any], folder: Path) -> Result:
     container = container_for(run.codec)
     pieces = sorted(task["chunks"], key=lambda piece: int(piece["index"]))
     sound = task.get("audio")
-    report = _throttled(host, run)
-    paths = []
-    for number, piece in enumerate(pieces):
-        report(FETCHED * number / len(pieces))
-        name = f"chunk-{int(piece['index']):05d}.{container.extension}"
-        paths.append(fetch_source(piece["url"], folder / name, _max_bytes(host),
-                                  lambda: run.stopped))
+    paths = _fetch_chunks(host, run, pieces, folder, container.extension)
+    _check_joinable(host, run, pieces, paths, folder)
     audio_path = None
     if sound:
         audio_path = fetch_source(sound["url"], folder / f"audio.{container.extension}",
@@ -233,7 +282,16 @@ def stitch(host: Host, run: JobRun, task: dict[str, Any], folder: Path) -> Resul
     run.encode(concat_command(host.config.ffmpeg, listing, audio_path, container, produced),
                produced, lambda seconds, figures: None)
     host.progress(run, JOINED)
-    problems = verify(host.config.ffprobe, host.config.ffmpeg, produced, task["expect"])
+    expect = task["expect"]
+    problems, joins = verify(host.config.ffprobe, produced, expect,
+                             [int(piece["frames"]) for piece in pieces])
+    # Each chunk was decoded whole on its engine; what stream copy adds is the joins.
+    errors = [line for command in join_commands(
+        host.config.ffprobe, produced, joins, Fraction(expect["frame_rate"]),
+        host.config.ffmpeg_threads) for line in run.check(command)]
+    if errors:
+        problems.append("the output does not decode cleanly at its joins: "
+                        + errors[0][:300])
     if problems:
         raise JobError("the stitched output failed verification: " + "; ".join(problems))
     return host.deliver(run, produced, container.extension)

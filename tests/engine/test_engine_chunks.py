@@ -8,6 +8,7 @@ that serves files and records the reports (tests/support/ranges.py)."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 from collections.abc import Iterator
 from fractions import Fraction
@@ -16,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from dispatch.engine.capabilities import Capabilities, detect
-from dispatch.engine.media import tracks
+from dispatch.engine import tasks as engine_tasks
+from dispatch.engine.capabilities import Capabilities, Encoder, detect
+from dispatch.engine.media import tracks, verify
 from dispatch.engine.transcode import container_for, ffmpeg_command
 from tests.support.chunks import (
     assignment,
@@ -117,6 +119,13 @@ def test_h264_chunks_stitch_frame_exact(served: Served, capabilities: Capabiliti
     assert probe["frames"] == frames and probe["variable_frame_rate"] is False
     assert probe["audio"]["streams"] == 1 and abs(probe["audio"]["duration"] - 24) < 0.1
     check_exact(output, probe)
+    # The stitch's own checks pass, and find each join (a keyframe) at its frame's time.
+    rate = Fraction(probe["frame_rate"])
+    expect = {"frames": frames, "duration": float(frames / rate), "audio_duration": None,
+              "frame_rate": probe["frame_rate"]}
+    sizes = [last - first for first, last in zip(cuts, [*cuts[1:], frames], strict=True)]
+    assert verify("ffprobe", output, expect, sizes) == (
+        [], pytest.approx([float(cut / rate) for cut in cuts[1:]], abs=1e-3))
     source = served.folder / name
     whole = whole_encode(source, capabilities, "h264", tmp_path / "whole.mp4")
     # The chunk boundaries cost at most 0.2 dB against the same encode in one piece.
@@ -146,3 +155,104 @@ def test_vp9_chunks_stitch_frame_exact(served: Served, capabilities: Capabilitie
     source = served.folder / "short.mp4"
     whole = whole_encode(source, capabilities, "vp9", tmp_path / "whole.webm")
     assert psnr(output, source) >= psnr(whole, source) - 0.2
+
+
+def corrupt(path: Path) -> None:
+    """4 KiB of noise in the middle of the coded pictures (the index is untouched, so
+    the packets are all there; the decoder meets the damage)."""
+    data = bytearray(path.read_bytes())
+    media = data.index(b"mdat") + 4
+    middle = media + (len(data) - media) // 2
+    data[middle:middle + 4096] = random.Random(23).randbytes(4096)
+    path.write_bytes(bytes(data))
+
+
+def test_a_chunk_whose_output_does_not_decode_fails_with_the_decoders_message(
+        served: Served, capabilities: Capabilities, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunk engine decodes its whole output before uploading it (the stitch does
+    not decode it again): damage found there fails the chunk, and nothing is sent."""
+    counted = engine_tasks.count_packets
+
+    def damaged(ffprobe: str, target: str | Path, stream: str) -> int:
+        corrupt(Path(target))
+        return counted(ffprobe, target, stream)
+
+    monkeypatch.setattr(engine_tasks, "count_packets", damaged)
+    worker = engine(served, tmp_path / "work", capabilities)
+    task = chunk_tasks({"frame_rate": "25/1", "start_time": 0.0}, [0, 100])[0]
+    worker.run_job(assignment("d.g1.c0000", f"{served.base}/short.mp4", task))
+    (kind, body), = [report for report in served.reports("d.g1.c0000")
+                     if report[0] != "progress"]
+    assert kind == "fail"
+    assert body["error_message"].startswith("chunk 0 does not decode cleanly: ")
+    assert "h264" in body["error_message"]  # the decoder's own line
+    assert not list((served.folder / "out").glob("d.g1.*"))
+    assert not list((tmp_path / "work").iterdir())
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    (("-x264-params", "cabac=0"), "extradata_hash"),    # other parameter sets (PPS)
+    (("-pix_fmt", "yuv444p"), "pix_fmt 'yuv444p', not 'yuv420p'"),
+])
+def test_chunks_encoded_with_other_parameters_are_not_stitched(
+        served: Served, capabilities: Capabilities, tmp_path: Path,
+        options: tuple[str, ...], named: str) -> None:
+    """Chunk 1 from an engine whose encoder settings differ: a stream copy would give
+    a file whose second part the decoder reads with the first part's parameters. The
+    stitch refuses, naming the chunk and what differs."""
+    other = Capabilities({"h264": Encoder("libx264", (), ("-pix_fmt", "yuv420p", "-preset",
+                                                          "medium", "-crf", "23", *options))},
+                         ("h264",))
+    source = f"{served.base}/short.mp4"
+    tasks = chunk_tasks({"frame_rate": "25/1", "start_time": 0.0}, [0, 61, 150])
+    for task, encoders in zip(tasks, (capabilities, other), strict=True):
+        worker = engine(served, tmp_path / "work", encoders)
+        worker.run_job(assignment(f"m.g1.c{task['index']:04d}", source, task))
+    stitch = {"kind": "stitch", "audio": None,
+              "chunks": [{"index": task["index"], "frames": task["frames"],
+                          "url": completed(served, f"m.g1.c{task['index']:04d}")["output_url"]}
+                         for task in tasks],
+              "expect": {"frames": 150, "duration": 6.0, "audio_duration": None,
+                         "frame_rate": "25/1"}}
+    engine(served, tmp_path / "work", capabilities).run_job(
+        assignment("m.g1.stitch", source, stitch))
+    (kind, body), = [report for report in served.reports("m.g1.stitch")
+                     if report[0] != "progress"]
+    assert kind == "fail"
+    message = body["error_message"]
+    assert message.startswith("the chunks cannot be joined without re-encoding: chunk 1 was "
+                              "encoded with other parameters than chunk 0: ")
+    assert named in message and "chunk 0 " not in message.split(": ", 1)[1]
+    assert not list((tmp_path / "work").iterdir())
+
+
+def test_a_stitched_output_that_does_not_decode_at_a_join_fails_the_stitch(
+        served: Served, capabilities: Capabilities, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keyframe that starts chunk 1 is damaged in the stitched output (the packets
+    are all there): the decode at the join finds it, and the stitch fails saying so."""
+    checked = engine_tasks.verify
+
+    def damaged(ffprobe: str, path: Path, expect: dict[str, Any],
+                sizes: list[int]) -> tuple[list[str], list[float]]:
+        problems, joins = checked(ffprobe, path, expect, sizes)
+        listing = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0",
+                                  "-show_entries", "packet=size,pos", "-of", "csv=p=0",
+                                  str(path)], capture_output=True, text=True, check=True)
+        size, position = map(int, listing.stdout.split()[sizes[0]].split(","))
+        data = bytearray(path.read_bytes())
+        data[position + 8:position + size] = bytes(size - 8)
+        path.write_bytes(bytes(data))
+        return problems, joins
+
+    monkeypatch.setattr(engine_tasks, "verify", damaged)
+    with pytest.raises(AssertionError):  # the stitch did not complete
+        run_chunked(served, capabilities, tmp_path / "work", "short.mp4", [0, 61])
+    (kind, body), = [report for report in served.reports("p.g1.stitch")
+                     if report[0] != "progress"]
+    assert kind == "fail"
+    assert body["error_message"].startswith(
+        "the stitched output failed verification: the output does not decode cleanly at "
+        "its joins: ")
+    assert "NAL unit" in body["error_message"]  # the decoder's own line
