@@ -85,12 +85,13 @@ class Files(ServicePart):
 
     def _answer(self, manifest: dict[str, Any], base: str) -> dict[str, Any]:
         key, expires = manifest["key"], manifest["expires_at"]
-        parts = [{"part_number": number,
-                  "url": self.store.part_url(key, manifest["multipart_id"], number, size,
-                                             expires, base),
-                  "size": size}
-                 for number, size in enumerate(part_sizes(manifest["size"],
-                                                          manifest["part_size"]), 1)]
+        parts, offset = [], 0
+        for number, size in enumerate(part_sizes(manifest["size"], manifest["part_size"]), 1):
+            parts.append({"part_number": number,
+                          "url": self.store.part_url(key, manifest["multipart_id"], number,
+                                                     offset, size, expires, base),
+                          "size": size})
+            offset += size
         return {"upload_id": manifest["upload_id"], "source_url": store_url(key),
                 "parts": parts, "size": manifest["size"],
                 "expires_at": format_time(expires)}
