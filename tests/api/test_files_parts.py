@@ -1,12 +1,14 @@
 """Issue #21, the embedded store's parts: whatever order the parts come in and however
 often one is sent again, the completion gives the SHA-256 of the bytes stored (the
-running hash is only a shortcut)."""
+running hash is only a shortcut); and the SHA-256 index forgets a source when the
+source is removed."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from flask.testing import FlaskClient
 
 from dispatch.config.settings import Settings
 from tests.api.test_files import local, read, start, store_root
+from tests.conftest import FakeClock
 from tests.support.helpers import assert_error
 
 MiB = 1 << 20
@@ -80,3 +83,40 @@ def test_a_part_named_by_an_earlier_etag_or_never_sent_is_refused(
     done = complete(client, auth, upload, {1: again, 2: second})
     assert done.status_code == 200 and done.get_json()["sha256"] == \
         hashlib.sha256(data).hexdigest()
+
+
+def age(root: Path, key_name: str, seconds_ago: float, now: float) -> None:
+    for path in (root / "objects").rglob(key_name):
+        os.utime(path, (now - seconds_ago, now - seconds_ago))
+
+
+def test_the_sha256_index_forgets_a_source_removed_after_its_retention(
+        client: FlaskClient, auth: dict[str, str], clock: FakeClock, settings: Settings,
+        app: Any) -> None:
+    service = app.extensions["dispatch"]
+    root = store_root(settings)
+    data = os.urandom(3000)
+    digest = hashlib.sha256(data).hexdigest()
+    first = start(client, auth, len(data), name="first.mp4", sha256=digest).get_json()
+    complete(client, auth, first, {1: put(client, first, 1, data)})
+    # The same content again, sent without its SHA-256: the index names the later copy.
+    second = start(client, auth, len(data), name="second.mp4").get_json()
+    assert second["parts"]
+    complete(client, auth, second, {1: put(client, second, 1, data)})
+    entry = root / "meta" / "sha256" / f"{digest}.json"
+    assert entry.is_file()
+
+    clock.advance(8 * 86400)
+    age(root, "first.mp4", 8 * 86400, clock())
+    assert service.maintenance.sweep_files() == 1
+    assert entry.is_file()  # it names the copy still stored
+    known = start(client, auth, len(data), sha256=digest)
+    assert known.status_code == 200
+    assert known.get_json()["source_url"] == second["source_url"]
+
+    age(root, "second.mp4", 8 * 86400, clock())
+    assert service.maintenance.sweep_files() == 1
+    assert not [p for p in (root / "objects").rglob("*") if p.is_file()]
+    assert not entry.exists()
+    assert not list((root / "meta" / "indexed").glob("*.json"))
+    assert start(client, auth, len(data), sha256=digest).status_code == 201
