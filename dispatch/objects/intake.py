@@ -17,6 +17,7 @@ from typing import Any
 
 CHUNK = 1 << 20
 DEPTH = 8  # buffers in turn: the request thread stops when the hash is this far behind
+_datasync = getattr(os, "fdatasync", os.fsync)  # (macOS has no fdatasync)
 
 # Fills the buffer it is given with the next bytes of a part's body; returns how many
 # (0: the body ended).
@@ -83,7 +84,7 @@ def receive(fd: int, offset: int, size: int, read_into: ReadInto, digest: Any) -
             elif digest is not None:
                 digest.update(view[:count])
             done += count
-        os.fdatasync(fd)  # while the hash catches up
+        _datasync(fd)  # while the hash catches up
     finally:
         if hasher is not None:
             hasher.close()

@@ -120,3 +120,11 @@ def test_the_sha256_index_forgets_a_source_removed_after_its_retention(
     assert not entry.exists()
     assert not list((root / "meta" / "indexed").glob("*.json"))
     assert start(client, auth, len(data), sha256=digest).status_code == 201
+
+
+def test_an_empty_file_is_one_empty_part(client: FlaskClient, auth: dict[str, str]) -> None:
+    upload = start(client, auth, 0).get_json()
+    assert [p["size"] for p in upload["parts"]] == [0]
+    done = complete(client, auth, upload, {1: put(client, upload, 1, b"")})
+    assert done.status_code == 200, done.get_json()
+    assert done.get_json()["sha256"] == hashlib.sha256(b"").hexdigest()
