@@ -14,8 +14,9 @@ from the file (64 MiB parts) and the completion, after which the store has fsync
 the object; a download is the GET streamed into a file, then fsynced, with requests
 as dispatch-engine does it and again with curl. The client streams as our clients
 do (the upload as dispatch-engine's parts, the download as its source). Figures are
-the medians of the rounds (a shared machine is noisy); the server's CPU is its
-worker's, per GiB moved (the download's, per download).
+the medians of the rounds, a ratio the median of each round's ratio to the cp + fsync
+of the same round (a shared machine is noisy); the server's CPU is its worker's, per
+GiB moved (the download's, per download).
 """
 
 from __future__ import annotations
@@ -129,15 +130,16 @@ def download(server: Server, source_url: str, target: Path) -> tuple[float, floa
     return seconds, curl
 
 
-def rounds_through(server: Server, source: Path, rounds: int,
-                   cp: dict[str, list[float]]) -> dict[str, list[float]]:
+def rounds_through(server: Server, source: Path, rounds: int) -> dict[str, list[float]]:
+    """Seconds (and CPU seconds per GiB) of each round: cp + fsync, cp alone, the
+    upload, the downloads, measured one after the other."""
     pid = worker(server)
     gib = source.stat().st_size / (1 << 30)
-    out: dict[str, list[float]] = {"up": [], "complete": [], "down": [], "curl": [],
-                                   "cpu_up": [], "cpu_down": []}
+    out: dict[str, list[float]] = {"cp": [], "cache": [], "up": [], "complete": [],
+                                   "down": [], "curl": [], "cpu_up": [], "cpu_down": []}
     for _ in range(rounds):
-        cp["fsync"].append(copy(source, source.with_name("copy.bin"), True))
-        cp["cache"].append(copy(source, source.with_name("copy.bin"), False))
+        out["cp"].append(copy(source, source.with_name("copy.bin"), True))
+        out["cache"].append(copy(source, source.with_name("copy.bin"), False))
         cpu0 = cpu_seconds(pid)
         url, seconds, completion = upload(server, source)
         cpu1 = cpu_seconds(pid)
@@ -159,7 +161,6 @@ def main() -> int:
     args = parser.parse_args()
     key = secrets.token_hex(16)
     results: dict[str, Any] = {}
-    cp: dict[str, list[float]] = {"fsync": [], "cache": []}
     kinds = ("local", "s3") if args.store == "both" else (args.store,)
     with tempfile.TemporaryDirectory(dir=ROOT / "bench") as folder:
         root = Path(folder)
@@ -174,7 +175,7 @@ def main() -> int:
             server = Server(root, key, "--state-file", str(root / f"{kind}.json"),
                             *extra, env=weed.env() if weed else None).start()
             try:
-                results[kind] = rounds_through(server, source, args.rounds, cp)
+                results[kind] = rounds_through(server, source, args.rounds)
             finally:
                 server.stop()
                 if weed is not None:
@@ -183,17 +184,23 @@ def main() -> int:
     def rate(seconds: list[float]) -> float:
         return args.mib / statistics.median(seconds)
 
-    base = rate(cp["fsync"])
-    print(f"{args.mib} MiB file, medians of {args.rounds} rounds; cp + fsync on the "
-          f"same disk: {base:.0f} MiB/s (cp into the page cache: {rate(cp['cache']):.0f})")
+    def ratio(r: dict[str, list[float]], name: str) -> float:
+        """The median of each round's ratio to that round's cp + fsync: the load of a
+        shared machine changes less within a round than across rounds."""
+        return statistics.median([cp / seconds
+                                  for cp, seconds in zip(r["cp"], r[name], strict=True)])
+
+    print(f"{args.mib} MiB file, medians of {args.rounds} rounds (ratios: to cp + fsync "
+          "in the same round)")
     for kind, label in (("local", "embedded store"), ("s3", "SeaweedFS (S3)")):
         if kind not in results:
             continue
         r = results[kind]
-        up, down, curl = rate(r["up"]), rate(r["down"]), rate(r["curl"])
-        print(f"{label:16} upload {up:5.0f} MiB/s ({up / base:.2f}x)  download {down:5.0f} "
-              f"MiB/s ({down / base:.2f}x; curl {curl:.0f}, {curl / base:.2f}x)  completion "
-              f"{statistics.median(r['complete']):.1f} s"
+        print(f"{label:16} cp + fsync {rate(r['cp']):5.0f} MiB/s (cp alone "
+              f"{rate(r['cache']):.0f})  upload {rate(r['up']):5.0f} MiB/s "
+              f"({ratio(r, 'up'):.2f}x)  download {rate(r['down']):5.0f} MiB/s "
+              f"({ratio(r, 'down'):.2f}x; curl {rate(r['curl']):.0f}, "
+              f"{ratio(r, 'curl'):.2f}x)  completion {statistics.median(r['complete']):.1f} s"
               f"  server CPU {statistics.median(r['cpu_up']):.2f} s/GiB up, "
               f"{statistics.median(r['cpu_down']):.2f} s/GiB down")
     return 0
