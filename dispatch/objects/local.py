@@ -181,7 +181,7 @@ class LocalStore:
         for number, etag in parts:
             try:
                 token, offset, size = (folder / f"{number}.done").read_text().split()
-            except FileNotFoundError:
+            except (FileNotFoundError, ValueError):  # (ValueError: not a whole record)
                 raise PartsRejected(f"part {number} was never uploaded whole") from None
             if token != etag.strip('"'):
                 raise PartsRejected(f"part {number}'s etag is not the uploaded part's")
