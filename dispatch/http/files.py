@@ -10,9 +10,10 @@ import mimetypes
 from flask import Blueprint, Response, current_app, request, send_file
 
 from dispatch.domain.errors import NotFound, Unavailable
+from dispatch.http.body import body_reader
 from dispatch.http.errors import BadRequest
 from dispatch.objects import LocalStore, StoreError
-from dispatch.objects.local import BadBody
+from dispatch.objects.intake import BadBody
 
 blp = Blueprint("files", __name__, url_prefix="/files")
 
@@ -29,15 +30,17 @@ def _verify(store: LocalStore, method: str, target: str) -> None:
                         request.args.get("signature"), current_app.extensions["dispatch"].clock())
 
 
-@blp.route("/parts/<multipart_id>/<int:part_number>/<int:size>", methods=["PUT"])
-def put_part(multipart_id: str, part_number: int, size: int) -> Response:
+@blp.route("/parts/<multipart_id>/<int:part_number>/<int:offset>/<int:size>",
+           methods=["PUT"])
+def put_part(multipart_id: str, part_number: int, offset: int, size: int) -> Response:
     store = _store()
-    _verify(store, "PUT", f"parts/{multipart_id}/{part_number}/{size}")
+    _verify(store, "PUT", f"parts/{multipart_id}/{part_number}/{offset}/{size}")
     if request.content_length is not None and request.content_length != size:
         raise BadRequest(f"this part is {size} bytes, not {request.content_length}")
     request.max_content_length = size  # this part, streamed (not the API's 1 MiB)
     try:
-        etag = store.receive_part(multipart_id, part_number, size, request.stream)
+        etag = store.receive_part(multipart_id, part_number, offset, size,
+                                  body_reader(request.environ, request.stream, size))
     except BadBody as exc:
         raise BadRequest(str(exc)) from None
     except StoreError as exc:

@@ -31,10 +31,11 @@ class ObjectStore(Protocol):
     def start_multipart(self, key: str) -> str:
         """A new multipart upload to ``key``; returns the store's id for it."""
 
-    def part_url(self, key: str, multipart_id: str, part_number: int, size: int,
-                 expires_at: int, base: str) -> str:
-        """A URL the part's bytes can be PUT to until ``expires_at`` (Unix seconds);
-        ``base`` is the server's own URL, for stores the server serves itself."""
+    def part_url(self, key: str, multipart_id: str, part_number: int, offset: int,
+                 size: int, expires_at: int, base: str) -> str:
+        """A URL the part's bytes (``size`` of them, from ``offset`` of the object)
+        can be PUT to until ``expires_at`` (Unix seconds); ``base`` is the server's own
+        URL, for stores the server serves itself."""
 
     def complete_multipart(self, key: str, multipart_id: str,
                            parts: list[tuple[int, str]]) -> str | None:

@@ -142,8 +142,8 @@ class S3Store:
             answer = self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))
         return str(answer["UploadId"])
 
-    def part_url(self, key: str, multipart_id: str, part_number: int, size: int,
-                 expires_at: int, base: str) -> str:
+    def part_url(self, key: str, multipart_id: str, part_number: int, offset: int,
+                 size: int, expires_at: int, base: str) -> str:
         with self._calls("signing a part URL"):
             return str(self.client.generate_presigned_url(
                 "upload_part", ExpiresIn=self._ttl(expires_at),

@@ -85,12 +85,13 @@ class Files(ServicePart):
 
     def _answer(self, manifest: dict[str, Any], base: str) -> dict[str, Any]:
         key, expires = manifest["key"], manifest["expires_at"]
-        parts = [{"part_number": number,
-                  "url": self.store.part_url(key, manifest["multipart_id"], number, size,
-                                             expires, base),
-                  "size": size}
-                 for number, size in enumerate(part_sizes(manifest["size"],
-                                                          manifest["part_size"]), 1)]
+        parts, offset = [], 0
+        for number, size in enumerate(part_sizes(manifest["size"], manifest["part_size"]), 1):
+            parts.append({"part_number": number,
+                          "url": self.store.part_url(key, manifest["multipart_id"], number,
+                                                     offset, size, expires, base),
+                          "size": size})
+            offset += size
         return {"upload_id": manifest["upload_id"], "source_url": store_url(key),
                 "parts": parts, "size": manifest["size"],
                 "expires_at": format_time(expires)}
@@ -119,6 +120,9 @@ class Files(ServicePart):
             if manifest.get("kind") != "source":
                 raise errors.NotFound(f"upload {upload_id!r} not found")
             sha256 = self._finish(manifest, parts, manifest.get("sha256"))
+            # The way back from the object to its index entry first: an entry is
+            # always removed with its object (``_remove``).
+            self.store.put_meta(f"indexed/{upload_id}", {"sha256": sha256})
             self.store.put_meta(f"sha256/{sha256}",
                                 {"key": manifest["key"], "size": manifest["size"]})
         except StoreError as exc:
@@ -258,8 +262,25 @@ class Files(ServicePart):
         for job in jobs:
             key = stored_key(job.output_url)
             if key is not None and key.startswith("outputs/"):
-                self.store.delete(key)
+                self._remove(key)
                 log.info("removed output %s", key, extra={"job_id": job.job_id})
+
+    def _remove(self, key: str) -> None:
+        """Delete a stored object and, for an uploaded source, its SHA-256 index entry
+        (unless the entry names a later upload of the same content): the entry goes
+        first, so a crash between the two leaves an object the next sweep removes
+        again rather than an entry nothing removes."""
+        parts = key.split("/")
+        record = f"indexed/{parts[1]}" if parts[0] == "sources" and len(parts) > 2 else None
+        indexed = self.store.get_meta(record) if record else None
+        if indexed is not None:
+            name = f"sha256/{indexed['sha256']}"
+            entry = self.store.get_meta(name)
+            if entry is not None and entry.get("key") == key:
+                self.store.delete_meta(name)
+        self.store.delete(key)
+        if record is not None:
+            self.store.delete_meta(record)
 
     def sweep(self) -> int:
         """Remove abandoned uploads, and stored outputs and uploaded sources older
@@ -284,7 +305,7 @@ class Files(ServicePart):
         for prefix in ("outputs/", "sources/"):
             for key, modified in list(self.store.list_objects(prefix)):
                 if modified < cutoff and key not in in_use:
-                    self.store.delete(key)
+                    self._remove(key)
                     log.info("removed %s after %g days", key, days)
                     removed += 1
         return removed

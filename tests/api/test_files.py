@@ -77,9 +77,13 @@ def test_upload_in_parts_and_read_back_with_ranges(client: FlaskClient, auth: di
     assert [p["part_number"] for p in upload["parts"]] == [1, 2, 3]
     assert upload["source_url"] == f"store://sources/{upload['upload_id']}/clip.mp4"
     parts = put_parts(client, upload, data)
-    # A part may be sent again: the last one sent counts.
+    # A part may be sent again: the last one sent counts, named by its own ETag.
     again = client.put(local(upload["parts"][1]["url"]), data=data[5 * MiB:10 * MiB])
-    assert again.status_code == 200 and again.headers["ETag"].strip('"') == parts[1]["etag"]
+    assert again.status_code == 200 and again.headers["ETag"].strip('"') != parts[1]["etag"]
+    stale = client.post(f"/uploads/{upload['upload_id']}/complete", json={"parts": parts},
+                        headers=auth)
+    assert_error(stale, 409, "conflict")
+    parts[1]["etag"] = again.headers["ETag"].strip('"')
     done = client.post(f"/uploads/{upload['upload_id']}/complete", json={"parts": parts},
                        headers=auth)
     assert done.status_code == 200, done.get_json()
@@ -320,7 +324,7 @@ def test_abandoned_uploads_and_old_files_are_removed(
     assert service.maintenance.sweep_files() == 0  # nothing is old yet
     clock.advance(UPLOAD_LIFETIME + 1)
     assert service.maintenance.sweep_files() == 1  # the abandoned upload
-    assert not (root / "parts" / abandoned["upload_id"]).exists()
+    assert not list((root / "parts").iterdir())  # its parts too
     assert_error(client.get(f"/uploads/{abandoned['upload_id']}", headers=auth), 404,
                  "not_found")
     # Eight days on (file times are the disk's): the old source goes, the one a
