@@ -84,6 +84,12 @@ def run_job(server: Server, source_url: str, chunk_seconds: int | None) -> dict[
                  for task in listed["tasks"]}
         rows = [server.request("GET", f"/jobs/{row['job_id']}").json()
                 for row in listed["chunks"]]
+        every = [*rows, *tasks.values()]
+        busy: dict[str, float] = {}
+        for row in every:
+            busy[row["assigned_engine"]] = busy.get(row["assigned_engine"], 0.0) + \
+                epoch(row["completed_at"]) - epoch(row["assigned_at"])
+        figures["busy_s"] = busy
         last_chunk = max(epoch(row["completed_at"]) for row in [*rows, tasks.get("audio")]
                          if row)
         figures.update(
@@ -146,6 +152,8 @@ def main() -> int:
     print(f"  {count} chunks of {args.chunk_seconds} s, 2 engines {chunked['total_s']:8.2f} s"
           f"  (engines {', '.join(chunked['engines'])})")
     print(f"  speed-up                    {speedup:8.2f} x  (target >= 1.7)")
+    print("  engines busy (assigned -> completed, every task) " + ", ".join(
+        f"{name} {seconds:.1f} s" for name, seconds in sorted(chunked["busy_s"].items())))
     print(f"  planning                    {chunked['plan_s']:8.2f} s")
     print(f"  mean chunk (incl. transfer) {chunked['chunk_mean_s']:8.2f} s")
     print(f"  stitch + verify             {chunked['stitch_s']:8.2f} s = "

@@ -39,7 +39,9 @@ from dispatch.engine.upload import upload_output
 log = logging.getLogger("dispatch.engine")
 
 PROGRESS_EVERY = 1.0  # seconds between progress reports, at most
-MAX_IDLE_WAIT = 2.0  # seconds between asks for work while idle
+# Seconds between asks for work while idle: the tasks of a new plan reach every idle
+# engine within it (an idle engine costs the server one short request a second).
+MAX_IDLE_WAIT = 1.0
 SHUTDOWN_REPORT_FOR = 10.0  # seconds a shutdown's fail report is retried
 MAX_MESSAGE = 4000  # the server takes error messages up to 4096 characters
 SHUTTING_DOWN = "engine shutting down"
