@@ -52,6 +52,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.dashboard
 	$(BIN)/python -m bench.files
+	$(BIN)/python -m bench.chunked
 
 # Lay the server out under PREFIX (default /opt/distconv/server); see README "Deployment".
 install:

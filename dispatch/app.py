@@ -17,7 +17,7 @@ from dispatch.http import blocks, engines, files, jobs, system, uploads
 from dispatch.http.auth import CLIENT, ENGINE, SECURITY_SCHEME, KeyRing, Principal, weak_key_warning
 from dispatch.http.converters import register_converters, route_label
 from dispatch.http.errors import register_error_handlers
-from dispatch.http.openapi import document_settings
+from dispatch.http.openapi import document_settings, nullable_objects
 from dispatch.http.schemas import ErrorSchema
 from dispatch.http.throttle import Throttle
 from dispatch.runtime.edge import HEADER_FIELD_SIZE_LIMIT, HEADER_FIELDS_LIMIT, REQUEST_LINE_LIMIT
@@ -81,6 +81,7 @@ def create_app(settings: Settings, service: DispatchService, metrics: Metrics) -
     app.register_blueprint(files.blp)  # signed URLs, outside the OpenAPI document
     _document_common_errors(api)
     document_settings(api, settings)
+    nullable_objects(api)
     ui.init_app(app, settings)  # the dashboard, /ui/ (outside the OpenAPI document)
     register_error_handlers(app)
     _instrument(app, metrics)

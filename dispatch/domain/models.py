@@ -116,6 +116,13 @@ class Job:
     extra: dict[str, Any] | None = None
     # The output kept in the object store ({size, sha256, content_type}), or None.
     output: dict[str, Any] | None = None
+    # Chunked encoding (``dispatch.domain.chunking``): a parent has ``chunk_seconds``
+    # and the counts of its chunk tasks (``chunks``); a task names its parent
+    # (``parent_id``) and what it does (``task``). None on every other job.
+    chunk_seconds: int | None = None
+    parent_id: str | None = None
+    task: dict[str, Any] | None = None
+    chunks: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The API form: the record's keys with RFC 3339 times."""
@@ -158,6 +165,10 @@ class Job:
             "progress_at": self.progress_at,
             "progress_detail": self.progress_detail,
             "output": self.output,
+            "chunk_seconds": self.chunk_seconds,
+            "parent_id": self.parent_id,
+            "task": self.task,
+            "chunks": self.chunks,
         }
         if self.extra is not None:
             record["extra"] = self.extra
@@ -188,6 +199,8 @@ class Job:
                 _time(data["completed_at"]), data["attempt"],
                 _time(data["progress_at"]), data.get("callback_url"),
                 data.get("progress_detail"), data.get("extra"), data.get("output"),
+                data.get("chunk_seconds"), data.get("parent_id"), data.get("task"),
+                data.get("chunks"),
             )
         created = parse_time(data.get("created_at")) or 0.0
         return cls(
@@ -215,6 +228,10 @@ class Job:
             progress_detail=_detail(data.get("progress_detail")),
             extra=data.get("extra") or None,
             output=data.get("output") or None,
+            chunk_seconds=data.get("chunk_seconds"),
+            parent_id=data.get("parent_id") or None,
+            task=data.get("task") or None,
+            chunks=data.get("chunks") or None,
         )
 
 
@@ -237,6 +254,9 @@ class Engine:
     offline: bool = False
     drain: str | None = None  # "api" (operator) or "engine" (announced by the engine)
     telemetry: dict[str, Any] | None = None  # the last heartbeat's other fields, as sent
+    # The kinds of chunked-encoding task it runs (``chunking.TASK_KINDS``); none: it
+    # is given whole jobs only.
+    task_kinds: tuple[str, ...] = ()
 
     def to_record(self) -> dict[str, Any]:
         """The state-file form (``status`` and ``current_jobs`` are derived on load)."""
@@ -258,6 +278,7 @@ class Engine:
             "status": "offline" if self.offline else "idle",
             "drain": self.drain,
             "telemetry": self.telemetry,
+            "task_kinds": list(self.task_kinds),
         }
 
     @classmethod
@@ -286,6 +307,7 @@ class Engine:
             offline=data.get("status") == "offline",
             drain=data.get("drain") if data.get("drain") in ("api", "engine") else None,
             telemetry=data.get("telemetry") or None,
+            task_kinds=tuple(str(k) for k in data.get("task_kinds") or ()),
         )
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dispatch.domain import errors
+from dispatch.domain import chunking, errors
 from dispatch.domain.models import ACTIVE_STATUSES, FINISHED_STATUSES, Engine, Job
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ def new_job(data: Mapping[str, Any], seq: int, now: float, settings: Settings) -
         created_at=now,
         updated_at=now,
         callback_url=data.get("callback_url"),
+        chunk_seconds=data.get("chunk_seconds"),
+        chunks=None if data.get("chunk_seconds") is None else chunking.empty_counts(),
     )
 
 

@@ -66,12 +66,19 @@ class Policy:
     large_job_mb: float = 1024.0
 
 
+Buckets = dict[str, dict[int, SortedKeyList]]  # codec family -> priority -> jobs
+
+
 class PendingIndex:
     """Pending jobs: ready ones by (codec family, priority) in creation order, and
-    those in backoff by ``retry_at``."""
+    those in backoff by ``retry_at``. Chunked-encoding tasks have buckets of their
+    own per task kind, so an engine that runs no tasks never looks at them; a chunked
+    job's parent is counted but never a candidate (no engine is given it)."""
 
     def __init__(self) -> None:
-        self._ready: dict[str, dict[int, SortedKeyList]] = {}
+        self._ready: Buckets = {}
+        self._tasks: dict[str, Buckets] = {}  # task kind -> its buckets
+        self._parents: dict[str, Job] = {}
         self._waiting = SortedList()  # (retry_at, seq, job)
         self._waiting_ids: dict[str, tuple[float, int, Job]] = {}
         self._count = 0
@@ -81,15 +88,22 @@ class PendingIndex:
 
     def add(self, job: Job, now: float) -> None:
         self._count += 1
-        if job.retry_at is not None and job.retry_at > now:
+        if job.chunk_seconds is not None:
+            self._parents[job.job_id] = job
+        elif job.retry_at is not None and job.retry_at > now:
             entry = (job.retry_at, job.seq, job)
             self._waiting.add(entry)
             self._waiting_ids[job.job_id] = entry
         else:
             self._add_ready(job)
 
+    def _buckets(self, job: Job) -> Buckets:
+        if job.task is None:
+            return self._ready
+        return self._tasks.setdefault(job.task["kind"], {})
+
     def _add_ready(self, job: Job) -> None:
-        buckets = self._ready.setdefault(family(job.target_codec), {})
+        buckets = self._buckets(job).setdefault(family(job.target_codec), {})
         bucket = buckets.get(job.priority)
         if bucket is None:
             bucket = buckets[job.priority] = SortedKeyList(key=_seq)
@@ -97,25 +111,30 @@ class PendingIndex:
 
     def remove(self, job: Job) -> None:
         self._count -= 1
+        if self._parents.pop(job.job_id, None) is not None:
+            return
         entry = self._waiting_ids.pop(job.job_id, None)
         if entry is not None:
             self._waiting.remove(entry)
             return
         codec_family = family(job.target_codec)
-        buckets = self._ready[codec_family]
+        families_of = self._buckets(job)
+        buckets = families_of[codec_family]
         bucket = buckets[job.priority]
         bucket.remove(job)
         if not bucket:
             del buckets[job.priority]
             if not buckets:
-                del self._ready[codec_family]
+                del families_of[codec_family]
 
     def counts(self) -> dict[tuple[str, int], int]:
-        """Pending jobs per (codec, priority), those in backoff included: from the
-        buckets' sizes, without visiting the ready jobs."""
+        """Pending jobs per (codec, priority), those in backoff and chunked jobs'
+        parents included, tasks not: from the buckets' sizes, without visiting the
+        ready jobs."""
         counts = {(codec, priority): len(bucket) for codec, buckets in self._ready.items()
                   for priority, bucket in buckets.items()}
-        for _, _, job in self._waiting:
+        waiting = (job for _, _, job in self._waiting if job.task is None)
+        for job in (*waiting, *self._parents.values()):
             key = (job.target_codec, job.priority)
             counts[key] = counts.get(key, 0) + 1
         return counts
@@ -128,8 +147,9 @@ class PendingIndex:
             self._add_ready(job)
 
     def position(self, job: Job) -> int:
-        """1 + how many ready jobs of its codec family are ahead of it (aging aside)."""
-        buckets = self._ready.get(family(job.target_codec), {})
+        """1 + how many ready jobs (or tasks of its kind) of its codec family are
+        ahead of it (aging aside)."""
+        buckets = self._buckets(job).get(family(job.target_codec), {})
         ahead = sum(len(bucket) for priority, bucket in buckets.items()
                     if priority > job.priority)
         own = buckets.get(job.priority)
@@ -138,13 +158,15 @@ class PendingIndex:
         return ahead + 1
 
     def candidates(self, codecs: Iterable[str] | None, now: float,
-                   aging_seconds: float) -> Iterator[tuple[float, Job]]:
-        """Ready jobs in the families of the given codecs (all when None) with their
-        effective priority, best first."""
+                   aging_seconds: float, kinds: Iterable[str] = ()) -> Iterator[tuple[float, Job]]:
+        """Ready jobs, and tasks of ``kinds``, in the families of the given codecs
+        (all when None) with their effective priority, best first."""
+        sources = [self._ready, *(self._tasks[k] for k in kinds if k in self._tasks)]
         if codecs is None:
-            codec_buckets = list(self._ready.values())
+            codec_buckets = [b for source in sources for b in source.values()]
         else:
-            codec_buckets = [self._ready[f] for f in families(codecs) if f in self._ready]
+            wanted = families(codecs)
+            codec_buckets = [source[f] for source in sources for f in wanted if f in source]
         streams = [
             _bucket_stream(bucket, now, aging_seconds)
             for buckets in codec_buckets for bucket in buckets.values()
@@ -201,7 +223,8 @@ def choose_job(
     first: Job | None = None
     best_priority = 0.0
     looked = 0
-    for effective, job in index.candidates(codecs or None, now, policy.aging_seconds):
+    for effective, job in index.candidates(codecs or None, now, policy.aging_seconds,
+                                            engine.task_kinds):
         if not fits(job, engine):
             continue
         if first is None:

@@ -11,7 +11,7 @@ import logging
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dispatch.domain.codecs import family
 
@@ -83,6 +83,16 @@ class Capabilities:
 
     encoders: dict[str, Encoder]
     advertised: tuple[str, ...]
+
+    def with_threads(self, threads: int) -> Capabilities:
+        """The same encoders, each ffmpeg decoding and encoding on ``threads`` threads
+        (0: ffmpeg's own choice, unchanged)."""
+        if threads <= 0:
+            return self
+        limit = ("-threads", str(threads))
+        return Capabilities({fam: replace(encoder, input_args=(*limit, *encoder.input_args),
+                                          output_args=(*encoder.output_args, *limit))
+                             for fam, encoder in self.encoders.items()}, self.advertised)
 
     def encoder_for(self, target_codec: str) -> Encoder | None:
         """The proven encoder of the job's codec family (``libx264`` and ``h264`` are

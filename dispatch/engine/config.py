@@ -23,6 +23,7 @@ from dispatch.config.options import (
     SettingsError,
     add_flags,
     at_least,
+    integer,
     nonempty,
     one_of,
     resolve_options,
@@ -32,6 +33,8 @@ from dispatch.domain.models import ENGINE_ID
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_OUTPUT_DIR = "distconv-output"
+# The parts of a chunked job this engine can do (issue 23); "none" advertises none.
+TASK_KINDS = ("plan", "chunk", "audio", "stitch")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class EngineConfig:
     # codec -> encoder ("" = detect); None: every built-in codec, detected.
     codecs: tuple[tuple[str, str], ...] | None = None
     max_download_gb: float = 50.0
+    # Threads each ffmpeg decodes and encodes with; 0 lets ffmpeg choose (one per core).
+    ffmpeg_threads: int = 0
+    task_kinds: tuple[str, ...] = TASK_KINDS
     log_level: str = "INFO"
 
     @property
@@ -100,6 +106,18 @@ def _codecs(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(items)
 
 
+def _task_kinds(text: str) -> tuple[str, ...]:
+    """``plan,chunk,audio,stitch`` (any of them, in any order) or ``none``."""
+    items = [item.strip().lower() for item in text.split(",") if item.strip()]
+    if items == ["none"]:
+        return ()
+    unknown = [item for item in items if item not in TASK_KINDS]
+    if unknown or not items:
+        raise ValueError(f"{text.strip()!r} is not 'none' or a list of "
+                         f"{', '.join(TASK_KINDS)}")
+    return tuple(kind for kind in TASK_KINDS if kind in items)
+
+
 def _program(text: str) -> str:
     value = text.strip()
     found = shutil.which(value)
@@ -124,6 +142,9 @@ _OPTIONS: tuple[Option, ...] = (
     Option("ffprobe", _program, "--ffprobe", "DISTCONV_FFPROBE", ("ffprobe",)),
     Option("max_download_gb", at_least(0.001), "--max-download-gb", "DISTCONV_MAX_DOWNLOAD_GB",
             ("max_download_gb",)),
+    Option("ffmpeg_threads", integer(0, 256), "--ffmpeg-threads", "DISTCONV_FFMPEG_THREADS",
+           ("ffmpeg_threads",)),
+    Option("task_kinds", _task_kinds, "--task-kinds", "DISTCONV_TASK_KINDS", ("task_kinds",)),
     Option("log_level", one_of(LOG_LEVELS, upper=True), "--log-level", "DISTCONV_LOG_LEVEL",
             ("log_level",)),
 )
@@ -144,6 +165,10 @@ _HELPS = {
     "--ffmpeg": "ffmpeg program (default: ffmpeg from PATH)",
     "--ffprobe": "ffprobe program (default: ffprobe from PATH)",
     "--max-download-gb": "largest source to download, in GB (default 50)",
+    "--ffmpeg-threads": "threads each ffmpeg uses, 0 = ffmpeg's choice (default 0); 1 with "
+                        "taskset makes an engine one core",
+    "--task-kinds": "parts of chunked jobs to take: comma-separated plan, chunk, audio, "
+    "stitch, or none (default: all four)",
     "--log-level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
 }
 

@@ -14,15 +14,15 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dispatch.engine.capabilities import Capabilities
 from dispatch.engine.client import ServerClient, Stopped, backoff
 from dispatch.engine.config import EngineConfig
+from dispatch.engine.run import Follower, JobRun
+from dispatch.engine.tasks import run_task
 from dispatch.engine.transcode import (
-    FFmpeg,
     Interrupted,
     JobError,
     container_for,
@@ -39,43 +39,12 @@ from dispatch.engine.upload import upload_output
 log = logging.getLogger("dispatch.engine")
 
 PROGRESS_EVERY = 1.0  # seconds between progress reports, at most
-MAX_IDLE_WAIT = 2.0  # seconds between asks for work while idle
+# Seconds between asks for work while idle: the tasks of a new plan reach every idle
+# engine within it (an idle engine costs the server one short request a second).
+MAX_IDLE_WAIT = 1.0
 SHUTDOWN_REPORT_FOR = 10.0  # seconds a shutdown's fail report is retried
 MAX_MESSAGE = 4000  # the server takes error messages up to 4096 characters
 SHUTTING_DOWN = "engine shutting down"
-
-
-class JobRun:
-    """The job in hand, and why it was stopped if it was."""
-
-    def __init__(self, job: dict[str, Any]) -> None:
-        self.job_id: str = job["job_id"]
-        self.attempt: int | None = job.get("attempt")
-        self.codec: str = job["target_codec"]
-        self.source_url: str = job["source_url"]
-        # Where the server's store takes the output (absent on servers without one).
-        self.output_upload: str | None = job.get("output_upload")
-        self.stop_reason: str | None = None  # "cancelled", "lost" or "shutdown"
-        self.ffmpeg: FFmpeg | None = None
-        self._lock = threading.Lock()
-
-    def stop(self, reason: str) -> None:
-        with self._lock:
-            if self.stop_reason is None:
-                self.stop_reason = reason
-            ffmpeg = self.ffmpeg
-        if ffmpeg is not None:
-            ffmpeg.stop()
-
-    def attach(self, ffmpeg: FFmpeg) -> None:
-        with self._lock:
-            self.ffmpeg = ffmpeg
-            stopped = self.stop_reason is not None
-        if stopped:
-            ffmpeg.stop()
-
-    def stamp(self) -> dict[str, Any]:
-        return {} if self.attempt is None else {"attempt": self.attempt}
 
 
 class Engine:
@@ -127,12 +96,17 @@ class Engine:
             free_gb = shutil.disk_usage(self.work_dir).free / 1024**3
         except OSError:
             free_gb = 0.0
-        return {
+        payload: dict[str, Any] = {
             "engine_type": "dispatch-engine", "status": self.status(),
             "supported_codecs": list(self.capabilities.advertised),
             "storage_capacity_gb": round(free_gb, 2), "hostname": self.hostname,
             "streaming_support": False, "local_job_queue": [run.job_id] if run else [],
         }
+        # None advertised: the field is left out, so the server sees what it sees of a
+        # C++ engine and gives this one whole jobs only.
+        if self.config.task_kinds:
+            payload["task_kinds"] = list(self.config.task_kinds)
+        return payload
 
     def beat_once(self, client: ServerClient) -> bool:
         answer = client.heartbeat(self.heartbeat_payload(),
@@ -225,81 +199,100 @@ class Engine:
     # ------------------------------------------------------------ one job
 
     def run_job(self, job: dict[str, Any]) -> None:
+        """Do one assigned job or task and report how it ended (nothing when it was
+        cancelled or lost; a give-back when the engine is shutting down)."""
         run = JobRun(job)
         self.current = run
-        encoder = self.capabilities.encoder_for(run.codec)
-        log.info("job %s assigned: codec %s, encoder %s, attempt %s", run.job_id, run.codec,
-                 encoder.name if encoder else "none", run.attempt)
-        key = f"job-{safe_name(run.job_id)}-{run.attempt or 0}"
-        download = self.work_dir / f"{key}.source"
-        container = container_for(run.codec)
-        produced = self.work_dir / f"{key}.{container.extension}"
-        started = time.monotonic()
+        what = f"task ({run.task.get('kind')})" if run.task else "job"
+        log.info("%s %s assigned: codec %s, attempt %s", what, run.job_id, run.codec,
+                 run.attempt)
+        # Everything this run writes goes in one folder, removed at the end (and by
+        # clean_leftovers after a crash: its name starts with the work prefix).
+        folder = self.work_dir / f"job-{safe_name(run.job_id)}-{run.attempt or 0}"
         outcome: tuple[str, dict[str, Any]] | None = None
         final: Path | None = None
+        started = time.monotonic()
         try:
-            if encoder is None:
-                raise JobError(f"codec {run.codec!r} is not supported by engine "
-                               f"{self.config.engine_id}")
-            self._progress(run, 0.0)
-            source = fetch_source(run.source_url, download,
-                                  int(self.config.max_download_gb * 1e9),
-                                  lambda: run.stop_reason is not None)
-            duration = probe(self.config.ffprobe, source)
-            if run.stop_reason is not None:
-                raise Interrupted()
-            log.info("job %s transcoding: codec %s, duration %s s", run.job_id, run.codec,
-                     f"{duration:.1f}" if duration else "unknown")
-            ffmpeg = FFmpeg(ffmpeg_command(self.config.ffmpeg, source, encoder, container,
-                                           produced))
-            run.attach(ffmpeg)
-            status = ffmpeg.follow(self._progress_follower(run, duration))
-            if run.stop_reason is None:
-                if status != 0 or not produced.is_file() or produced.stat().st_size == 0:
-                    raise ffmpeg.failure(status)
-                if run.output_upload and self.config.output_dir is None:
-                    report = upload_output(self.client, run.job_id, run.stamp(), produced,
-                                           container.extension,
-                                           lambda: run.stop_reason is not None,
-                                           self.aborting)
-                    shown = f"the server's store (upload {report['upload_id']})"
-                else:
-                    final = publish(produced, self.output_dir,
-                                    f"{safe_name(run.job_id)}-{run.attempt or 0}."
-                                    f"{container.extension}")
-                    shown = output_url(final, self.output_dir, self.config.output_url_base)
-                    report = {"output_url": shown}
-                speed = duration / ffmpeg.elapsed if duration and ffmpeg.elapsed else 0.0
-                log.info("job %s completed: codec %s, duration %s s, ffmpeg %.2f s, "
-                         "speed %.2fx, total %.2f s, output %s", run.job_id, run.codec,
-                         f"{duration:.1f}" if duration else "unknown", ffmpeg.elapsed, speed,
-                         time.monotonic() - started, shown)
-                outcome = ("complete", report)
+            folder.mkdir(parents=True, exist_ok=True)
+            if run.task is None:
+                report, final = self._transcode(run, folder)
+            else:
+                report, final = run_task(self, run, folder)
+            if run.task is not None:  # a whole job's line is _transcode's, with its figures
+                log.info("%s %s completed in %.2f s", what, run.job_id,
+                         time.monotonic() - started)
+            outcome = ("complete", report)
         except JobError as exc:
             if run.stop_reason is None:
-                log.warning("job %s failed: codec %s: %s", run.job_id, run.codec, exc.reason)
+                log.warning("%s %s failed: codec %s: %s", what, run.job_id, run.codec,
+                            exc.reason)
                 message = exc.reason if not exc.detail else f"{exc.reason}\n{exc.detail}"
                 outcome = ("fail", {"error_message": message[:MAX_MESSAGE]})
         except Interrupted:
             pass
         except Exception as exc:  # a full disk, a bug: fail this job, keep the engine
             if run.stop_reason is None:
-                log.exception("job %s failed: engine error", run.job_id)
+                log.exception("%s %s failed: engine error", what, run.job_id)
                 outcome = ("fail", {"error_message": f"engine error: {exc.__class__.__name__}: "
                                                      f"{exc}"[:MAX_MESSAGE]})
             if run.ffmpeg is not None:
                 run.ffmpeg.stop()
         finally:
-            remove(download, produced)
+            shutil.rmtree(folder, ignore_errors=True)
         if run.stop_reason == "shutdown":
-            log.info("job %s stopped: %s", run.job_id, SHUTTING_DOWN)
+            log.info("%s %s stopped: %s", what, run.job_id, SHUTTING_DOWN)
             outcome = ("fail", {"error_message": SHUTTING_DOWN})
         elif run.stop_reason is not None:
-            log.info("job %s %s: stopped, nothing reported", run.job_id, run.stop_reason)
+            log.info("%s %s %s: stopped, nothing reported", what, run.job_id, run.stop_reason)
         if outcome is not None:
             self._final_report(run, *outcome, output=final)
         self.current = None
         self._beat_now.set()  # tell the server at once that this engine is idle
+
+    def _transcode(self, run: JobRun, folder: Path) -> tuple[dict[str, Any], Path | None]:
+        """A whole job: fetch the source, encode it all, deliver the output."""
+        encoder = self.capabilities.encoder_for(run.codec)
+        if encoder is None:
+            raise JobError(f"codec {run.codec!r} is not supported by engine "
+                           f"{self.config.engine_id}")
+        container = container_for(run.codec)
+        produced = folder / f"output.{container.extension}"
+        started = time.monotonic()
+        self.progress(run, 0.0)
+        source = fetch_source(run.source_url, folder / "source",
+                              int(self.config.max_download_gb * 1e9), lambda: run.stopped)
+        duration = probe(self.config.ffprobe, source)
+        if run.stopped:
+            raise Interrupted()
+        log.info("job %s transcoding: codec %s, encoder %s, duration %s s", run.job_id,
+                 run.codec, encoder.name, f"{duration:.1f}" if duration else "unknown")
+        ffmpeg = run.encode(ffmpeg_command(self.config.ffmpeg, source, encoder, container,
+                                           produced),
+                            produced, self.follower(run, duration))
+        report, final = self.deliver(run, produced, container.extension)
+        speed = duration / ffmpeg.elapsed if duration and ffmpeg.elapsed else 0.0
+        log.info("job %s completed: codec %s, duration %s s, ffmpeg %.2f s, speed %.2fx, "
+                 "total %.2f s", run.job_id, run.codec,
+                 f"{duration:.1f}" if duration else "unknown", ffmpeg.elapsed, speed,
+                 time.monotonic() - started)
+        return report, final
+
+    def deliver(self, run: JobRun, produced: Path,
+                extension: str) -> tuple[dict[str, Any], Path | None]:
+        """The output to the server's store (when it offers one and no output folder
+        was given), else into the output folder; returns the ``complete`` body and
+        the kept file (None when stored)."""
+        if run.output_upload and self.config.output_dir is None:
+            report = upload_output(self.client, run.job_id, run.stamp(), produced, extension,
+                                   lambda: run.stopped, self.aborting)
+            log.info("%s: output in the server's store (upload %s)", run.job_id,
+                     report["upload_id"])
+            return report, None
+        final = publish(produced, self.output_dir,
+                        f"{safe_name(run.job_id)}-{run.attempt or 0}.{extension}")
+        shown = output_url(final, self.output_dir, self.config.output_url_base)
+        log.info("%s: output %s", run.job_id, shown)
+        return {"output_url": shown}, final
 
     def _final_report(self, run: JobRun, kind: str, body: dict[str, Any],
                       output: Path | None) -> None:
@@ -322,7 +315,7 @@ class Engine:
         # Nobody will look for this output: the job is someone else's now.
         remove(output)
 
-    def _progress(self, run: JobRun, percent: float,
+    def progress(self, run: JobRun, percent: float,
                   figures: dict[str, float] | None = None) -> None:
         """One progress report (with ffmpeg's fps, speed and the ETA when known); a
         failed one is not retried (the next one supersedes it), a refused one means
@@ -336,9 +329,7 @@ class Engine:
             log.info("job %s: progress refused (%s); stopping", run.job_id, answer.message)
             run.stop("lost")
 
-    def _progress_follower(self, run: JobRun,
-                           duration: float | None
-                           ) -> Callable[[float, dict[str, float]], None]:
+    def follower(self, run: JobRun, duration: float | None) -> Follower:
         last = time.monotonic()
 
         def on_progress(seconds: float, figures: dict[str, float]) -> None:
@@ -352,7 +343,7 @@ class Engine:
             if speed:
                 # Media seconds left at the current speed: what the encode has left.
                 sent["eta_seconds"] = round(max(duration - seconds, 0.0) / speed, 1)
-            self._progress(run, min(99.9, 100.0 * seconds / duration), sent)
+            self.progress(run, min(99.9, 100.0 * seconds / duration), sent)
             log.debug("job %s: %.1f/%.1f s, %s", run.job_id, seconds, duration, sent)
 
         return on_progress

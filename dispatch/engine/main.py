@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    capabilities = detect(config.ffmpeg, config.codecs)
+    capabilities = detect(config.ffmpeg, config.codecs).with_threads(config.ffmpeg_threads)
     if not capabilities.encoders:
         log.error("no codec passed its test encode; nothing to offer the server")
         return 1

@@ -200,12 +200,25 @@ except OSError:  # pragma: no cover - not Linux
     _PREEXEC = None
 
 
+def ffmpeg_head(ffmpeg: str) -> list[str]:
+    """How every encode starts: quiet, machine-readable progress, overwrite."""
+    return [ffmpeg, "-hide_banner", "-nostats", "-v", "warning", "-progress", "pipe:1", "-y"]
+
+
 def ffmpeg_command(ffmpeg: str, source: Path, encoder: Encoder, container: Container,
                    output: Path) -> list[str]:
-    return [ffmpeg, "-hide_banner", "-nostats", "-v", "warning", "-progress", "pipe:1", "-y",
-            *encoder.input_args, "-i", str(source),
+    return [*ffmpeg_head(ffmpeg), *encoder.input_args, "-i", str(source),
             "-map", "0:v:0", "-map", "0:a?", "-c:v", encoder.name, *encoder.output_args,
             "-c:a", container.audio, *container.extra, "-f", container.muxer, str(output)]
+
+
+def with_video_filter(args: tuple[str, ...], first: str) -> list[str]:
+    """An encoder's output options with ``first`` run before its own ``-vf`` filters
+    (ffmpeg takes one ``-vf``: a second one would replace the encoder's)."""
+    if "-vf" not in args:
+        return [*args, "-vf", first]
+    at = args.index("-vf") + 1
+    return [*args[:at], f"{first},{args[at]}", *args[at + 1:]]
 
 
 def figures(block: dict[str, str]) -> dict[str, float]:

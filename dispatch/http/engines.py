@@ -125,4 +125,6 @@ def assign(data: dict[str, Any]) -> Response:
     base = base_url()
     body["source_url"] = service.files.engine_source(result.job.source_url, base)
     body["output_upload"] = f"{base}jobs/{quote(result.job.job_id, safe='')}/output_upload"
+    body["task"] = service.queries.engine_task(
+        result.job, lambda url: service.files.engine_source(url, base))
     return json_response(body)

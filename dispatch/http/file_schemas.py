@@ -6,6 +6,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from dispatch.domain.objects import MAX_PARTS, SHA256, UPLOAD_ID
+from dispatch.http.chunk_schemas import ProbeSchema
 from dispatch.http.fields import (
     MAX_URL,
     StrictInteger,
@@ -92,6 +93,9 @@ class CompleteSchema(StrictSchema):
     sha256 = _sha256()
     engine_id = engine_id_field()
     attempt = StrictInteger(validate=validate.Range(min=1, max=10**9))
+    probe = fields.Nested(ProbeSchema, metadata={
+        "description": "a chunked job's plan task: the source as probed (required there, "
+        "refused elsewhere)"})
 
 
 class OutputSchema(Schema):

@@ -18,6 +18,7 @@ from dispatch.http.auth import (
     auth,
     current,
 )
+from dispatch.http.chunk_schemas import ChunksSchema
 from dispatch.http.common import Blueprint, json_response, log_ids
 from dispatch.http.errors import Forbidden
 from dispatch.http.file_schemas import CompleteSchema
@@ -35,7 +36,7 @@ from dispatch.http.schemas import (
     PrioritySchema,
     ProgressSchema,
 )
-from dispatch.service import DispatchService, present
+from dispatch.service import DispatchService, chunked, present
 
 blp = Blueprint("jobs", __name__, url_prefix="/jobs", description="Transcoding jobs")
 
@@ -122,6 +123,17 @@ def readable_job(service: DispatchService, job_id: str) -> Job:
     return job
 
 
+@blp.route("/<job_id:job_id>/chunks", methods=["GET"], strict_slashes=False)
+@auth.login_required(role=JOB_WRITERS)
+@blp.response(200, ChunksSchema)
+@blp.alt_response(404, schema=ErrorSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="Not a chunked job")
+def job_chunks(job_id: str) -> Response:
+    """A chunked job's chunks (index, times, frames, status, engine, attempt,
+    progress) and its plan, audio and stitch tasks, of its current generation."""
+    return json_response(_service().queries.chunks(job_id))
+
+
 @blp.route("/<job_id:job_id>/events", methods=["GET"], strict_slashes=False)
 @auth.login_required(role=JOB_WRITERS)
 @blp.response(200, JobEventsSchema)
@@ -189,9 +201,10 @@ def complete(data: dict[str, Any], job_id: str) -> Response:
     if "upload_id" in data or data["output_url"].startswith("store:"):
         job = service.queries.get_job(job_id)
         rules.check_holder(job, engine_id, attempt, "complete")
-        output = service.files.finish_output(job_id, data)
+        if "upload_id" in data or not chunked.reads_source(job, data["output_url"]):
+            output = service.files.finish_output(job_id, data)
     job = service.commands.complete_job(job_id, data["output_url"], engine_id, attempt,
-                                        output)
+                                        output, data.get("probe"))
     return _job_response(job)
 
 

@@ -24,8 +24,10 @@ from marshmallow import (
 )
 
 from dispatch.domain.callbacks import callback_problem
+from dispatch.domain.chunking import CHUNK_SECONDS_MAX, CHUNK_SECONDS_MIN
 from dispatch.domain.models import ENGINE_STATUSES, JOB_STATUSES
 from dispatch.domain.urls import SOURCE_URL
+from dispatch.http.chunk_schemas import ChunkCountsSchema, task_kinds_field
 from dispatch.http.fields import (
     MAX_LIST,
     MAX_TEXT,
@@ -51,6 +53,10 @@ class JobSubmitSchema(StrictSchema):
     job_size = FiniteFloat(required=True, validate=validate.Range(min=0))
     max_retries = StrictInteger(validate=validate.Range(min=0, max=100))
     priority = priority_field()
+    chunk_seconds = StrictInteger(
+        validate=validate.Range(min=CHUNK_SECONDS_MIN, max=CHUNK_SECONDS_MAX),
+        metadata={"description": "encode in chunks of about this many seconds on many "
+                  "engines at once, stitched into one output (chunked encoding)"})
     callback_url = fields.String(
         validate=validate.Length(min=1, max=MAX_URL),
         metadata={"description": "http(s) URL POSTed the job, signed, when it completes, "
@@ -137,6 +143,7 @@ class HeartbeatSchema(Schema):
     hostname = text_field(255)
     benchmark_time = FiniteFloat(validate=validate.Range(min=0))
     local_job_queue = JobIdList()
+    task_kinds = task_kinds_field()
 
     @post_load
     def _telemetry(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -191,6 +198,13 @@ class JobSchema(Schema):
                                     allow_none=True)
     output = fields.Nested(OutputSchema, required=True, allow_none=True, metadata={
         "description": "the stored output (GET /jobs/{job_id}/output), or null"})
+    chunk_seconds = fields.Integer(required=True, allow_none=True)
+    parent_id = fields.String(required=True, allow_none=True, metadata={
+        "description": "a chunked job's task: the job it is part of"})
+    task = fields.Dict(required=True, allow_none=True, metadata={
+        "description": "a task: what it does (kind plan, chunk, audio or stitch)"})
+    chunks = fields.Nested(ChunkCountsSchema, required=True, allow_none=True, metadata={
+        "description": "a chunked job: its chunk tasks by state"})
 
 
 class ProgressDetailSchema(Schema):
@@ -207,12 +221,14 @@ class AssignedJobSchema(JobSchema):
     output_upload = fields.String(required=True, metadata={
         "description": "POST here (size, extension, content_type) for the output's "
         "upload URLs; then complete with its upload_id, parts and size"})
+    task = fields.Dict(required=True, allow_none=True, metadata={
+        "description": "a task: as stored, a stitch's chunks and audio with URLs to GET"})
 
 
 class WaitingReasonSchema(Schema):
     code = fields.String(required=True, validate=validate.OneOf((
         "backoff", "no_engine_for_codec", "no_engine_with_room", "engines_draining",
-        "concurrency_limit", "queued")))
+        "concurrency_limit", "queued", "no_task_engine")))
     message = fields.String(required=True)
     position = fields.Integer(required=True, allow_none=True)
 
@@ -272,6 +288,7 @@ class EngineSchema(Schema):
     jobs_failed = fields.Integer(required=True)
     registered_at = fields.String(required=True, metadata={"format": "date-time"})
     last_heartbeat = fields.String(required=True, metadata={"format": "date-time"})
+    task_kinds = fields.List(fields.String(), required=True)
     telemetry = fields.Dict(
         keys=fields.String(), required=True, allow_none=True,
         metadata={"description": "The last heartbeat's fields the server does not use "

@@ -42,9 +42,9 @@ class DispatchService:
             uow = MemoryBackend(clock=self.clock)
         self.uow: UnitOfWork = uow
         self.started_at = to_micros(self.clock())
-        self.commands = Commands(settings, self.uow, self.clock)
-        self.queries = Queries(settings, self.uow, self.clock, self.started_at)
         self.files = Files(settings, self.uow, self.clock, store or open_store(settings))
+        self.commands = Commands(settings, self.uow, self.clock, self.files.remove_outputs)
+        self.queries = Queries(settings, self.uow, self.clock, self.started_at)
         self.maintenance = Maintenance(settings, self.uow, self.clock, self.files)
 
     def close(self) -> None:

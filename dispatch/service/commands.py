@@ -5,7 +5,7 @@ together, durably, or not at all."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,7 +14,7 @@ from dispatch.domain import errors, rules
 from dispatch.domain.callbacks import callback_problem
 from dispatch.domain.models import FINISHED_STATUSES, PROGRESS_FIGURES, Engine, Job
 from dispatch.domain.scheduler import Policy
-from dispatch.service import reports
+from dispatch.service import chunked, reports
 from dispatch.service.ports import (
     Clock,
     ServicePart,
@@ -35,8 +35,12 @@ class AssignResult:
 
 
 class Commands(ServicePart):
-    def __init__(self, settings: Settings, uow: UnitOfWork, clock: Clock) -> None:
+    def __init__(self, settings: Settings, uow: UnitOfWork, clock: Clock,
+                 remove_outputs: Callable[[Iterable[Job]], None] = lambda jobs: None) -> None:
+        """``remove_outputs``: deletes the stored outputs of jobs deleted (the tasks
+        of a chunked job that runs again)."""
         super().__init__(settings, uow, clock)
+        self.remove_outputs = remove_outputs
         self.policy = Policy(settings.priority_aging_seconds, settings.large_job_threshold_mb)
 
     # ------------------------------------------------------------------ jobs
@@ -61,6 +65,7 @@ class Commands(ServicePart):
             self._reserve(tx, 1)
             job = rules.new_job(data, tx.jobs.allocate_seq(), now, self.settings)
             tx.jobs.put(job)
+            chunked.started(tx, job, now)
             if idempotency_key is not None:
                 tx.idempotency.record(idempotency_key, fingerprint, job.job_id, now)
         events.info("job submitted", extra={"job_id": job.job_id})
@@ -82,6 +87,7 @@ class Commands(ServicePart):
                        for item in items]
             for job in created:
                 tx.jobs.put(job)
+                chunked.started(tx, job, now)
         events.info("batch of %d jobs submitted", len(created))
         return created
 
@@ -131,6 +137,7 @@ class Commands(ServicePart):
                           progress_detail=detail,
                           progress_at=job.progress_at if progress == job.progress else now)
             tx.jobs.put(new)
+            chunked.follow(tx, new, now)
         return new
 
     def _attempt_over(self, tx: Transaction, engine_id: str | None, job: Job) -> None:
@@ -145,16 +152,19 @@ class Commands(ServicePart):
             tx.engines.put(replace(engine, jobs_failed=engine.jobs_failed + 1))
 
     def complete_job(self, job_id: str, output_url: str, engine_id: str | None = None,
-                     attempt: int | None = None,
-                     output: dict[str, Any] | None = None) -> Job:
+                     attempt: int | None = None, output: dict[str, Any] | None = None,
+                     probe: Mapping[str, Any] | None = None) -> Job:
         """``output``: the stored output ({size, sha256, content_type}), checked in
-        the store by ``files.Files.finish_output``; None for one kept elsewhere."""
+        the store by ``files.Files.finish_output``; None for one kept elsewhere.
+        ``probe``: the source as a chunked job's plan task found it."""
         with self.uow.transaction() as tx:
             job = self._held(tx, job_id, engine_id, attempt, "complete")
+            chunked.check_completion(job, probe)
             now = self.now()
             new = replace(job, status="completed", output_url=output_url, progress=100.0,
                           completed_at=now, updated_at=now, retry_at=None, output=output)
             self._attempt_over(tx, job.assigned_engine, new)
+            chunked.follow(tx, new, now, probe)
         events.info("job completed", extra={"job_id": job_id, "engine_id": job.assigned_engine})
         return new
 
@@ -165,6 +175,7 @@ class Commands(ServicePart):
             new = rules.failed_attempt(job, error_message, self.now(), self.settings)
             # A plain failed attempt, whatever the engine's text says.
             self._attempt_over(tx, job.assigned_engine, new)
+            chunked.follow(tx, new, new.updated_at)
         events.info("job %s", "re-queued" if new.status == "pending" else "failed",
                     extra={"job_id": job_id, "engine_id": job.assigned_engine})
         return new
@@ -172,20 +183,23 @@ class Commands(ServicePart):
     def cancel_job(self, job_id: str) -> Job:
         with self.uow.transaction() as tx:
             job = job_for_update(tx, job_id)
+            chunked.refuse_task(job, "cancel")
             if not rules.can_cancel(job):
                 raise errors.InvalidTransition(
                     f"cannot cancel job {job_id!r}: it is already {job.status}"
                 )
             now = self.now()
             new = replace(job, status="cancelled", completed_at=now, updated_at=now,
-                          retry_at=None)
+                          retry_at=None, progress_detail=None)
             tx.jobs.put(new)
+            chunked.cancelled(tx, new, now)
         events.info("job cancelled", extra={"job_id": job_id})
         return new
 
     def retry_job(self, job_id: str) -> Job:
         with self.uow.transaction() as tx:
             job = job_for_update(tx, job_id)
+            chunked.refuse_task(job, "retry")
             if not rules.can_retry(job):
                 raise errors.InvalidTransition(
                     f"cannot retry job {job_id!r}: it is {job.status}, not failed or cancelled"
@@ -196,6 +210,9 @@ class Commands(ServicePart):
                           output_url=None, output=None, completed_at=None,
                           updated_at=self.now())
             tx.jobs.put(new)
+            removed = chunked.retried(tx, new, new.updated_at)
+            new = tx.jobs.get(job_id) or new
+        self.remove_outputs(removed)
         return new
 
     def set_priority(self, job_id: str, priority: int) -> Job:
@@ -203,6 +220,7 @@ class Commands(ServicePart):
         next assignment (its place in the queue, if pending)."""
         with self.uow.transaction() as tx:
             job = job_for_update(tx, job_id)
+            chunked.refuse_task(job, "change the priority of")
             if job.status in FINISHED_STATUSES:
                 raise errors.InvalidTransition(
                     f"cannot change the priority of job {job_id!r}: it is already {job.status}"
@@ -211,6 +229,7 @@ class Commands(ServicePart):
                 return job
             new = replace(job, priority=priority, updated_at=self.now())
             tx.jobs.put(new)
+            chunked.reprioritised(tx, new, new.updated_at)
         events.info("job priority %d -> %d", job.priority, priority, extra={"job_id": job_id})
         return new
 
@@ -233,6 +252,7 @@ class Commands(ServicePart):
                           progress_at=now, retry_at=None,
                           attempt=job.attempt + 1)
             tx.jobs.put(new)
+            chunked.follow(tx, new, now)
         events.info("job assigned", extra={"job_id": new.job_id, "engine_id": engine_id})
         return AssignResult(new)
 
@@ -254,7 +274,7 @@ class Commands(ServicePart):
                         "streaming_support", "telemetry"):
                 if key in data:
                     changes[key] = data[key]
-            for key in ("supported_codecs", "local_job_queue"):
+            for key in ("supported_codecs", "local_job_queue", "task_kinds"):
                 if key in data:
                     changes[key] = tuple(data[key])
             if "benchmark_time" in data:
@@ -302,8 +322,10 @@ class Commands(ServicePart):
             now = self.now()
             for job_id in tx.jobs.held_by(engine_id):
                 job = job_for_update(tx, job_id)
-                tx.jobs.put(replace(job, status="pending", assigned_engine=None,
-                                    progress=None, progress_detail=None, updated_at=now))
+                released = replace(job, status="pending", assigned_engine=None,
+                                   progress=None, progress_detail=None, updated_at=now)
+                tx.jobs.put(released)
+                chunked.follow(tx, released, now)
             tx.engines.delete(engine_id)
         events.info("engine removed", extra={"engine_id": engine_id})
         return state

@@ -314,13 +314,17 @@ class Files(ServicePart):
         keys: set[str] = set()
         with self.uow.read() as tx:
             jobs: list[Job] = list(tx.jobs.held())
-            offset = 0
-            while True:
-                page, total = tx.jobs.page("pending", offset, 1000)
-                jobs.extend(page)
-                offset += len(page)
-                if not page or offset >= total:
-                    break
+            for status in ("pending", "processing"):
+                offset = 0
+                while True:
+                    page, total = tx.jobs.page(status, offset, 1000)
+                    jobs.extend(page)
+                    offset += len(page)
+                    if not page or offset >= total:
+                        break
+            # A chunked job's tasks read its source, or the copy its planner stored.
+            jobs.extend(task for job in list(jobs) if job.chunk_seconds is not None
+                        for task in tx.jobs.tasks_of(job.job_id))
         for job in jobs:
             if job.status not in FINISHED_STATUSES:
                 key = stored_key(job.source_url)

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 from dispatch.config.settings import Settings
 from dispatch.domain import callbacks, history, rules
-from dispatch.domain.models import ACTIVE_STATUSES, Delivery, Engine, Job
+from dispatch.domain.models import ACTIVE_STATUSES, FINISHED_STATUSES, Delivery, Engine, Job
+from dispatch.service import chunked
 from dispatch.service.files import Files
 from dispatch.service.ports import Clock, ServicePart, UnitOfWork
 
@@ -92,7 +93,11 @@ class Maintenance(ServicePart):
             if not failed and not lost:
                 return 0
             for job, kind in failed:
+                current = tx.jobs.get_for_update(job.job_id)
+                if current is not None and current.status in FINISHED_STATUSES:
+                    continue  # a task cancelled with its chunked job by an earlier one
                 tx.jobs.put(job, kind)
+                chunked.follow(tx, job, now)
             for engine in lost:
                 tx.engines.put(replace(engine, offline=True))
         for engine in lost:
@@ -123,9 +128,11 @@ class Maintenance(ServicePart):
         while True:
             with self.uow.transaction() as tx:
                 old = tx.jobs.finished_before(self.now() - retention, batch)
+                tasks = []
                 for job in old:
                     tx.jobs.delete(job.job_id)
-            self.files.remove_outputs(old)
+                    tasks.extend(chunked.remove_tasks(tx, job))
+            self.files.remove_outputs([*old, *tasks])
             if not old:
                 return purged
             purged += len(old)

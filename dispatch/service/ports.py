@@ -87,6 +87,9 @@ class JobRepository(Protocol):
         for this unit; None when nothing suits it or ``max_active`` jobs are active.
         Two units never claim the same job."""
 
+    def tasks_of(self, parent_id: str) -> list[Job]:
+        """The tasks of a chunked job (``parent_id``), in creation order."""
+
     def held_by(self, engine_id: str) -> Sequence[str]:
         """Ids of the active jobs the engine holds."""
 

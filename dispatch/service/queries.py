@@ -4,6 +4,7 @@ statistics. They change nothing; each reads one consistent state (``ports.UnitOf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ from dispatch.domain import errors
 from dispatch.domain.history import Event
 from dispatch.domain.job_search import JobFilter
 from dispatch.domain.models import Engine, Job
-from dispatch.service import reports
+from dispatch.service import chunked, reports
 from dispatch.service.ports import Clock, ServicePart, Transaction, UnitOfWork
 from dispatch.service.reports import EngineState, JobState
 
@@ -61,6 +62,21 @@ class Queries(ServicePart):
         self.get_job(job_id)
         with self.uow.read() as tx:
             return tx.jobs.history(job_id)
+
+    def chunks(self, job_id: str) -> dict[str, Any]:
+        """A chunked job's tasks (``GET /jobs/{id}/chunks``); Conflict for any other."""
+        with self.uow.read() as tx:
+            job = tx.jobs.get(job_id)
+            if job is None:
+                raise errors.JobNotFound(job_id)
+            return chunked.chunk_rows(tx, job)
+
+    def engine_task(self, job: Job, sign: Callable[[str], str]) -> dict[str, Any] | None:
+        """What an assigned task carries for its engine (null for a whole job)."""
+        if job.task is None:
+            return None
+        with self.uow.read() as tx:
+            return chunked.engine_task(tx, job, sign)
 
     def list_jobs(self, status: str | None, limit: int, offset: int) -> Page:
         with self.uow.read() as tx:

@@ -54,6 +54,15 @@ def waiting_reason(tx: Transaction, settings: Settings, job: Job, now: float) ->
         return _reason("backoff", f"in backoff after a failed attempt until "
                        f"{format_time(job.retry_at)}")
     live = [e for e in tx.engines.all() if not e.offline]
+    # A chunked job waits for an engine that plans (its plan task is what waits);
+    # a task for one that runs its kind.
+    kind = job.task["kind"] if job.task is not None \
+        else "plan" if job.chunk_seconds is not None else None
+    if kind is not None:
+        live = [e for e in live if kind in e.task_kinds]
+        if not live:
+            return _reason("no_task_engine", f"no active engine runs {kind} tasks of "
+                           "chunked jobs (an engine advertises them in task_kinds)")
     codec = _codec_name(job.target_codec)
     able = [e for e in live if takes_codec(job, e)]
     if not able:

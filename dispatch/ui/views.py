@@ -278,6 +278,7 @@ def job(job_id: str) -> Any:
     found = service.queries.get_job(job_id)
     return _page("ui/job.html", "ui/_job_live.html", job=found,
                  view=forms.job(service.queries.describe(found)),
+                 chunked=service.queries.chunks(job_id) if found.chunk_seconds else None,
                  events=forms.events(service.queries.job_events(job_id)),
                  actions=JOB_ACTIONS.values(), nav="jobs")
 

@@ -21,7 +21,7 @@ ENGINE_KEYS = {
     "engine_id", "engine_type", "hostname", "status", "supported_codecs",
     "storage_capacity_gb", "streaming_support", "benchmark_time", "avg_benchmark_time",
     "local_job_queue", "current_jobs", "jobs_completed", "jobs_failed", "registered_at",
-    "last_heartbeat", "telemetry",
+    "last_heartbeat", "telemetry", "task_kinds",
 }
 JOB_KEYS = {
     "job_id", "source_url", "target_codec", "job_size", "priority", "status",
@@ -115,6 +115,7 @@ def test_heartbeat_registers_with_full_body(client: FlaskClient, auth: dict[str,
         "registered_at": START,
         "last_heartbeat": START,
         "telemetry": None,
+        "task_kinds": [],
     }
     assert expected == norm(body)
     assert body == get_engine(client, auth, "engine-001")
@@ -130,7 +131,7 @@ def test_minimal_heartbeat_registers_with_nulls(client: FlaskClient, auth: dict[
         "benchmark_time": None, "avg_benchmark_time": None, "local_job_queue": [],
         "current_jobs": [], "jobs_completed": 0, "jobs_failed": 0,
         "registered_at": START, "last_heartbeat": START, "telemetry": None,
-        "cancelled_jobs": [], "draining": False,
+        "task_kinds": [], "cancelled_jobs": [], "draining": False,
     }
     assert expected == norm(response.get_json())
 

@@ -25,9 +25,9 @@ JOB_KEYS = {
     "retry_at", "created_at", "updated_at", "assigned_at", "completed_at",
 }
 # Keys later issues added: attempts (#4), callbacks, waiting reasons, webhooks (#8),
-# the encoder's figures (#22), the stored output (#21).
+# the encoder's figures (#22), the stored output (#21), chunked encoding (#23).
 EXTRA_KEYS = {"attempt", "callback_url", "waiting_reason", "webhook", "progress_detail",
-              "output"}
+              "output", "chunk_seconds", "parent_id", "task", "chunks"}
 # A pending job with no engine registered waits for one that supports its codec.
 NO_ENGINE = {"code": "no_engine_for_codec", "message": "no active engine supports codec 'h264'",
              "position": None}
@@ -60,7 +60,8 @@ def expected_job(job_id: str, **overrides: Any) -> dict[str, Any]:
         "max_retries": 3, "error_message": None, "retry_at": None, "created_at": START,
         "updated_at": START, "assigned_at": None, "completed_at": None, "attempt": 0,
         "callback_url": None, "waiting_reason": NO_ENGINE, "webhook": None,
-        "progress_detail": None, "output": None,
+        "progress_detail": None, "output": None, "chunk_seconds": None, "parent_id": None,
+        "task": None, "chunks": None,
     }
     body.update(overrides)
     return body

@@ -54,6 +54,7 @@ TABLE: dict[tuple[str, str], tuple[frozenset[str], dict[str, Any] | None]] = {
     ("GET", "/jobs/"): (WRITERS, None),
     ("GET", "/jobs/<job_id>"): (READERS, None),
     ("GET", "/jobs/<job_id>/events"): (WRITERS, None),
+    ("GET", "/jobs/<job_id>/chunks"): (WRITERS, None),
     ("DELETE", "/jobs/<job_id>"): (WRITERS, None),
     ("POST", "/jobs/<job_id>/progress"): (REPORTERS, {"progress": 50}),
     ("POST", "/jobs/<job_id>/complete"): (REPORTERS, {"output_url": "http://example.com/o"}),

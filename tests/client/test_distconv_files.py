@@ -102,9 +102,9 @@ def test_an_upload_survives_a_server_restart_between_parts(farm: StoreFarm,
     seen = bytearray()
     try:
         parts = poll(lambda: [folder for folder in (farm.store / "parts").glob("*")
-                              if folder not in before and (folder / "1.etag").exists()],
+                              if folder not in before and (folder / "1.done").exists()],
                      30, "part 1 stored")
-        assert not (parts[0] / "2.etag").exists()
+        assert not (parts[0] / "2.done").exists()
         assert proc.poll() is None
         server.kill()
         reading = drain(reader, seen)

@@ -13,12 +13,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from dispatch.config.settings import Settings, SettingsError, load_settings
 from dispatch.service import DispatchService
 from dispatch.storage.journal import JournalStore
 from dispatch.storage.memory import MemoryBackend
 from dispatch.storage.postgres import migrate
+from dispatch.storage.postgres.wiring import open_tool_backend
 from dispatch.tools.copy_state import Farm, read_state
 from tests.conftest import API_KEY, FakeClock
 from tests.support.postgres import ROLE_PASSWORD, PostgresServer
@@ -44,27 +46,58 @@ def test_db_upgrade_applies_the_schema_once(postgres: PostgresServer) -> None:
     again = run("db", "upgrade", "--database-url", url)
     assert (0, True) == (again.returncode, "schema up to date" in again.stdout)
     with psycopg.connect(url) as conn:
-        assert [(1, "0001_initial.sql"), (2, "0002_farm_secrets.sql")] == conn.execute(
+        assert [(1, "0001_initial.sql"), (2, "0002_farm_secrets.sql"),
+                (3, "0003_chunked_jobs.sql")] == conn.execute(
             "SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
 
 
 def test_db_upgrade_applies_only_what_is_missing(postgres: PostgresServer) -> None:
-    """A database at an older version (here: without 0002) gets the newer migrations
-    only, its rows untouched."""
+    """A database at an older version (here: without 0002 and 0003, which brings
+    its own changes back idempotently) gets the newer migrations only, its rows
+    untouched."""
     url = postgres.create_database("upgrade_older")
     assert 0 == run("db", "upgrade", "--database-url", url).returncode
     with psycopg.connect(url) as conn:
         conn.execute("DROP TABLE farm_secrets")
-        conn.execute("DELETE FROM schema_migrations WHERE version = 2")
+        conn.execute("DELETE FROM schema_migrations WHERE version >= 2")
         conn.execute("INSERT INTO engines (engine_id, record) VALUES ('e1', '{}')")
     upgraded = run("db", "upgrade", "--database-url", url)
     assert 0 == upgraded.returncode, upgraded.stderr
     assert "applied 0002_farm_secrets.sql" in upgraded.stdout
     assert "0001_initial.sql" not in upgraded.stdout
     with psycopg.connect(url) as conn:
-        assert [(2,)] == conn.execute("SELECT max(version) FROM schema_migrations").fetchall()
+        assert [(3,)] == conn.execute("SELECT max(version) FROM schema_migrations").fetchall()
         assert [("e1",)] == conn.execute("SELECT engine_id FROM engines").fetchall()
         assert [(0,)] == conn.execute("SELECT count(*) FROM farm_secrets").fetchall()
+
+
+def test_jobs_of_a_database_before_chunked_encoding_are_jobs_after_it(
+        postgres: PostgresServer, clock: FakeClock) -> None:
+    """0003 on a database with jobs in it: they are whole jobs (kind 'job'), listed,
+    counted and claimed as before."""
+    url = postgres.create_database("upgrade_to_chunked")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+                     "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        for migration in migrate.known()[:2]:
+            conn.execute(migration.sql)
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                         (migration.version, migration.name))
+        conn.execute(
+            "INSERT INTO jobs (job_id, seq, status, target_codec, codec_family, priority, "
+            "job_size, created_at, record) VALUES ('1_0', 0, 'pending', 'h264', 'h264', 0, "
+            "10, 1, %s)", (Jsonb({**JOB, "job_id": "1_0", "created_at": 1.0}),))
+    upgraded = run("db", "upgrade", "--database-url", url)
+    assert "applied 0003_chunked_jobs.sql" in upgraded.stdout, upgraded.stderr
+    service = DispatchService(Settings(api_key=API_KEY), open_tool_backend(url, None), clock)
+    try:
+        assert service.queries.counts()["pending"] == 1
+        assert [j.job_id for j in service.queries.list_jobs(None, 10, 0).jobs] == ["1_0"]
+        service.commands.heartbeat({"engine_id": "e1"})
+        assigned = service.commands.assign_job("e1", None).job
+        assert assigned is not None and assigned.job_id == "1_0"
+    finally:
+        service.close()
 
 
 def test_a_database_newer_than_the_server_is_refused(postgres: PostgresServer,
@@ -75,7 +108,7 @@ def test_a_database_newer_than_the_server_is_refused(postgres: PostgresServer,
         conn.execute("INSERT INTO schema_migrations (version, name) VALUES (9999, 'future')")
     refused = run("db", "upgrade", "--database-url", url)
     assert 1 == refused.returncode
-    assert "version 9999, newer than this server knows (2)" in refused.stderr
+    assert "version 9999, newer than this server knows (3)" in refused.stderr
     server = Server(tmp_path, API_KEY, "--database-url", url)
     server.start(wait=False)
     assert server.proc is not None
@@ -94,7 +127,7 @@ def test_instances_starting_together_apply_each_migration_once(
     for migration in migrate.known():
         assert 1 == sum(migration.name in out for out in outputs)
     with psycopg.connect(url) as conn:
-        assert migrate.current_version(conn) == migrate.known()[-1].version == 2
+        assert migrate.current_version(conn) == migrate.known()[-1].version == 3
 
 
 def test_an_unreachable_database_stops_the_start(tmp_path: Path) -> None:

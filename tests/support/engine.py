@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -90,9 +90,11 @@ class Engine:
     """A ``dispatch-engine`` subprocess with its own work and output folders."""
 
     def __init__(self, root: Path, server_url: str, api_key: str, engine_id: str,
-                 *args: str, keep_outputs: bool = True) -> None:
+                 *args: str, keep_outputs: bool = True, prefix: Sequence[str] = ()) -> None:
         """``keep_outputs``: pass ``--output-dir`` (outputs stay on the engine);
-        without it the engine uploads them to the server's store."""
+        without it the engine uploads them to the server's store. ``prefix`` runs the
+        engine under another program (``taskset -c 0``)."""
+        self.prefix = list(prefix)
         self.engine_id = engine_id
         self.work_dir = root / f"{engine_id}-work"
         self.output_dir = root / f"{engine_id}-output"
@@ -111,8 +113,9 @@ class Engine:
     def start(self) -> Engine:
         self.log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as handle:
-            self.proc = subprocess.Popen([str(BIN), *self.args], env=self.env, stdout=handle,
-                                         stderr=subprocess.STDOUT, cwd=self.work_dir.parent)
+            self.proc = subprocess.Popen([*self.prefix, str(BIN), *self.args], env=self.env,
+                                         stdout=handle, stderr=subprocess.STDOUT,
+                                         cwd=self.work_dir.parent)
         return self
 
     @property

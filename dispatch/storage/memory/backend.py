@@ -155,7 +155,7 @@ class MemoryBackend:
             seq = self._store.begin_snapshot()
             if seq is None:
                 return False
-            jobs = list(self.jobs_table.ordered)
+            jobs = self.jobs_table.in_creation_order()
             engines = list(self.engines_table.rows.values())
             events = dict(self.histories.rows)
             keys = list(self.idempotency_keys.rows.items())

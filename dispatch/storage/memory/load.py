@@ -23,16 +23,29 @@ def _next_counter(jobs: list[Job]) -> int:
     return highest + 1
 
 
-def _id_sort_key(record: Mapping[str, Any]) -> tuple[int, int, str]:
+_TASK_ORDER = {"plan": 0, "audio": 2, "stitch": 3}  # chunks (cNNNN) are 1
+
+
+def _id_sort_key(record: Mapping[str, Any]) -> tuple[int, int, str, int, int, int]:
     job_id = str(record.get("job_id", ""))
     head, _, tail = job_id.partition("_")
+    counter, dot, rest = tail.partition(".")
+    # A chunked job's task ("{parent}.g{generation}.{name}") comes after its parent,
+    # in the order its tasks are made.
+    task = (0, 0, 0)
+    if dot and record.get("parent_id"):
+        generation, _, name = rest.partition(".")
+        chunk = name[1:] if name.startswith("c") else ""
+        task = (int(generation[1:]) if generation[1:].isdigit() else 0,
+                1 if chunk.isdigit() else _TASK_ORDER.get(name, 4),
+                int(chunk) if chunk.isdigit() else 0)
     try:
-        return (int(head), int(tail), job_id)
+        return (int(head), int(counter), "", *task)
     except ValueError:
         # Other ids (the C++ benchmark layout's "job_0"): creation time first.
         created = record.get("created_at")
         micros = int(created * 1_000_000) if isinstance(created, (int, float)) else 0
-        return (micros, 0, job_id)
+        return (micros, 0, job_id, *task)
 
 
 def load(backend: MemoryBackend, state: RecoveredState) -> None:
@@ -68,7 +81,8 @@ def load(backend: MemoryBackend, state: RecoveredState) -> None:
     # (len(jobs) alone would repeat a counter once jobs were purged).
     table.next_seq = max(len(jobs), _next_counter(jobs))
     for job in list(table.rows.values()):
-        if job.status in ACTIVE_STATUSES and job.assigned_engine not in engines:
+        if job.status in ACTIVE_STATUSES and job.assigned_engine not in engines \
+                and job.chunk_seconds is None:  # a chunked job's parent is never held
             # A job held by an engine the file does not know can never be
             # reported on; return it to the queue rather than strand it.
             table.put(job.job_id, replace(job, status="pending", assigned_engine=None,

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from dispatch.storage.memory.backend import MemoryBackend
 
 
+def _seq(job: Job) -> int:
+    return job.seq
+
+
 class _Repository:
     # The tables, held directly: these methods run on every request.
     __slots__ = ("backend", "jobs", "engines", "histories", "keys", "deliveries")
@@ -67,7 +71,7 @@ class MemoryJobs(_Repository):
 
     def dump(self) -> Iterator[tuple[Job, list[Event]]]:
         events = self.histories.events
-        for job in list(self.jobs.ordered):
+        for job in self.jobs.in_creation_order():
             yield job, events(job.job_id)
 
     def allocate_seq(self) -> int:
@@ -87,6 +91,11 @@ class MemoryJobs(_Repository):
             return None
         return pick_job(table.pending, engine, self.engines.rows.values(),
                         capabilities, now, policy)
+
+    def tasks_of(self, parent_id: str) -> list[Job]:
+        ids = self.jobs.children.get(parent_id)
+        rows = self.jobs.rows
+        return sorted((rows[job_id] for job_id in ids), key=_seq) if ids else []
 
     def held_by(self, engine_id: str) -> Sequence[str]:
         held = self.jobs.held.get(engine_id)
@@ -112,7 +121,7 @@ class MemoryJobs(_Repository):
                 for status, index in self.jobs.by_status.items()}
 
     def total(self) -> int:
-        return len(self.jobs.rows)
+        return len(self.jobs.ordered)  # jobs, not the tasks of chunked ones
 
     def oldest_pending(self) -> Job | None:
         pending = self.jobs.by_status["pending"]

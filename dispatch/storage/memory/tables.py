@@ -8,6 +8,7 @@ JSON form an entry is persisted as (None when it is deleted).
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -64,7 +65,12 @@ class Table(Generic[V]):
 class Jobs(Table[Job]):
     """Jobs with every index the ports read: creation order, by status, the pending
     queue (``scheduler.PendingIndex``), what each engine holds, the finished ones by
-    finishing time, the completion times and the running sum of job times."""
+    finishing time, the completion times and the running sum of job times.
+
+    Chunked-encoding tasks (``parent_id``) are in the pending queue and what engines
+    hold, and under their parent (``children``), never in the listings (creation
+    order, by status, finished, completions): clients see jobs. A parent is in the
+    listings; it is never held, so it is not counted among the active jobs."""
 
     kind = "job"
 
@@ -81,11 +87,17 @@ class Jobs(Table[Job]):
         self.job_time_sum = 0.0
         self.job_time_count = 0
         self.next_seq = 0
+        self.children: dict[str, dict[str, None]] = {}  # parent id -> ids of its tasks
+        self.active_tasks = 0
+        self.active_parents = 0
 
     def index_all(self, jobs: list[Job]) -> None:
         """Build every index at once from jobs in creation order: what ``put`` does
         one job at a time, in a fraction of the time at start-up."""
         self.rows = {job.job_id: job for job in jobs}
+        tasks = [job for job in jobs if job.parent_id is not None]
+        if tasks:
+            jobs = [job for job in jobs if job.parent_id is None]
         self.ordered = SortedKeyList(jobs, key=_seq_key)
         for status in JOB_STATUSES:
             self.by_status[status] = SortedKeyList(
@@ -103,15 +115,68 @@ class Jobs(Table[Job]):
             self.pending.add(job, now)
         for status in ACTIVE_STATUSES:
             for job in self.by_status[status]:
-                if job.assigned_engine is not None:
+                if job.chunk_seconds is not None:
+                    self.active_parents += 1
+                elif job.assigned_engine is not None:
                     self.held.setdefault(job.assigned_engine, {})[job.job_id] = None
+        for task in tasks:
+            self._index_task(task, now)
+
+    def _index_task(self, task: Job, now: float) -> None:
+        assert task.parent_id is not None
+        self.children.setdefault(task.parent_id, {})[task.job_id] = None
+        if task.status == "pending":
+            self.pending.add(task, now)
+        elif task.status in ACTIVE_STATUSES:
+            self.active_tasks += 1
+            if task.assigned_engine is not None:
+                self.held.setdefault(task.assigned_engine, {})[task.job_id] = None
+
+    def _unindex_task(self, task: Job) -> None:
+        assert task.parent_id is not None
+        siblings = self.children.get(task.parent_id)
+        if siblings is not None:
+            siblings.pop(task.job_id, None)
+            if not siblings:
+                del self.children[task.parent_id]
+        if task.status == "pending":
+            self.pending.remove(task)
+        elif task.status in ACTIVE_STATUSES:
+            self.active_tasks -= 1
+            self._release(task)
+
+    def _release(self, job: Job) -> None:
+        if job.assigned_engine is not None:
+            held = self.held.get(job.assigned_engine)
+            if held is not None:
+                held.pop(job.job_id, None)
+                if not held:
+                    del self.held[job.assigned_engine]
+
+    def in_creation_order(self) -> list[Job]:
+        """Every job and task, oldest first (snapshots, moving a farm)."""
+        rows = self.rows
+        tasks = sorted((rows[task_id] for ids in self.children.values() for task_id in ids),
+                       key=_seq_key)
+        if not tasks:
+            return list(self.ordered)
+        return list(heapq.merge(self.ordered, tasks, key=_seq_key))
 
     def active_count(self) -> int:
-        return len(self.by_status["assigned"]) + len(self.by_status["processing"])
+        return (len(self.by_status["assigned"]) + len(self.by_status["processing"])
+                - self.active_parents + self.active_tasks)
 
     def put(self, key: str, value: Job | None) -> Job | None:
         # One method, not an unindex and an index call: it runs on every job change.
         old = self.rows.get(key)
+        if (old is not None and old.parent_id is not None) \
+                or (value is not None and value.parent_id is not None):
+            return self._put_task(key, old, value)
+        if old is not None and old.chunk_seconds is not None and old.status == "processing":
+            self.active_parents -= 1
+        if value is not None and value.chunk_seconds is not None \
+                and value.status == "processing":
+            self.active_parents += 1
         if old is not None:
             self.ordered.remove(old)
             self.by_status[old.status].remove(old)
@@ -147,6 +212,16 @@ class Jobs(Table[Job]):
             if value.assigned_at is not None:
                 self.job_time_sum += value.completed_at - value.assigned_at
                 self.job_time_count += 1
+        return old
+
+    def _put_task(self, key: str, old: Job | None, value: Job | None) -> Job | None:
+        if old is not None:
+            self._unindex_task(old)
+        if value is None:
+            self.rows.pop(key, None)
+        else:
+            self.rows[key] = value
+            self._index_task(value, self.now())
         return old
 
 

@@ -34,9 +34,9 @@ log = logging.getLogger("dispatch.postgres")
 # Job counts are kept as deltas; folding them keeps a count a sum over a few rows.
 COMPACT_COUNTS = (
     "WITH d AS (DELETE FROM job_counts RETURNING *) "
-    "INSERT INTO job_counts (status, n, time_sum, time_n, codec_family, priority) "
-    "SELECT status, sum(n), sum(time_sum), sum(time_n), codec_family, priority FROM d "
-    "GROUP BY status, codec_family, priority"
+    "INSERT INTO job_counts (status, n, time_sum, time_n, codec_family, priority, kind) "
+    "SELECT status, sum(n), sum(time_sum), sum(time_n), codec_family, priority, kind "
+    "FROM d GROUP BY status, codec_family, priority, kind"
 )
 
 

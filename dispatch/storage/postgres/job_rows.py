@@ -25,15 +25,22 @@ def job_columns(job: Job, events: bytes | None) -> tuple[Any, ...]:
     return (job.job_id, job.seq, job.status, job.target_codec,
             codecs.family(job.target_codec), job.priority, job.job_size, job.created_at,
             job.retry_at, job.assigned_at, job.completed_at, job.assigned_engine,
-            Jsonb(job.to_record()), events)
+            Jsonb(job.to_record()), events, kind(job), job.parent_id)
+
+
+def kind(job: Job) -> str:
+    """The ``kind`` column: 'job', 'parent' (a chunked job) or a task's kind."""
+    if job.task is not None:
+        return str(job.task["kind"])
+    return "job" if job.chunk_seconds is None else "parent"
 
 
 JOB_COLUMNS = ("job_id, seq, status, target_codec, codec_family, priority, job_size, "
                "created_at, retry_at, assigned_at, completed_at, assigned_engine, record, "
-               "events")
+               "events, kind, parent_id")
 UPSERT_JOB = f"""
 INSERT INTO jobs ({JOB_COLUMNS})
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (job_id) DO UPDATE SET
     status = EXCLUDED.status, target_codec = EXCLUDED.target_codec,
     codec_family = EXCLUDED.codec_family, priority = EXCLUDED.priority,

@@ -50,6 +50,8 @@ CLAIM_ROUNDS = 4  # fresh candidate lists read when other units hold every one
 POSITION_SCAN = 2000  # index entries counted one by one for a queue position, at most
 
 _ACTIVE = "status IN ('assigned', 'processing')"
+_HELD = ("assigned", "processing")
+_RUN = ("job", "task")  # what engines run: a parent is never held
 _FINISHED = "status IN ('completed', 'failed', 'cancelled')"
 
 # index scan), then the oldest ready jobs of each bucket that the engine could take.
@@ -62,9 +64,9 @@ WITH RECURSIVE p AS (
     FROM p WHERE p.priority IS NOT NULL
 )
 SELECT c.record, c.seq
-FROM p {families} CROSS JOIN LATERAL (
+FROM p CROSS JOIN unnest(%(kinds)s::text[]) AS k(kind) {families} CROSS JOIN LATERAL (
     SELECT record, seq FROM jobs
-    WHERE status = 'pending' AND priority = p.priority {family_match}
+    WHERE status = 'pending' AND kind = k.kind AND priority = p.priority {family_match}
       AND (retry_at IS NULL OR retry_at <= %(now)s)
       AND (%(capacity)s::float8 IS NULL OR job_size <= %(capacity)s::float8)
       AND job_id <> ALL(%(passed)s::text[])
@@ -72,10 +74,14 @@ FROM p {families} CROSS JOIN LATERAL (
 ) c
 WHERE p.priority IS NOT NULL
 """
-_CANDIDATES_ANY = _CANDIDATES.format(families="", family_match="", order="priority, seq")
+# Each kind the engine takes ('job', and the task kinds it advertises; never 'parent')
+# is read through its own index buckets.
+_CANDIDATES_ANY = _CANDIDATES.format(families="", family_match="",
+                                     order="kind, priority, seq")
 _CANDIDATES_OF = _CANDIDATES.format(
     families="CROSS JOIN unnest(%(families)s::text[]) AS f(family)",
-    family_match="AND codec_family = f.family", order="codec_family, priority, seq")
+    family_match="AND codec_family = f.family", order="kind, codec_family, priority, seq")
+_JOBS_ONLY = "parent_id IS NULL"  # listings show jobs, never the tasks of chunked ones
 
 class Jobs(Repository):
     __slots__ = ("fresh",)
@@ -141,12 +147,16 @@ class Jobs(Repository):
         self.fresh.add(row[0])
         return int(row[0])
 
-    def _count(self, *statuses: str) -> int:
+    def _count(self, *statuses: str, kinds: tuple[str, ...] = ("job", "parent")) -> int:
+        """Rows in ``statuses``: jobs (chunked ones' parents included) unless
+        ``kinds`` says otherwise ('task')."""
         row = self.unit.execute("SELECT coalesce(sum(n), 0) FROM job_counts "
-                                "WHERE status = ANY(%s)", (list(statuses),)).fetchone()
+                                "WHERE status = ANY(%s) AND kind = ANY(%s)",
+                                (list(statuses), list(kinds))).fetchone()
         return int(row[0]) if row else 0
 
-    def _within(self, lock: int, adding: int, limit: int, *statuses: str) -> int:
+    def _within(self, lock: int, adding: int, limit: int, *statuses: str,
+                kinds: tuple[str, ...] = ("job", "parent")) -> int:
         """Lock the count of jobs in ``statuses`` for a rule that adds ``adding`` to it
         and must keep it within ``limit``; return the count.
 
@@ -161,13 +171,13 @@ class Jobs(Repository):
             unlock = f"SELECT pg_advisory_unlock_shared({LOCK_SPACE}, {lock})"
             unit.execute("SELECT pg_advisory_lock_shared(%s, %s)", (LOCK_SPACE, lock))
             unit.after.append(unlock)  # a session lock: released once the unit ended
-            current = self._count(*statuses)
+            current = self._count(*statuses, kinds=kinds)
             if current + adding + unit.connections <= limit:
                 return current
             unit.after.remove(unlock)
             unit.execute(unlock)
         unit.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, lock))
-        return self._count(*statuses)
+        return self._count(*statuses, kinds=kinds)
 
     def reserve_room(self, count: int, limit: int) -> int | None:
         pending = self._within(ROOM_LOCK, count, limit, "pending")
@@ -175,7 +185,7 @@ class Jobs(Repository):
 
     def claim_next(self, engine: Engine, capabilities: Iterable[str] | None, now: float,
                    policy: Policy, max_active: int) -> Job | None:
-        if self._within(CLAIM_LOCK, 1, max_active, "assigned", "processing") >= max_active:
+        if self._within(CLAIM_LOCK, 1, max_active, *_HELD, kinds=_RUN) >= max_active:
             return None
         names = list(capabilities) if capabilities is not None else list(
             engine.supported_codecs)
@@ -185,6 +195,7 @@ class Jobs(Repository):
         capacity = None if engine.storage_capacity_gb is None \
             else engine.storage_capacity_gb * 1024.0
         params: dict[str, Any] = {"now": now, "capacity": capacity, "passed": [],
+                                  "kinds": ["job", *engine.task_kinds],
                                   "per_bucket": LOOKAHEAD + 1,
                                   "families": sorted(codecs.families(names))}
         query = _CANDIDATES_OF if names else _CANDIDATES_ANY
@@ -210,6 +221,11 @@ class Jobs(Repository):
                 return None  # every candidate there is was looked at
         return None
 
+    def tasks_of(self, parent_id: str) -> list[Job]:
+        rows = self.unit.rows(f"{SELECT_JOB} WHERE parent_id = %s ORDER BY seq",
+                              (parent_id,)).fetchall()
+        return [job_from_row(row) for row in rows]
+
     def held_by(self, engine_id: str) -> Sequence[str]:
         rows = self.unit.execute(
             f"SELECT job_id FROM jobs WHERE assigned_engine = %s AND {_ACTIVE} ORDER BY seq",
@@ -229,16 +245,17 @@ class Jobs(Repository):
         return [job_from_row(row) for row in rows]
 
     def active_count(self) -> int:
-        return self._count("assigned", "processing")
+        return self._count(*_HELD, kinds=_RUN)
 
     def page(self, status: str | None, offset: int, limit: int) -> tuple[list[Job], int]:
         if status is None:
-            rows = self.unit.rows(f"{SELECT_JOB} ORDER BY seq OFFSET %s LIMIT %s",
-                                     (offset, limit)).fetchall()
+            rows = self.unit.rows(f"{SELECT_JOB} WHERE {_JOBS_ONLY} ORDER BY seq "
+                                  "OFFSET %s LIMIT %s", (offset, limit)).fetchall()
             total = self.total()
         else:
             rows = self.unit.rows(
-                f"{SELECT_JOB} WHERE status = %s ORDER BY seq OFFSET %s LIMIT %s",
+                f"{SELECT_JOB} WHERE status = %s AND {_JOBS_ONLY} ORDER BY seq "
+                "OFFSET %s LIMIT %s",
                 (status, offset, limit)).fetchall()
             total = self._count(status)
         return [job_from_row(row) for row in rows], total
@@ -246,7 +263,8 @@ class Jobs(Repository):
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(JOB_STATUSES, 0)
         for status, count in self.unit.execute(
-                "SELECT status, sum(n) FROM job_counts GROUP BY status").fetchall():
+                "SELECT status, sum(n) FROM job_counts WHERE kind <> 'task' "
+                "GROUP BY status").fetchall():
             counts[status] = int(count)
         return counts
 
@@ -255,7 +273,8 @@ class Jobs(Repository):
 
     def oldest_pending(self) -> Job | None:
         row = self.unit.rows(
-            f"{SELECT_JOB} WHERE status = 'pending' ORDER BY seq LIMIT 1").fetchone()
+            f"{SELECT_JOB} WHERE status = 'pending' AND {_JOBS_ONLY} ORDER BY seq LIMIT 1"
+        ).fetchone()
         return job_from_row(row) if row else None
 
     def queue_position(self, job: Job, now: float) -> int:
@@ -296,17 +315,18 @@ class Jobs(Repository):
 
     def finished_before(self, cutoff: float, limit: int) -> list[Job]:
         rows = self.unit.rows(
-            f"{SELECT_JOB} WHERE {_FINISHED} AND coalesce(completed_at, 0) < %s "
+            f"{SELECT_JOB} WHERE {_FINISHED} AND {_JOBS_ONLY} AND coalesce(completed_at, 0) < %s "
             "ORDER BY coalesce(completed_at, 0), seq LIMIT %s", (cutoff, limit)).fetchall()
         return [job_from_row(row) for row in rows]
 
     def completion_stats(self, since: float) -> tuple[int, float]:
         recent = self.unit.execute(
-            "SELECT count(*) FROM jobs WHERE status = 'completed' AND completed_at >= %s",
+            f"SELECT count(*) FROM jobs WHERE status = 'completed' AND {_JOBS_ONLY} "
+            "AND completed_at >= %s",
             (since,)).fetchone()
         times = self.unit.execute(
             "SELECT coalesce(sum(time_sum), 0), coalesce(sum(time_n), 0) FROM job_counts "
-            "WHERE status = 'completed'").fetchone()
+            "WHERE status = 'completed' AND kind <> 'task'").fetchone()
         total, count = (float(times[0]), int(times[1])) if times else (0.0, 0)
         return (int(recent[0]) if recent else 0), (total / count if count else 0.0)
 
@@ -316,7 +336,7 @@ class Jobs(Repository):
         """The filters of ``job_search`` in SQL: the family column, the engine named
         by the job or in its history (the history holds its id JSON-quoted, as the
         memory backend looks for it), the text in any case."""
-        clauses: list[str] = []
+        clauses: list[str] = [_JOBS_ONLY]
         params: list[Any] = []
         if where.status:
             clauses.append("status = %s")
@@ -332,7 +352,7 @@ class Jobs(Repository):
                            " OR strpos(lower(record->>'source_url'), %s) > 0"
                            " OR strpos(lower(coalesce(record->>'error_message', '')), %s) > 0)")
             params += [where.text.lower()] * 3
-        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        condition = f"WHERE {' AND '.join(clauses)}"
         rows = self.unit.rows(f"{SELECT_JOB} {condition} ORDER BY seq DESC OFFSET %s LIMIT %s",
                                  (*params, offset, limit)).fetchall()
         if where.indexed:
@@ -346,19 +366,19 @@ class Jobs(Repository):
     def pending_counts(self) -> dict[tuple[str, int], int]:
         rows = self.unit.execute(
             "SELECT codec_family, priority, sum(n) FROM job_counts WHERE status = 'pending'"
-            " GROUP BY codec_family, priority HAVING sum(n) <> 0").fetchall()
+            " AND kind <> 'task' GROUP BY codec_family, priority HAVING sum(n) <> 0").fetchall()
         return {(family, priority): int(count) for family, priority, count in rows}
 
     def finished_since(self, since: float) -> list[tuple[str, float]]:
         rows = self.unit.rows(
-            f"SELECT status, completed_at FROM jobs WHERE {_FINISHED}"
+            f"SELECT status, completed_at FROM jobs WHERE {_FINISHED} AND {_JOBS_ONLY}"
             " AND coalesce(completed_at, 0) >= %s", (since,)).fetchall()
         return [(row["status"], row["completed_at"] or since) for row in rows]
 
     def recent_on(self, engine_id: str, limit: int) -> list[Job]:
         rows = self.unit.rows(
-            f"{SELECT_JOB} WHERE assigned_engine = %s OR position(%s::bytea IN events) > 0"
-            " ORDER BY seq DESC LIMIT %s",
+            f"{SELECT_JOB} WHERE (assigned_engine = %s OR position(%s::bytea IN events) > 0)"
+            f" AND {_JOBS_ONLY} ORDER BY seq DESC LIMIT %s",
             (engine_id, orjson.dumps(engine_id), limit)).fetchall()
         return [job_from_row(row) for row in rows]
 
