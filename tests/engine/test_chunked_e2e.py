@@ -26,7 +26,7 @@ from tests.support.chunked import (
     wait_finished,
 )
 from tests.support.client import ESCAPE, run_distconv
-from tests.support.engine import Engine, ffmpeg_children
+from tests.support.engine import Engine, ffmpeg_children, file_server
 from tests.support.files import download, upload
 from tests.support.helpers import poll
 from tests.support.server import Server
@@ -130,6 +130,24 @@ def test_distconv_submits_in_chunks_and_brings_the_result_back(
     assert_exact(target, clips["long"])
     listing = farm.server.request("GET", "/jobs/").json()["jobs"]
     assert len(listing) == 1 and listing[0]["chunks"]["total"] == 3
+
+
+def test_a_source_without_range_is_copied_once_and_still_works(
+        farm: Farm, clips: dict[str, Path], tmp_path: Path) -> None:
+    """A source on a web server that ignores ``Range`` (Python's http.server): the
+    planning engine copies it into the store once, and the chunks read that copy."""
+    farm.engine("e1")
+    farm.engine("e2")
+    with file_server(clips["long"].parent) as base:
+        job_id = submit_chunked(farm.server, f"{base}/{clips['long'].name}", 20)
+        done = wait_finished(farm.server, job_id)
+    assert done["status"] == "completed", done["error_message"]
+    plan = next(task for task in chunks(farm.server, job_id)["tasks"]
+                if task["kind"] == "plan")
+    copy = job(farm.server, plan["job_id"])["output_url"]
+    assert copy.startswith("store://"), copy
+    output = download(farm.server.url, farm.server.headers, job_id, tmp_path / "out.mp4")
+    assert_exact(output, clips["long"])
 
 
 def test_a_killed_engine_loses_only_its_chunk(
