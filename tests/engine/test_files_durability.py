@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,7 @@ from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
 
-KEY = "files-durability-key-0123456789"
 MiB = 1 << 20
-
-
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    for name in list(os.environ):
-        if name.startswith("DISTCONV_"):
-            monkeypatch.delenv(name)
-    server = Server(tmp_path, KEY, "--state-file", str(tmp_path / "state.json"),
-                    "--upload-part-mb", "5")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def worker_pid(server: Server) -> int:

@@ -9,8 +9,6 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,22 +18,7 @@ from tests.support.server import Server
 
 pytestmark = pytest.mark.e2e
 
-KEY = "files-http-key-0123456789abcdef"
 MiB = 1 << 20
-
-
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    for name in list(os.environ):
-        if name.startswith("DISTCONV_"):
-            monkeypatch.delenv(name)
-    server = Server(tmp_path, KEY, "--state-file", str(tmp_path / "state.json"),
-                    "--upload-part-mb", "5")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def head(method: str, url: str, length: int | None = None) -> bytes:
