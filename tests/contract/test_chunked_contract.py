@@ -13,9 +13,9 @@ from typing import Any
 from dispatch.domain import chunking
 from dispatch.domain.job_search import JobFilter
 from dispatch.domain.models import Job
-from dispatch.service.ports import Transaction, UnitOfWork
+from dispatch.service.ports import Transaction
 from tests.conftest import FakeClock
-from tests.contract.test_backend_contract import POLICY, assigned, engine, submit
+from tests.contract.test_backend_contract import claim, engine, submit
 from tests.support.backends import Harness
 
 PROBE = {"frames": 900, "frame_rate": "30/1", "start_time": 0.0, "audio": None}
@@ -31,17 +31,6 @@ def chunked_job(tx: Transaction, now: float, **fields: Any) -> tuple[Job, list[J
     for chunk in chunks:
         tx.jobs.put(chunk)
     return parent, chunks
-
-
-def claim_for(backend: UnitOfWork, engine_id: str, now: float,
-              max_active: int = 100) -> Job | None:
-    with backend.transaction() as tx:
-        found = tx.engines.get_for_update(engine_id)
-        assert found is not None
-        job = tx.jobs.claim_next(found, None, now, POLICY, max_active)
-        if job is not None:
-            tx.jobs.put(assigned(job, engine_id, now))
-    return job
 
 
 def test_tasks_are_out_of_the_listings_and_under_their_parent(harness: Harness) -> None:
@@ -84,11 +73,11 @@ def test_only_an_engine_with_the_kind_claims_a_task(harness: Harness,
     with backend.transaction() as tx:
         whole = submit(tx, harness.now())
     now = harness.now()
-    first = claim_for(backend, "cpp", now)  # after the tasks, with a lower priority
+    first = claim(backend, "cpp", now)  # after the tasks, with a lower priority
     assert first is not None and first.job_id == whole.job_id
-    assert claim_for(backend, "cpp", now) is None
-    assert claim_for(backend, "planner", now) is None  # no plan pending; never the parent
-    taken = [claim_for(backend, "py", now) for _ in range(4)]
+    assert claim(backend, "cpp", now) is None
+    assert claim(backend, "planner", now) is None  # no plan pending; never the parent
+    taken = [claim(backend, "py", now) for _ in range(4)]
     assert [t.job_id if t else None for t in taken] == [
         *(c.job_id for c in chunks), None]
     with backend.read() as tx:
@@ -109,8 +98,8 @@ def test_a_processing_parent_is_not_active_and_the_limit_counts_tasks(
     with backend.read() as tx:
         assert tx.jobs.active_count() == 0 and tx.jobs.counts()["processing"] == 1
         assert list(tx.jobs.held()) == []
-    assert claim_for(backend, "py", now, max_active=1) is not None
-    assert claim_for(backend, "py", now, max_active=1) is None
+    assert claim(backend, "py", now, max_active=1) is not None
+    assert claim(backend, "py", now, max_active=1) is None
 
 
 def test_a_restart_keeps_parents_and_tasks(durable_harness: Harness,
@@ -122,7 +111,7 @@ def test_a_restart_keeps_parents_and_tasks(durable_harness: Harness,
         tx.engines.put(engine("py", task_kinds=("chunk",)))
         parent, chunks = chunked_job(tx, now)
         tx.jobs.put(replace(parent, status="processing", updated_at=now))
-    held = claim_for(backend, "py", now)
+    held = claim(backend, "py", now)
     assert held is not None
     for snapshot in (False, True):
         backend = harness.restart(snapshot=snapshot)
@@ -133,5 +122,5 @@ def test_a_restart_keeps_parents_and_tasks(durable_harness: Harness,
             assert tx.jobs.page(None, 0, 10)[1] == 1
             assert tx.jobs.held_by("py") == (held.job_id,)
             assert tx.jobs.active_count() == 1
-    second = claim_for(backend, "py", harness.now())
+    second = claim(backend, "py", harness.now())
     assert second is not None and second.job_id == chunks[1].job_id
