@@ -22,6 +22,7 @@ from tests.support.chunked import (
     chunks,
     clip_with_audio,
     job,
+    restart_mid_job,
     submit_chunked,
     wait_finished,
 )
@@ -291,19 +292,6 @@ def test_an_engine_without_task_kinds_never_gets_a_task(
     assert {row["engine"] for row in rows} == {"tasks"}
     output = download(farm.server.url, farm.server.headers, chunked_id, tmp_path / "o.mp4")
     assert_exact(output, clips["long"])
-
-
-def restart_mid_job(server: Server, job_id: str) -> None:
-    """Kill the server (-9) once a chunk is done and another runs; start it again on
-    the same state, port and store."""
-    def half_way() -> bool:
-        rows = chunks(server, job_id)["chunks"]
-        return any(r["status"] == "completed" for r in rows) and \
-            any(r["status"] == "processing" for r in rows)
-
-    poll(half_way, 120, "a chunk done and another encoding", interval=0.05)
-    server.kill()
-    server.start(timeout=60)
 
 
 def test_a_server_restart_mid_job_carries_on(

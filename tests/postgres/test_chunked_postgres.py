@@ -11,14 +11,13 @@ import pytest
 
 from tests.support.chunked import (
     assert_exact,
-    chunks,
     clip_with_audio,
+    restart_mid_job,
     submit_chunked,
     wait_finished,
 )
 from tests.support.engine import Engine
 from tests.support.files import download, upload
-from tests.support.helpers import poll
 from tests.support.postgres import PostgresServer
 from tests.support.server import Server
 
@@ -50,15 +49,7 @@ def test_a_server_restart_mid_job_carries_on(server: Server, tmp_path: Path) -> 
     try:
         job_id = submit_chunked(server, upload(server.url, server.headers, clip)["source_url"],
                                 5)
-
-        def half_way() -> bool:
-            rows = chunks(server, job_id)["chunks"]
-            return any(r["status"] == "completed" for r in rows) and \
-                any(r["status"] == "processing" for r in rows)
-
-        poll(half_way, 120, "a chunk done and another encoding", interval=0.05)
-        server.kill()
-        server.start(timeout=60)
+        restart_mid_job(server, job_id)
         done = wait_finished(server, job_id)
         assert done["status"] == "completed", done["error_message"]
         output = download(server.url, server.headers, job_id, tmp_path / "out.mp4")

@@ -83,6 +83,19 @@ def wait_finished(server: Server, job_id: str, timeout: float = JOB_DONE) -> dic
     return poll(finished, timeout, f"job {job_id} finished", interval=0.2)
 
 
+def restart_mid_job(server: Server, job_id: str) -> None:
+    """Kill the server (-9) once a chunk is done and another runs; start it again on
+    the same state, port and store (or database)."""
+    def half_way() -> bool:
+        rows = chunks(server, job_id)["chunks"]
+        return any(r["status"] == "completed" for r in rows) and \
+            any(r["status"] == "processing" for r in rows)
+
+    poll(half_way, 120, "a chunk done and another encoding", interval=0.05)
+    server.kill()
+    server.start(timeout=60)
+
+
 def assert_exact(output: Path, source: Path) -> dict[str, dict[str, Any]]:
     """The issue's checks: same video frame count, video duration within one frame,
     audio within 50 ms, and a clean decode. Returns what was measured."""
