@@ -48,25 +48,25 @@ def task_kinds_field() -> fields.List:
                            "none: it is given whole jobs only"})
 
 
-class ChunkRowSchema(Schema):
-    index = fields.Integer(required=True)
+class _TaskStateSchema(Schema):
+    """What every task's row shows (``service.chunked.chunk_rows``)."""
+
     job_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
+    engine = fields.String(required=True, allow_none=True)
+    attempt = fields.Integer(required=True)
+    progress = fields.Float(required=True, allow_none=True)
+
+
+class ChunkRowSchema(_TaskStateSchema):
+    index = fields.Integer(required=True)
     start_time = fields.Float(required=True)
     end_time = fields.Float(required=True)
     frames = fields.Integer(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
-    engine = fields.String(required=True, allow_none=True)
-    attempt = fields.Integer(required=True)
-    progress = fields.Float(required=True, allow_none=True)
 
 
-class TaskRowSchema(Schema):
+class TaskRowSchema(_TaskStateSchema):
     kind = fields.String(required=True, validate=validate.OneOf(TASK_KINDS))
-    job_id = fields.String(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
-    engine = fields.String(required=True, allow_none=True)
-    attempt = fields.Integer(required=True)
-    progress = fields.Float(required=True, allow_none=True)
 
 
 class ChunksSchema(Schema):
