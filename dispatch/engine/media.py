@@ -16,18 +16,13 @@ from urllib.request import url2pathname
 
 import requests
 
-from dispatch.engine.transcode import PROBE_TIMEOUT, STDERR_LINES, JobError
+from dispatch.engine.transcode import PROBE_TIMEOUT, STDERR_LINES, JobError, without_queries
 
 RANGE_TIMEOUT = (10.0, 30.0)
 # r_frame_rate and avg_frame_rate of a constant-rate stream agree to rounding (the
 # average is frames / duration); a larger gap means the frame rate varies.
 VFR_TOLERANCE = Fraction(1, 1000)
 DECODE_TIMEOUT = 3600.0
-
-
-def shown(url: str) -> str:
-    """A URL for messages: a signed URL's query is its permission, never shown."""
-    return url.split("?", 1)[0] + ("?..." if "?" in url else "")
 
 
 def readable(url: str) -> str:
@@ -50,7 +45,8 @@ def accepts_range(url: str) -> bool:
                           timeout=RANGE_TIMEOUT) as response:
             return response.status_code == 206
     except requests.RequestException as exc:
-        raise JobError(f"cannot reach source {shown(url)}: {exc.__class__.__name__}") from None
+        raise JobError(f"cannot reach source {without_queries(url)}: "
+                       f"{exc.__class__.__name__}") from None
 
 
 def _ffprobe(command: Sequence[str], what: str) -> dict[str, Any]:

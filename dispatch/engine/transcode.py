@@ -10,6 +10,7 @@ import collections
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,14 @@ DOWNLOAD_TIMEOUT = (10.0, 60.0)
 # Free space kept beyond the source itself, for the output being written.
 SPACE_MARGIN = 256 << 20
 STDERR_LINES = 8
+# A URL's query: a signed URL's is its permission, never shown in a message, a report
+# or a log (chunk tasks also give ffmpeg signed URLs, and its errors name the input).
+_URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?]+)\?[^\s'\"]*", re.IGNORECASE)
+
+
+def without_queries(text: str) -> str:
+    """``text`` with the query of every URL in it replaced by ``?...``."""
+    return _URL_QUERY.sub(r"\1?...", text)
 # Stop escalation: "q" on stdin lets ffmpeg close its files; SIGTERM if it does not
 # within QUIT_GRACE; SIGKILL after TERM_GRACE more. Both fit in the 2 s promise.
 QUIT_GRACE = 0.5
@@ -116,7 +125,7 @@ def fetch_source(url: str, destination: Path, max_bytes: int,
     Raises JobError, or Interrupted when ``stopped()`` turns true mid-download."""
     parts = urlsplit(url)
     # A signed URL's query is its permission: never in a message or a log line.
-    shown = url.split("?", 1)[0] + ("?..." if "?" in url else "")
+    shown = without_queries(url)
     if parts.scheme == "file":
         path = Path(url2pathname(unquote(parts.path)))
         if not path.is_file() or not os.access(path, os.R_OK):
@@ -262,7 +271,7 @@ class FFmpeg:
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
+            line = without_queries(raw.decode("utf-8", "replace").rstrip())
             if line:
                 self.stderr_tail.append(line)
 

@@ -64,6 +64,18 @@ def test_failure_is_one_line_then_stderr(tmp_path: Path) -> None:
     assert "nope" in error.detail or "preset" in error.detail.lower(), error.detail
 
 
+def test_a_signed_url_ffmpeg_names_in_an_error_keeps_no_query() -> None:
+    """Chunk tasks give ffmpeg signed URLs: what it prints about one (here, an input
+    that refuses the connection) reaches reports and logs without the signature."""
+    url = "http://127.0.0.1:9/files/o/x.mp4?expires=1&signature=SECRETSIG"
+    ffmpeg = FFmpeg(["ffmpeg", "-nostdin", "-hide_banner", "-v", "warning", "-i", url,
+                     "-f", "null", "-"])
+    error = ffmpeg.failure(ffmpeg.follow(lambda seconds, speed: None))
+    assert "http://127.0.0.1:9/files/o/x.mp4?..." in error.detail, error.detail
+    assert "SECRETSIG" not in error.reason + error.detail
+    assert "expires" not in error.reason + error.detail
+
+
 def test_q_stops_a_cooperating_ffmpeg_at_once() -> None:
     ffmpeg = FFmpeg(FOREVER)
     started = time.monotonic()
